@@ -1,0 +1,205 @@
+//! A session's bounded outbound queue.
+//!
+//! Rooms and the writer push pre-encoded frames here directly (no actor
+//! message per recipient); the connection's write loop drains everything
+//! queued at once. The bound (frames and bytes) is PROTOCOL.md's
+//! slow-consumer limit: a push past it marks the session for close 4008
+//! and drops what is queued, so a slow reader costs bounded memory.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use viche_protocol::close_code;
+
+/// One item for the write loop.
+#[derive(Debug)]
+pub enum OutItem {
+    /// A frame already encoded in the session's encoding.
+    Frame(Bytes),
+    /// Replay stored messages of `room` with `after < seq <= upto` (oldest
+    /// first) before anything queued behind this marker. Written at the
+    /// pace the client reads, and not counted against the bound.
+    Replay { room: Arc<str>, after: u64, upto: u64 },
+    /// A WebSocket pong owed for a ping (payload echoed).
+    Pong(Bytes),
+}
+
+/// Why the write loop must close the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: &'static str,
+    /// Write what is queued before closing (shutdown) or drop it (slow consumer).
+    pub drain_first: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The bound was reached: the session is now closing with 4008.
+    SlowConsumer,
+    /// The session is already closing; the item was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<OutItem>,
+    /// Frames counted against the bound (replay markers are not).
+    frames: usize,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    max_frames: u32,
+    max_bytes: u32,
+}
+
+impl Outbox {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        assert!(max_frames > 0 && max_bytes > 0, "an outbox bound of zero would close every session");
+        Self {
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            max_frames: max_frames.min(u32::MAX as usize) as u32,
+            max_bytes: max_bytes.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Queues a frame, or closes the session as a slow consumer when full.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if inner.frames >= self.max_frames as usize || inner.bytes + frame.len() > self.max_bytes as usize {
+            inner.queue = VecDeque::new();
+            inner.frames = 0;
+            inner.bytes = 0;
+            inner.close = Some(CloseRequest {
+                code: close_code::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue full",
+                drain_first: false,
+            });
+            drop(inner);
+            metrics::counter!("viche_slow_consumer_closes_total").increment(1);
+            self.notify.notify_one();
+            return Err(PushError::SlowConsumer);
+        }
+        inner.frames += 1;
+        inner.bytes += frame.len();
+        inner.queue.push_back(OutItem::Frame(frame));
+        drop(inner);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues an item that is not counted against the bound (a replay
+    /// marker, a pong). Their number is bounded by the caller: one replay
+    /// per join (rate-limited), one pong per ping read.
+    pub fn push_unbounded(&self, item: OutItem) {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return;
+        }
+        inner.queue.push_back(item);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Asks the write loop to close. The first request wins.
+    pub fn close(&self, code: u16, reason: &'static str, drain_first: bool) {
+        let mut inner = self.inner.lock();
+        if inner.close.is_none() {
+            inner.close = Some(CloseRequest { code, reason, drain_first });
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner.lock().close.is_some()
+    }
+
+    /// Moves everything queued into `out` and returns a pending close, if any.
+    /// With a close that does not drain first, nothing is moved.
+    pub fn drain(&self, out: &mut Vec<OutItem>) -> Option<CloseRequest> {
+        let mut inner = self.inner.lock();
+        let close = inner.close.clone();
+        if close.as_ref().is_some_and(|c| !c.drain_first) {
+            inner.queue = VecDeque::new();
+        } else {
+            out.extend(inner.queue.drain(..));
+            if inner.queue.capacity() > 64 {
+                // A burst should not leave a large idle allocation behind.
+                inner.queue = VecDeque::new();
+            }
+        }
+        inner.frames = 0;
+        inner.bytes = 0;
+        close
+    }
+
+    pub fn depth(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    /// Resolves when something was pushed or a close was requested.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_by_frames_closes_as_slow_consumer() {
+        let o = Outbox::new(2, 1 << 20);
+        o.push(Bytes::from_static(b"a")).unwrap();
+        o.push(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(o.push(Bytes::from_static(b"c")), Err(PushError::SlowConsumer));
+        assert_eq!(o.push(Bytes::from_static(b"d")), Err(PushError::Closed));
+        let mut out = Vec::new();
+        let close = o.drain(&mut out).unwrap();
+        assert_eq!(close.code, 4008);
+        assert!(out.is_empty(), "a slow consumer's queue is dropped");
+    }
+
+    #[test]
+    fn full_by_bytes_closes_as_slow_consumer() {
+        let o = Outbox::new(100, 10);
+        o.push(Bytes::from(vec![0u8; 10])).unwrap();
+        assert_eq!(o.push(Bytes::from_static(b"x")), Err(PushError::SlowConsumer));
+    }
+
+    #[test]
+    fn drain_resets_the_bound_and_keeps_order() {
+        let o = Outbox::new(2, 100);
+        for round in 0..3u8 {
+            o.push(Bytes::from(vec![round])).unwrap();
+            o.push_unbounded(OutItem::Pong(Bytes::new()));
+            o.push(Bytes::from(vec![round + 10])).unwrap();
+            let mut out = Vec::new();
+            assert!(o.drain(&mut out).is_none());
+            assert_eq!(out.len(), 3);
+            assert!(matches!(&out[0], OutItem::Frame(b) if b[0] == round));
+        }
+    }
+
+    #[test]
+    fn shutdown_close_drains_first() {
+        let o = Outbox::new(10, 100);
+        o.push(Bytes::from_static(b"a")).unwrap();
+        o.close(1001, "shutdown", true);
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out).unwrap().code, 1001);
+        assert_eq!(out.len(), 1);
+    }
+}

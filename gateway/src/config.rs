@@ -1,0 +1,129 @@
+//! Command-line flags and environment variables (DESIGN.md "Running").
+//!
+//! Bad configuration is refused at start with one clear line, before
+//! anything is opened.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use viche_engine::EngineConfig;
+use viche_protocol::limits;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "viche", version, about = "Viche: a real-time chat engine")]
+pub struct Args {
+    /// HTTP + WebSocket address.
+    #[arg(long, env = "VICHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The embedded store's directory (used when no MongoDB URI is given).
+    #[arg(long, env = "VICHE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Use MongoDB instead of the embedded store (not available yet in this build).
+    #[arg(long, env = "VICHE_MONGO_URI")]
+    pub mongo_uri: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "VICHE_MONGO_DB", default_value = "viche")]
+    pub mongo_db: String,
+    /// HS256 signing key; generated once and kept in the data dir when absent.
+    #[arg(long, env = "VICHE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, env = "VICHE_TOKEN_TTL", default_value_t = 86_400)]
+    pub token_ttl: u64,
+    /// Static files served at `/` (the web client).
+    #[arg(long, env = "VICHE_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "VICHE_LOG_JSON")]
+    pub log_json: bool,
+
+    /// WebSocket ping interval; a connection silent for twice this is closed.
+    #[arg(long, env = "VICHE_HEARTBEAT_MS", default_value_t = limits::DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+    /// Time a new connection has to send `hello`.
+    #[arg(long, env = "VICHE_HELLO_TIMEOUT_MS", default_value_t = limits::HELLO_TIMEOUT_MS)]
+    pub hello_timeout_ms: u64,
+    /// Largest frame a client may send.
+    #[arg(long, env = "VICHE_MAX_FRAME_BYTES", default_value_t = limits::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Largest message body.
+    #[arg(long, env = "VICHE_MAX_BODY_BYTES", default_value_t = limits::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Outbound queue per session, in frames (slow-consumer limit).
+    #[arg(long, env = "VICHE_OUTBOX_MAX_FRAMES", default_value_t = limits::DEFAULT_OUTBOX_MAX_FRAMES)]
+    pub outbox_max_frames: usize,
+    /// Outbound queue per session, in bytes (slow-consumer limit).
+    #[arg(long, env = "VICHE_OUTBOX_MAX_BYTES", default_value_t = limits::DEFAULT_OUTBOX_MAX_BYTES)]
+    pub outbox_max_bytes: usize,
+    /// Messages waiting for the store before senders get `overloaded`.
+    #[arg(long, env = "VICHE_WRITER_QUEUE_MAX", default_value_t = 65_536)]
+    pub writer_queue_max: usize,
+    /// Messages per store commit, at most.
+    #[arg(long, env = "VICHE_WRITER_BATCH_MAX", default_value_t = 4096)]
+    pub writer_batch_max: usize,
+    /// An empty room stops after this long without activity.
+    #[arg(long, env = "VICHE_ROOM_IDLE_MS", default_value_t = 30_000)]
+    pub room_idle_ms: u64,
+    /// Password hashes computed at once (argon2id is CPU- and memory-heavy).
+    #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = 2)]
+    pub argon2_concurrency: usize,
+    /// Open connections at most; past it new ones are refused at once.
+    #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+}
+
+impl Args {
+    /// Checks every bound; the error is the one line printed at start.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--heartbeat-ms", self.heartbeat_ms as usize),
+            ("--hello-timeout-ms", self.hello_timeout_ms as usize),
+            ("--outbox-max-frames", self.outbox_max_frames),
+            ("--outbox-max-bytes", self.outbox_max_bytes),
+            ("--writer-queue-max", self.writer_queue_max),
+            ("--writer-batch-max", self.writer_batch_max),
+            ("--argon2-concurrency", self.argon2_concurrency),
+            ("--max-connections", self.max_connections),
+            ("--token-ttl", self.token_ttl as usize),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be greater than 0"));
+            }
+        }
+        if self.max_frame_bytes < 256 {
+            return Err("--max-frame-bytes must be at least 256".into());
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes + 512 > self.max_frame_bytes {
+            return Err(format!(
+                "--max-body-bytes must be between 1 and --max-frame-bytes minus 512 ({})",
+                self.max_frame_bytes.saturating_sub(512)
+            ));
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < 16 {
+                return Err("--jwt-secret must be at least 16 bytes".into());
+            }
+        }
+        if self.mongo_uri.is_some() {
+            return Err("--mongo-uri: the MongoDB store is not part of this build yet; omit it to use the embedded store".into());
+        }
+        Ok(())
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_body_bytes: self.max_body_bytes,
+            heartbeat_ms: self.heartbeat_ms,
+            hello_timeout_ms: self.hello_timeout_ms,
+            outbox_max_frames: self.outbox_max_frames,
+            outbox_max_bytes: self.outbox_max_bytes,
+            writer_queue_max: self.writer_queue_max,
+            writer_batch_max: self.writer_batch_max,
+            room_idle_ms: self.room_idle_ms,
+            ..EngineConfig::default()
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `viche`: the Viche server. Reads its configuration, opens the store,
+//! starts the engine, serves HTTP and WebSocket until SIGTERM/SIGINT.
+
+mod config;
+mod http_api;
+mod limiter;
+mod server;
+mod web;
+mod ws;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use viche_engine::auth::Jwt;
+use viche_engine::store::embedded::EmbeddedStore;
+use viche_engine::Engine;
+
+use crate::config::Args;
+
+/// Histogram buckets resolving 50 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+const JWT_SECRET_FILE: &str = "jwt_secret";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(line) = args.validate() {
+        eprintln!("viche: {line}");
+        return ExitCode::from(2);
+    }
+    init_logging(args.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viche: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viche: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("viche_writer_batch_size".into()), BATCH_SIZE_BUCKETS)?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let store = EmbeddedStore::open(&args.data_dir).with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?;
+    let secret = match &args.jwt_secret {
+        Some(s) => s.clone().into_bytes(),
+        None => load_or_create_secret(&args.data_dir)?,
+    };
+    let engine = Engine::start(args.engine_config(), Arc::new(store), Jwt::new(&secret, args.token_ttl)).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
+
+    let web_dir = args.web_dir.clone();
+    let app = Arc::new(http_api::App::new(engine, prometheus, args.argon2_concurrency, web_dir, args.max_connections));
+    server::serve(listener, app, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// The HS256 key when none is configured: 32 random bytes, created once
+/// (mode 0600) so tokens survive restarts.
+fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(JWT_SECRET_FILE);
+    if let Ok(secret) = std::fs::read(&path) {
+        anyhow::ensure!(secret.len() >= 16, "{} is shorter than 16 bytes", path.display());
+        return Ok(secret);
+    }
+    let secret: [u8; 32] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(hex.as_bytes())?;
+    file.sync_all()?;
+    Ok(hex.into_bytes())
+}

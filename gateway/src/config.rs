@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use viche_engine::EngineConfig;
-use viche_protocol::limits;
+use viche_protocol::limits::{self, Rate};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "viche", version, about = "Viche: a real-time chat engine")]
@@ -68,6 +68,31 @@ pub struct Args {
     /// Password hashes computed at once (argon2id is CPU- and memory-heavy).
     #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = 2)]
     pub argon2_concurrency: usize,
+    /// `send` + `dm` per session: tokens per second and burst.
+    #[arg(long, env = "VICHE_SEND_PER_SECOND", default_value_t = limits::DEFAULT_SEND_RATE.per_second)]
+    pub send_per_second: f64,
+    #[arg(long, env = "VICHE_SEND_BURST", default_value_t = limits::DEFAULT_SEND_RATE.burst)]
+    pub send_burst: u32,
+    /// `typing` per session.
+    #[arg(long, env = "VICHE_TYPING_PER_SECOND", default_value_t = limits::DEFAULT_TYPING_RATE.per_second)]
+    pub typing_per_second: f64,
+    #[arg(long, env = "VICHE_TYPING_BURST", default_value_t = limits::DEFAULT_TYPING_RATE.burst)]
+    pub typing_burst: u32,
+    /// `join` + `leave` per session.
+    #[arg(long, env = "VICHE_JOIN_PER_SECOND", default_value_t = limits::DEFAULT_JOIN_RATE.per_second)]
+    pub join_per_second: f64,
+    #[arg(long, env = "VICHE_JOIN_BURST", default_value_t = limits::DEFAULT_JOIN_RATE.burst)]
+    pub join_burst: u32,
+    /// Failed logins per username and per client address, per minute.
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_MINUTE", default_value_t = 10.0)]
+    pub failed_logins_per_minute: f64,
+    #[arg(long, env = "VICHE_FAILED_LOGINS_BURST", default_value_t = limits::DEFAULT_FAILED_LOGIN_RATE.burst)]
+    pub failed_logins_burst: u32,
+    /// Registrations per client address, per minute.
+    #[arg(long, env = "VICHE_REGISTRATIONS_PER_MINUTE", default_value_t = 60.0)]
+    pub registrations_per_minute: f64,
+    #[arg(long, env = "VICHE_REGISTRATIONS_BURST", default_value_t = limits::DEFAULT_REGISTER_RATE.burst)]
+    pub registrations_burst: u32,
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -92,6 +117,18 @@ impl Args {
                 return Err(format!("{flag} must be greater than 0"));
             }
         }
+        let rates = [
+            ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
+            ("--typing-per-second/--typing-burst", self.typing_per_second, self.typing_burst),
+            ("--join-per-second/--join-burst", self.join_per_second, self.join_burst),
+            ("--failed-logins-per-minute/--failed-logins-burst", self.failed_logins_per_minute, self.failed_logins_burst),
+            ("--registrations-per-minute/--registrations-burst", self.registrations_per_minute, self.registrations_burst),
+        ];
+        for (flags, rate, burst) in rates {
+            if !(rate.is_finite() && rate > 0.0) || burst == 0 {
+                return Err(format!("{flags} must both be greater than 0"));
+            }
+        }
         if self.max_frame_bytes < 256 {
             return Err("--max-frame-bytes must be at least 256".into());
         }
@@ -112,6 +149,14 @@ impl Args {
         Ok(())
     }
 
+    pub fn failed_login_rate(&self) -> Rate {
+        Rate { per_second: self.failed_logins_per_minute / 60.0, burst: self.failed_logins_burst }
+    }
+
+    pub fn registration_rate(&self) -> Rate {
+        Rate { per_second: self.registrations_per_minute / 60.0, burst: self.registrations_burst }
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_frame_bytes: self.max_frame_bytes,
@@ -123,6 +168,9 @@ impl Args {
             writer_queue_max: self.writer_queue_max,
             writer_batch_max: self.writer_batch_max,
             room_idle_ms: self.room_idle_ms,
+            send_rate: Rate { per_second: self.send_per_second, burst: self.send_burst },
+            typing_rate: Rate { per_second: self.typing_per_second, burst: self.typing_burst },
+            join_rate: Rate { per_second: self.join_per_second, burst: self.join_burst },
             ..EngineConfig::default()
         }
     }

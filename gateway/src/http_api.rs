@@ -24,10 +24,10 @@ use viche_engine::auth::{now_ms, PasswordHasherPool};
 use viche_engine::store::UserRecord;
 use viche_engine::Engine;
 use viche_protocol::frames::tagged_msgs;
-use viche_protocol::limits::{DEFAULT_FAILED_LOGIN_RATE, DEFAULT_REGISTER_RATE};
 use viche_protocol::validate::{self, parse_room, RoomKind};
 use viche_protocol::ErrorCode;
 
+use crate::config::Args;
 use crate::limiter::KeyedLimiter;
 
 /// Largest JSON body the API reads (credentials are at most ~1.1 KiB).
@@ -52,18 +52,18 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(engine: Arc<Engine>, prometheus: PrometheusHandle, argon2_concurrency: usize, web_dir: Option<PathBuf>, max_connections: usize) -> Self {
+    pub fn new(engine: Arc<Engine>, prometheus: PrometheusHandle, args: &Args) -> Self {
         Self {
             engine,
             prometheus,
-            hasher: PasswordHasherPool::new(argon2_concurrency),
-            failed_logins_by_user: KeyedLimiter::new(DEFAULT_FAILED_LOGIN_RATE, LIMITER_MAX_KEYS),
-            failed_logins_by_addr: KeyedLimiter::new(DEFAULT_FAILED_LOGIN_RATE, LIMITER_MAX_KEYS),
-            registrations_by_addr: KeyedLimiter::new(DEFAULT_REGISTER_RATE, LIMITER_MAX_KEYS),
-            web_dir,
+            hasher: PasswordHasherPool::new(args.argon2_concurrency),
+            failed_logins_by_user: KeyedLimiter::new(args.failed_login_rate(), LIMITER_MAX_KEYS),
+            failed_logins_by_addr: KeyedLimiter::new(args.failed_login_rate(), LIMITER_MAX_KEYS),
+            registrations_by_addr: KeyedLimiter::new(args.registration_rate(), LIMITER_MAX_KEYS),
+            web_dir: args.web_dir.clone(),
             sessions: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),
-            max_connections,
+            max_connections: args.max_connections,
         }
     }
 }
@@ -116,7 +116,7 @@ async fn dispatch(app: &Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
         (Method::GET, "/ws") => upgrade(app, req),
         (Method::POST, "/api/register") => register(app, addr, req).await,
         (Method::POST, "/api/login") => login(app, addr, req).await,
-        (Method::GET, p) if p.starts_with("/api/rooms/") && p.ends_with("/messages") => history(app, &req).await,
+        (Method::GET, p) if history_room(p).is_some() => history(app, &req).await,
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
         (Method::GET, "/readyz") => readyz(app).await,
         (Method::GET, "/metrics") => {
@@ -265,6 +265,12 @@ async fn login(app: &App, addr: SocketAddr, req: Request<Incoming>) -> Response<
     token_response(app, StatusCode::OK, &creds.username)
 }
 
+/// The (still escaped) room segment of `/api/rooms/{room}/messages`.
+fn history_room(path: &str) -> Option<&str> {
+    let room = path.strip_prefix("/api/rooms/")?.strip_suffix("/messages")?;
+    (!room.is_empty() && !room.contains('/')).then_some(room)
+}
+
 fn query_u64(query: &str, key: &str) -> Result<Option<u64>, ()> {
     match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key) {
         Some((_, v)) => v.parse::<u64>().map(Some).map_err(|_| ()),
@@ -278,8 +284,7 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
         metrics::counter!("viche_auth_failures_total", "reason" => "bad_token").increment(1);
         return error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing, invalid or expired token");
     };
-    let path = req.uri().path();
-    let encoded = &path["/api/rooms/".len()..path.len() - "/messages".len()];
+    let encoded = history_room(req.uri().path()).unwrap_or_default();
     // A room id may arrive escaped (`dm%3Aa%3Ab`).
     let room = percent_encoding::percent_decode_str(encoded).decode_utf8().ok();
     let Some(kind) = room.as_deref().and_then(parse_room) else {

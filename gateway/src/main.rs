@@ -79,8 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
-    let web_dir = args.web_dir.clone();
-    let app = Arc::new(http_api::App::new(engine, prometheus, args.argon2_concurrency, web_dir, args.max_connections));
+    let app = Arc::new(http_api::App::new(engine, prometheus, &args));
     server::serve(listener, app, shutdown_signal()).await;
     Ok(())
 }

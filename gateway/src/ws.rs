@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use viche_engine::auth::now_ms;
 use viche_engine::outbox::{CloseRequest, OutItem, Outbox};
+use viche_engine::peer::Peer;
 use viche_engine::{Engine, Flow, Session};
 use viche_protocol::limits::HISTORY_LIMIT_MAX;
 use viche_protocol::{close_code, decode_client, encode_server, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION};
@@ -31,7 +32,8 @@ type Writer = WriteHalf<Io>;
 /// opcode implies.
 enum Incoming {
     Data(Encoding, Bytes),
-    Pong,
+    /// A pong, or a ping we queued the pong for: proof of life.
+    Control,
     Close,
 }
 
@@ -47,21 +49,14 @@ struct ReadState {
     /// Fragments of a message not yet finished; bounded by `max_frame_bytes`.
     partial: Option<(Encoding, BytesMut)>,
     max_frame_bytes: usize,
-    /// Where pongs owed for client pings go.
-    outbox: Option<Arc<Viewer>>,
+    /// Where pongs owed for client pings go, once the session exists.
+    pong_to: Option<Arc<Peer>>,
 }
 
-/// Lets the read side queue pongs into the session's outbox once it exists.
-struct Viewer(Arc<viche_engine::peer::Peer>);
-
 async fn read_message(mut st: ReadState) -> (ReadState, Result<Incoming, ReadError>) {
-    let outbox = st.outbox.clone();
-    let mut send_fn = move |frame: Frame<'_>| {
-        if let Some(v) = &outbox {
-            v.0.outbox.push_unbounded(OutItem::Pong(Bytes::copy_from_slice(&frame.payload)));
-        }
-        std::future::ready(Ok::<(), std::convert::Infallible>(()))
-    };
+    // Auto-pong and auto-close are off (we answer both ourselves), so
+    // fastwebsockets never has a frame for us to send here.
+    let mut send_fn = |_frame: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
     loop {
         let frame = match st.reader.read_frame(&mut send_fn).await {
             Ok(frame) => frame,
@@ -75,8 +70,13 @@ async fn read_message(mut st: ReadState) -> (ReadState, Result<Incoming, ReadErr
             OpCode::Text => Encoding::Json,
             OpCode::Binary => Encoding::MsgPack,
             OpCode::Close => return (st, Ok(Incoming::Close)),
-            OpCode::Pong => return (st, Ok(Incoming::Pong)),
-            OpCode::Ping => continue,
+            OpCode::Pong => return (st, Ok(Incoming::Control)),
+            OpCode::Ping => {
+                if let Some(peer) = &st.pong_to {
+                    peer.outbox.push_unbounded(OutItem::Pong(Bytes::copy_from_slice(&frame.payload)));
+                }
+                return (st, Ok(Incoming::Control));
+            }
             OpCode::Continuation => match st.partial.as_mut() {
                 None => return (st, Err(ReadError::Protocol)),
                 Some((enc, buf)) => {
@@ -146,7 +146,8 @@ pub async fn serve(engine: Arc<Engine>, io: Io) {
     // payloads >= its max.
     reader.set_max_message_size(engine.config.max_frame_bytes + 1);
     reader.set_auto_close(false);
-    let st = ReadState { reader, partial: None, max_frame_bytes: engine.config.max_frame_bytes, outbox: None };
+    reader.set_auto_pong(false);
+    let st = ReadState { reader, partial: None, max_frame_bytes: engine.config.max_frame_bytes, pong_to: None };
 
     let Some((session, st)) = handshake(&engine, st, &mut writer).await else {
         metrics::gauge!("viche_connections_open").decrement(1.0);
@@ -208,7 +209,7 @@ async fn handshake(engine: &Arc<Engine>, st: ReadState, writer: &mut Writer) -> 
         max_body: engine.config.max_body_bytes as u64,
     };
     let _ = peer.send(&welcome);
-    let st = ReadState { outbox: Some(Arc::new(Viewer(peer))), ..st };
+    let st = ReadState { pong_to: Some(peer), ..st };
     Some((session, st))
 }
 
@@ -217,7 +218,7 @@ async fn read_until_data(mut st: ReadState) -> (ReadState, Result<Incoming, Read
         let (next, r) = read_message(st).await;
         st = next;
         match r {
-            Ok(Incoming::Pong) => continue,
+            Ok(Incoming::Control) => continue,
             other => return (st, other),
         }
     }
@@ -253,6 +254,21 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
                     Err(close) => break close,
                 }
             }
+            _ = tokio::time::sleep(exp_in) => {
+                let _ = peer.send(&ServerFrame::error(None, ErrorCode::Unauthorized, "token expired"));
+                let _ = flush_outbox(&engine, &peer.outbox, peer.encoding, &mut writer).await;
+                break Some((close_code::UNAUTHORIZED, "token expired"));
+            }
+            _ = ping_timer.tick() => {
+                if last_heard.elapsed() >= heartbeat * 2 {
+                    break Some((1000, "heartbeat timeout"));
+                }
+                let mut buf = Vec::new();
+                append_frame(&mut buf, OpCode::Ping, b"");
+                if writer.write_all(&buf).await.is_err() {
+                    break None;
+                }
+            }
             (st, result) = &mut read => {
                 last_heard = Instant::now();
                 match result {
@@ -271,28 +287,13 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
                             break Some((code, reason));
                         }
                     }
-                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Control) => {}
                     Ok(Incoming::Close) => break Some((1000, "")),
                     Err(ReadError::Gone) => break None,
                     Err(ReadError::TooLarge) => break Some((close_code::MESSAGE_TOO_BIG, "frame larger than max_frame")),
                     Err(ReadError::Protocol) => break Some((close_code::PROTOCOL_ERROR, "websocket protocol error")),
                 }
                 read = Box::pin(read_message(st));
-            }
-            _ = ping_timer.tick() => {
-                if last_heard.elapsed() >= heartbeat * 2 {
-                    break Some((1000, "heartbeat timeout"));
-                }
-                let mut buf = Vec::new();
-                append_frame(&mut buf, OpCode::Ping, b"");
-                if writer.write_all(&buf).await.is_err() {
-                    break None;
-                }
-            }
-            _ = tokio::time::sleep(exp_in) => {
-                let _ = peer.send(&ServerFrame::error(None, ErrorCode::Unauthorized, "token expired"));
-                let _ = flush_outbox(&engine, &peer.outbox, peer.encoding, &mut writer).await;
-                break Some((close_code::UNAUTHORIZED, "token expired"));
             }
         }
     };

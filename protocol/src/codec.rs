@@ -50,14 +50,26 @@ pub fn decode_server(bytes: &[u8], encoding: Encoding) -> Result<ServerFrame, De
     decode(bytes, encoding)
 }
 
+/// How deeply a MessagePack frame may nest, as serde_json's limit for JSON.
+/// A frame needs 3 (frame, `messages`, msg). rmp-serde's default of 1024 let a
+/// 1 KB frame of nested arrays under an unknown key overflow a 2 MiB stack
+/// (a tokio worker's) in a debug build: an abort, not an error.
+const MSGPACK_MAX_DEPTH: usize = 128;
+
+fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MSGPACK_MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], encoding: Encoding) -> Result<T, DecodeError> {
     let result = match encoding {
-        Encoding::MsgPack => rmp_serde::from_slice::<T>(bytes).map_err(|e| e.to_string()),
+        Encoding::MsgPack => from_msgpack::<T>(bytes).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
     };
     result.map_err(|reason| {
         let req = match encoding {
-            Encoding::MsgPack => rmp_serde::from_slice::<RefProbe>(bytes).ok(),
+            Encoding::MsgPack => from_msgpack::<RefProbe>(bytes).ok(),
             Encoding::Json => serde_json::from_slice::<RefProbe>(bytes).ok(),
         }
         .and_then(|p| p.req);

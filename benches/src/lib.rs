@@ -1,0 +1,1 @@
+//! Intentionally empty: this crate exists only for its criterion benchmarks in `benches/`.

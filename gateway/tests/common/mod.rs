@@ -1,0 +1,444 @@
+//! End-to-end test harness: runs the real `viche` binary on a free loopback
+//! port with a fresh temporary data dir, and speaks to it with
+//! `viche-client`.
+//!
+//! Each test starts its own server (tests run in parallel). The server is
+//! killed when the [`Server`] is dropped; if the test panicked, the tail of
+//! the server's log is printed to help the diagnosis.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use viche_client::{Ack, AuthOk, ClientError, Connection, Encoding, Event, HttpClient, Msg, ServerFrame};
+
+/// The HS256 secret every test server is started with.
+pub const SECRET: &str = "viche-e2e-test-secret-0123456789abcdef";
+/// The password of users made by [`Server::user`].
+pub const PASSWORD: &str = "correct horse battery";
+/// A generous bound for anything that should happen "soon" on a busy
+/// 2-core machine. Tests never assert on speed.
+pub const T: Duration = Duration::from_secs(30);
+/// How long to watch for something that must NOT arrive.
+pub const QUIET: Duration = Duration::from_millis(700);
+
+/// Flags for a test server. `None` leaves the server's default.
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub token_ttl: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub hello_timeout_ms: Option<u64>,
+    pub outbox_max_frames: Option<u64>,
+    pub outbox_max_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_frame_bytes: Option<u64>,
+    /// More `--flag value` arguments, verbatim.
+    pub extra_args: Vec<String>,
+}
+
+impl Opts {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                args.push(flag.to_string());
+                args.push(v.to_string());
+            }
+        };
+        push("--token-ttl", Some(self.token_ttl.unwrap_or(3600)));
+        push("--heartbeat-ms", self.heartbeat_ms);
+        push("--hello-timeout-ms", self.hello_timeout_ms);
+        push("--outbox-max-frames", self.outbox_max_frames);
+        push("--outbox-max-bytes", self.outbox_max_bytes);
+        push("--max-body-bytes", self.max_body_bytes);
+        push("--max-frame-bytes", self.max_frame_bytes);
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+}
+
+/// A running `viche` process.
+pub struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    opts: Opts,
+    port: u16,
+    log: PathBuf,
+    http: HttpClient,
+}
+
+fn free_port() -> u16 {
+    // Bind port 0, read the port, release it. Another process could take it
+    // before the server binds; `Server::start_with` then retries.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Server {
+    /// A server with default limits.
+    pub async fn start() -> Server {
+        Server::start_with(Opts::default()).await
+    }
+
+    /// A server with the given flags, ready (GET /healthz answered 200).
+    pub async fn start_with(opts: Opts) -> Server {
+        let dir = tempfile::Builder::new().prefix("viche-e2e-").tempdir().expect("creating a temp dir");
+        std::fs::create_dir_all(dir.path().join("web")).expect("creating web dir");
+        std::fs::write(dir.path().join("web").join("index.html"), "<!doctype html><title>viche test</title>")
+            .expect("writing index.html");
+        let log = dir.path().join("server.log");
+        let mut server = Server {
+            child: None,
+            dir,
+            opts,
+            port: 0,
+            log,
+            http: HttpClient::new("http://127.0.0.1:1").expect("http client"),
+        };
+        server.spawn_ready().await;
+        server
+    }
+
+    /// Spawns on a fresh free port and waits for /healthz; retries on
+    /// another port if the process exits early (e.g. the port was taken).
+    async fn spawn_ready(&mut self) {
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = self.spawn(port);
+            let http = HttpClient::with_timeout(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5))
+                .expect("http client");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_err = format!("viche exited early with {status}: {}", self.log_tail(2000));
+                    break;
+                }
+                if let Ok(resp) = http.get_raw("/healthz", None).await {
+                    if resp.status == 200 {
+                        self.port = port;
+                        self.child = Some(child);
+                        self.http = HttpClient::new(&format!("http://127.0.0.1:{port}")).expect("http client");
+                        return;
+                    }
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("viche did not answer /healthz within 60 s: {}", self.log_tail(4000));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("viche did not start: {last_err}");
+    }
+
+    fn spawn(&self, port: u16) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the server log");
+        let log2 = log.try_clone().expect("cloning the log handle");
+        Command::new(env!("CARGO_BIN_EXE_viche"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--jwt-secret")
+            .arg(SECRET)
+            .arg("--web-dir")
+            .arg(self.dir.path().join("web"))
+            .args(self.opts.args())
+            .env("RUST_LOG", "info")
+            .env_remove("VICHE_MONGO_URI")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .expect("spawning the viche binary")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("viche did not exit within 60 s of SIGTERM: {}", self.log_tail(4000));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the server again on the same data dir (on a new port: read
+    /// `base_url`/`ws_url` again).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn_ready().await;
+    }
+
+    /// The last `max` bytes of the server's output.
+    pub fn log_tail(&self, max: u64) -> String {
+        let mut out = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+            let _ = f.read_to_string(&mut out);
+        }
+        out
+    }
+
+    // ----- users and connections -------------------------------------------
+
+    /// Registers `name` with [`PASSWORD`] and returns its token.
+    pub async fn user(&self, name: &str) -> String {
+        self.register(name).await.token
+    }
+
+    pub async fn register(&self, name: &str) -> AuthOk {
+        match self.http.register(name, PASSWORD).await {
+            Ok(auth) => auth,
+            Err(e) => panic!("registering {name}: {e}"),
+        }
+    }
+
+    /// A MessagePack session for `token`, past `welcome`.
+    pub async fn connect(&self, token: &str) -> Connection {
+        self.connect_enc(token, Encoding::MsgPack).await
+    }
+
+    pub async fn connect_enc(&self, token: &str, encoding: Encoding) -> Connection {
+        let mut conn = match Connection::open(&self.ws_url(), token, encoding).await {
+            Ok(c) => c,
+            Err(e) => panic!("opening a session: {e}"),
+        };
+        conn.set_timeout(T);
+        conn
+    }
+
+    /// A WebSocket with no `hello` sent yet.
+    pub async fn connect_raw(&self, encoding: Encoding) -> Connection {
+        let mut conn = Connection::connect(&self.ws_url(), encoding).await.expect("connecting");
+        conn.set_timeout(T);
+        conn
+    }
+
+    /// Registers `name` and opens a MessagePack session for it.
+    pub async fn session(&self, name: &str) -> Connection {
+        let token = self.user(name).await;
+        self.connect(&token).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- viche log (tail) -----\n{}\n----- end of viche log -----", self.log_tail(8000));
+        }
+    }
+}
+
+// ----- tokens ---------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// An HS256 token for `sub` expiring at `exp` (seconds), signed with `secret`.
+pub fn mint_with(secret: &str, sub: &str, exp: u64) -> String {
+    let claims = Claims { sub: sub.to_string(), iat: now_s(), exp };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("minting a token")
+}
+
+/// A valid token for `sub` (signed with the server's secret), expiring at `exp`.
+pub fn mint(sub: &str, exp: u64) -> String {
+    mint_with(SECRET, sub, exp)
+}
+
+/// Verifies a token the server issued with the test secret.
+pub fn verify(token: &str) -> Claims {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 0;
+    jsonwebtoken::decode::<Claims>(token, &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()), &validation)
+        .expect("a server-issued token verifies with the secret")
+        .claims
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
+        for c in chars.iter().take(chunk.len() + 1) {
+            out.push(A[*c as usize] as char);
+        }
+    }
+    out
+}
+
+/// An unsigned token (`alg: none`) with otherwise valid claims.
+pub fn mint_alg_none(sub: &str, exp: u64) -> String {
+    let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = serde_json::json!({ "sub": sub, "iat": now_s(), "exp": exp }).to_string();
+    format!("{header}.{}.", b64url(claims.as_bytes()))
+}
+
+// ----- assertions -------------------------------------------------------------
+
+/// Asserts the next events are an `error` with `code` (if `error` is
+/// given) and then a close with `close_code`, skipping nothing else.
+pub async fn expect_error_then_close(conn: &mut Connection, error: Option<&str>, close_code: u16) {
+    let (close, frames) = conn.expect_close(T).await.expect("the connection closes");
+    if let Some(code) = error {
+        let found = frames.iter().any(|f| matches!(f, ServerFrame::Error { code: c, .. } if c.as_str() == code));
+        assert!(found, "expected error {code} before the close, got {frames:?} then {close}");
+    }
+    assert_eq!(close.code, Some(close_code), "close code; frames before: {frames:?}; close: {close}");
+}
+
+/// Asserts that no frame accepted by `pred` arrives within [`QUIET`] (and
+/// none is buffered). Other frames stay buffered.
+pub async fn assert_none(conn: &mut Connection, what: &str, pred: impl FnMut(&ServerFrame) -> bool) {
+    match conn.wait_for(QUIET, pred).await {
+        Err(ClientError::Timeout { .. }) => {}
+        Ok(frame) => panic!("unexpected {what}: {frame:?}"),
+        Err(e) => panic!("while checking that no {what} arrives: {e}"),
+    }
+}
+
+/// The server error code of a failed request, panicking on anything else.
+pub fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
+    match result {
+        Err(ClientError::Server { code, .. }) => code.as_str().to_string(),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+/// Sends `n` messages to `room`, one at a time, retrying (same cid) after
+/// `rate_limited`; returns the acks in order.
+pub async fn send_n(conn: &mut Connection, room: &str, n: usize, prefix: &str) -> Vec<Ack> {
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let cid = format!("{prefix}-{i}");
+        let body = format!("{prefix} body {i}");
+        acks.push(send_retrying(conn, room, &body, &cid).await);
+    }
+    acks
+}
+
+/// One `send`, retried after `rate_limited` (bounded: 2 minutes).
+pub async fn send_retrying(conn: &mut Connection, room: &str, body: &str, cid: &str) -> Ack {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match conn.send(room, body, cid).await {
+            Ok(ack) => return ack,
+            Err(ClientError::Server { code: viche_client::ErrorCode::RateLimited, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("send {cid} to {room}: {e}"),
+        }
+    }
+}
+
+/// Drains and returns every buffered or arriving `msg` until none arrives
+/// for [`QUIET`].
+pub async fn drain_msgs(conn: &mut Connection) -> Vec<Msg> {
+    let mut out = Vec::new();
+    loop {
+        match conn.recv_msg(QUIET).await {
+            Ok(m) => out.push(m),
+            Err(ClientError::Timeout { .. }) => return out,
+            Err(e) => panic!("draining messages: {e}"),
+        }
+    }
+}
+
+/// Reads every page of a room's history over HTTP, returned oldest first.
+pub async fn full_history_http(server: &Server, token: &str, room: &str) -> Vec<Msg> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = server.http().history(token, room, before, Some(100)).await.expect("history page");
+        let more = page.more;
+        let oldest = page.messages.last().map(|m| m.seq);
+        all.extend(page.messages);
+        match (more, oldest) {
+            (true, Some(seq)) => before = Some(seq),
+            _ => break,
+        }
+    }
+    all.reverse();
+    all
+}
+
+/// The next event must be a frame; returns it.
+pub async fn next_frame(conn: &mut Connection) -> ServerFrame {
+    match conn.next_frame(T).await {
+        Ok(Event::Frame(f)) => f,
+        Ok(Event::Closed(info)) => panic!("expected a frame, the connection {info}"),
+        Err(e) => panic!("expected a frame: {e}"),
+    }
+}
+
+pub fn seqs(msgs: &[Msg]) -> Vec<u64> {
+    msgs.iter().map(|m| m.seq).collect()
+}

@@ -152,12 +152,13 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     metrics::counter!("viche_connections_accepted_total").increment(1);
     let app2 = app.clone();
     app.open_connections.fetch_add(1, Ordering::Relaxed);
-    app.sessions.spawn(async move {
+    let task = async move {
         if let Ok(ws) = fut.await {
-            crate::ws::serve(app2.engine.clone(), ws.into_inner()).await;
+            crate::ws::serve(app2.engine.clone(), ws.into_inner().into_inner()).await;
         }
         app2.open_connections.fetch_sub(1, Ordering::Relaxed);
-    });
+    };
+    app.sessions.spawn(task);
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }

@@ -5,6 +5,7 @@ mod config;
 mod http_api;
 mod limiter;
 mod server;
+mod socket;
 mod web;
 mod ws;
 

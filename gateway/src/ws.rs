@@ -2,13 +2,16 @@
 //! reads frames into the session and writes the session's outbox out.
 //!
 //! One task per connection (not a reader and a writer task) keeps an idle
-//! session small. fastwebsockets' `read_frame` is not cancel-safe, so the
-//! read future is kept alive across loop turns instead of being recreated
-//! by `select!`. Outgoing frames are framed by hand into one buffer per
-//! drain and written with one `write_all`: as few syscalls as the queue
-//! allows, and no write buffer held while idle.
+//! session small, and so does dropping fastwebsockets' reader (and its
+//! 8 KiB buffer) whenever it holds no unread bytes: an idle session waits
+//! on socket readiness alone. `read_frame` is not cancel-safe, so the read
+//! future is kept alive across loop turns instead of being recreated by
+//! `select!`. Outgoing frames are framed by hand into one buffer per drain
+//! and written with one `write_all`: as few syscalls as the queue allows,
+//! and no write buffer held while idle.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +19,8 @@ use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use viche_engine::auth::now_ms;
 use viche_engine::outbox::{CloseRequest, OutItem, Outbox};
 use viche_engine::peer::Peer;
@@ -24,9 +28,10 @@ use viche_engine::{Engine, Flow, Session};
 use viche_protocol::limits::HISTORY_LIMIT_MAX;
 use viche_protocol::{close_code, decode_client, encode_server, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION};
 
-type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Io>>;
-type Writer = WriteHalf<Io>;
+use crate::socket::{SocketReader, SocketWriter};
+
+type Reader = WebSocketRead<SocketReader>;
+type Writer = SocketWriter;
 
 /// A whole message as read (fragments joined), with the encoding its
 /// opcode implies.
@@ -45,7 +50,16 @@ enum ReadError {
 }
 
 struct ReadState {
-    reader: Reader,
+    stream: Arc<TcpStream>,
+    /// Bytes read but not yet given to a reader: what hyper read past the
+    /// upgrade request, or the first bytes after an idle wait.
+    prefix: Option<Bytes>,
+    /// Bytes the socket has delivered to readers, and bytes of the frames
+    /// they returned: equal means the reader's buffer is empty.
+    delivered: Arc<AtomicU64>,
+    consumed: u64,
+    /// Present only while bytes may be buffered in it.
+    reader: Option<Reader>,
     /// Fragments of a message not yet finished; bounded by `max_frame_bytes`.
     partial: Option<(Encoding, BytesMut)>,
     max_frame_bytes: usize,
@@ -53,55 +67,116 @@ struct ReadState {
     pong_to: Option<Arc<Peer>>,
 }
 
+impl ReadState {
+    fn reader(&mut self) -> &mut Reader {
+        let (stream, prefix, delivered, max) = (&self.stream, &mut self.prefix, &self.delivered, self.max_frame_bytes);
+        self.reader.get_or_insert_with(|| {
+            let socket = SocketReader::new(stream.clone(), prefix.take().unwrap_or_default(), delivered.clone());
+            let (mut reader, _) = fastwebsockets::after_handshake_split(socket, tokio::io::sink(), Role::Server);
+            // A frame of exactly max_frame bytes is allowed; fastwebsockets
+            // refuses payloads >= its max.
+            reader.set_max_message_size(max + 1);
+            // We answer pings and closes ourselves, through the outbox.
+            reader.set_auto_close(false);
+            reader.set_auto_pong(false);
+            reader
+        })
+    }
+
+    /// Drops the reader if nothing is left in its buffer. The count of a
+    /// frame's bytes assumes minimal length encoding; a client that encodes
+    /// lengths otherwise only makes the counts differ, which keeps its
+    /// reader: safe, just not lean.
+    fn release_if_drained(&mut self) {
+        if self.partial.is_none() && self.delivered.load(Ordering::Relaxed) == self.consumed {
+            self.reader = None;
+        }
+    }
+}
+
 async fn read_message(mut st: ReadState) -> (ReadState, Result<Incoming, ReadError>) {
-    // Auto-pong and auto-close are off (we answer both ourselves), so
-    // fastwebsockets never has a frame for us to send here.
+    let result = read_message_inner(&mut st).await;
+    if result.is_ok() {
+        st.release_if_drained();
+    }
+    (st, result)
+}
+
+/// Idle: waits, holding no buffer, until the socket has bytes, and takes
+/// the first few (readiness alone can be stale; only a read clears it).
+async fn wait_for_bytes(st: &ReadState) -> Result<Bytes, ReadError> {
+    loop {
+        st.stream.readable().await.map_err(|_| ReadError::Gone)?;
+        let mut first = [0u8; 64];
+        match st.stream.try_read(&mut first) {
+            Ok(0) => return Err(ReadError::Gone),
+            Ok(n) => {
+                st.delivered.fetch_add(n as u64, Ordering::Relaxed);
+                return Ok(Bytes::copy_from_slice(&first[..n]));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(ReadError::Gone),
+        }
+    }
+}
+
+async fn read_message_inner(st: &mut ReadState) -> Result<Incoming, ReadError> {
+    // Auto-pong and auto-close are off, so fastwebsockets never has a frame
+    // for us to send here.
     let mut send_fn = |_frame: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
     loop {
-        let frame = match st.reader.read_frame(&mut send_fn).await {
-            Ok(frame) => frame,
-            Err(WebSocketError::FrameTooLarge) => return (st, Err(ReadError::TooLarge)),
-            Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) | Err(WebSocketError::ConnectionClosed) => {
-                return (st, Err(ReadError::Gone))
+        if st.reader.is_none() && st.prefix.is_none() {
+            st.prefix = Some(wait_for_bytes(st).await?);
+        }
+        let (opcode, fin, payload, frame_bytes) = match st.reader().read_frame(&mut send_fn).await {
+            Ok(mut frame) => {
+                let mut head = [0u8; 14];
+                let frame_bytes = (frame.fmt_head(&mut head) + frame.payload.len()) as u64;
+                let payload = match frame.payload {
+                    Payload::Bytes(b) => b,
+                    other => BytesMut::from(&other[..]),
+                };
+                (frame.opcode, frame.fin, payload, frame_bytes)
             }
-            Err(_) => return (st, Err(ReadError::Protocol)),
+            Err(WebSocketError::FrameTooLarge) => return Err(ReadError::TooLarge),
+            Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) | Err(WebSocketError::ConnectionClosed) => {
+                return Err(ReadError::Gone)
+            }
+            Err(_) => return Err(ReadError::Protocol),
         };
-        let encoding = match frame.opcode {
+        st.consumed += frame_bytes;
+        let encoding = match opcode {
             OpCode::Text => Encoding::Json,
             OpCode::Binary => Encoding::MsgPack,
-            OpCode::Close => return (st, Ok(Incoming::Close)),
-            OpCode::Pong => return (st, Ok(Incoming::Control)),
+            OpCode::Close => return Ok(Incoming::Close),
+            OpCode::Pong => return Ok(Incoming::Control),
             OpCode::Ping => {
                 if let Some(peer) = &st.pong_to {
-                    peer.outbox.push_unbounded(OutItem::Pong(Bytes::copy_from_slice(&frame.payload)));
+                    peer.outbox.push_unbounded(OutItem::Pong(payload.freeze()));
                 }
-                return (st, Ok(Incoming::Control));
+                return Ok(Incoming::Control);
             }
             OpCode::Continuation => match st.partial.as_mut() {
-                None => return (st, Err(ReadError::Protocol)),
+                None => return Err(ReadError::Protocol),
                 Some((enc, buf)) => {
-                    if buf.len() + frame.payload.len() > st.max_frame_bytes {
-                        return (st, Err(ReadError::TooLarge));
+                    if buf.len() + payload.len() > st.max_frame_bytes {
+                        return Err(ReadError::TooLarge);
                     }
-                    buf.extend_from_slice(&frame.payload);
-                    if frame.fin {
+                    buf.extend_from_slice(&payload);
+                    if fin {
                         let (enc, buf) = (*enc, std::mem::take(buf));
                         st.partial = None;
-                        return (st, Ok(Incoming::Data(enc, buf.freeze())));
+                        return Ok(Incoming::Data(enc, buf.freeze()));
                     }
                     continue;
                 }
             },
         };
         if st.partial.is_some() {
-            return (st, Err(ReadError::Protocol));
+            return Err(ReadError::Protocol);
         }
-        let payload = match frame.payload {
-            Payload::Bytes(b) => b,
-            other => BytesMut::from(&other[..]),
-        };
-        if frame.fin {
-            return (st, Ok(Incoming::Data(encoding, payload.freeze())));
+        if fin {
+            return Ok(Incoming::Data(encoding, payload.freeze()));
         }
         st.partial = Some((encoding, payload));
     }
@@ -138,18 +213,32 @@ fn data_opcode(encoding: Encoding) -> OpCode {
 }
 
 /// Serves one upgraded connection until it closes.
-pub async fn serve(engine: Arc<Engine>, io: Io) {
+pub async fn serve(engine: Arc<Engine>, upgraded: Upgraded) {
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        }
+    };
     metrics::gauge!("viche_connections_open").increment(1.0);
-    let (r, mut writer) = tokio::io::split(io);
-    let (mut reader, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    // A frame of exactly max_frame bytes is allowed; fastwebsockets refuses
-    // payloads >= its max.
-    reader.set_max_message_size(engine.config.max_frame_bytes + 1);
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    let st = ReadState { reader, partial: None, max_frame_bytes: engine.config.max_frame_bytes, pong_to: None };
+    let stream = Arc::new(parts.io.into_inner());
+    let mut writer = SocketWriter::new(stream.clone());
+    let st = ReadState {
+        stream,
+        delivered: Arc::new(AtomicU64::new(parts.read_buf.len() as u64)),
+        // An empty `Bytes` here would still pin hyper's read buffer.
+        prefix: (!parts.read_buf.is_empty()).then_some(parts.read_buf),
+        consumed: 0,
+        reader: None,
+        partial: None,
+        max_frame_bytes: engine.config.max_frame_bytes,
+        pong_to: None,
+    };
 
-    let Some((session, st)) = handshake(&engine, st, &mut writer).await else {
+    // Boxed, like the other rarely-awaited futures below, so that the
+    // connection task itself stays small while it idles.
+    let Some((session, st)) = Box::pin(handshake(&engine, st, &mut writer)).await else {
         metrics::gauge!("viche_connections_open").decrement(1.0);
         return;
     };
@@ -249,7 +338,7 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
         tokio::select! {
             biased;
             _ = peer.outbox.notified() => {
-                match flush_outbox(&engine, &peer.outbox, peer.encoding, &mut writer).await {
+                match Box::pin(flush_outbox(&engine, &peer.outbox, peer.encoding, &mut writer)).await {
                     Ok(()) => {}
                     Err(close) => break close,
                 }
@@ -275,7 +364,7 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
                     Ok(Incoming::Data(encoding, bytes)) => {
                         metrics::counter!("viche_frames_in_bytes_total").increment(bytes.len() as u64);
                         let flow = match decode_client(&bytes, encoding) {
-                            Ok(frame) => session.handle(frame).await,
+                            Ok(frame) => Box::pin(session.handle(frame)).await,
                             Err(e) => {
                                 metrics::counter!("viche_frames_in_total", "type" => "bad_frame").increment(1);
                                 session.fail(e.req(), ErrorCode::BadFrame, e.to_string())
@@ -335,7 +424,7 @@ async fn flush_outbox(engine: &Engine, outbox: &Outbox, encoding: Encoding, writ
                 OutItem::Pong(payload) => append_frame(&mut buf, OpCode::Pong, &payload),
                 OutItem::Replay { room, after, upto } => {
                     write_buf(writer, &mut buf).await?;
-                    replay(engine, &room, after, upto, encoding, writer).await?;
+                    Box::pin(replay(engine, &room, after, upto, encoding, writer)).await?;
                 }
             }
         }

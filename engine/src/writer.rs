@@ -141,17 +141,19 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
     }
 }
 
-/// Hands new messages to their rooms (one `Publish` per room, seq order)
-/// and acks every sender.
+/// Hands new messages to their rooms (one `Publish` per room, seq order),
+/// then acks every sender. Publishing first means that once a client holds
+/// an `ack`, any `join` it (or anyone it told) sends later is ordered after
+/// the message in the room's mailbox, so `ok.seq` includes it.
 fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
     let mut per_room: HashMap<*const RoomHandle, (Arc<RoomHandle>, Vec<(Msg, Instant)>)> = HashMap::new();
+    let mut acks = Vec::with_capacity(requests.len());
     for (request, outcome) in requests.iter().zip(outcomes) {
         let (msg, is_new) = match outcome {
             Appended::Stored(msg) => (msg, true),
             Appended::Duplicate(msg) => (msg, false),
         };
-        let ack = ServerFrame::Ack { req: request.req, room: msg.room.clone(), seq: msg.seq, cid: msg.cid.clone(), ts: msg.ts };
-        let _ = request.ack_to.send(&ack);
+        acks.push(ServerFrame::Ack { req: request.req, room: msg.room.clone(), seq: msg.seq, cid: msg.cid.clone(), ts: msg.ts });
         if is_new {
             metrics::counter!("viche_messages_stored_total").increment(1);
             per_room
@@ -163,6 +165,9 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
     }
     for (_, (room, msgs)) in per_room {
         room.publish(msgs);
+    }
+    for (request, ack) in requests.iter().zip(&acks) {
+        let _ = request.ack_to.send(ack);
     }
     // Only now may a room count as idle: its publish is already queued.
     for request in requests.iter() {

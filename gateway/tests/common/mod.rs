@@ -142,8 +142,15 @@ impl Server {
     fn spawn(&self, port: u16) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the server log");
         let log2 = log.try_clone().expect("cloning the log handle");
-        Command::new(env!("CARGO_BIN_EXE_viche"))
-            .arg("--listen")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_viche"));
+        // Only the flags below configure a test server, whatever the
+        // environment of the test run says.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("VICHE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -153,7 +160,6 @@ impl Server {
             .arg(self.dir.path().join("web"))
             .args(self.opts.args())
             .env("RUST_LOG", "info")
-            .env_remove("VICHE_MONGO_URI")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

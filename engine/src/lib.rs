@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod directory;
 pub mod engine;
+pub mod metrics;
 pub mod outbox;
 pub mod peer;
 pub mod ratelimit;

@@ -94,7 +94,9 @@ impl Outbox {
         inner.frames += 1;
         inner.bytes += frame.len();
         inner.queue.push_back(OutItem::Frame(frame));
+        let depth = inner.frames;
         drop(inner);
+        crate::metrics::note_outbox_depth(depth);
         self.notify.notify_one();
         Ok(())
     }

@@ -21,10 +21,13 @@ impl Peer {
     /// Encodes one frame for this peer and queues it. For frames sent to
     /// many peers, encode once and use `outbox.push` instead.
     pub fn send(&self, frame: &ServerFrame) -> Result<(), PushError> {
-        self.outbox.push(encode_server(frame, self.encoding))
+        self.outbox.push(encode_server(frame, self.encoding))?;
+        crate::metrics::hot().frames_out(frame, 1);
+        Ok(())
     }
 
-    /// Queues a frame already encoded once per encoding.
+    /// Queues a frame already encoded once per encoding. The caller counts
+    /// it in `viche_frames_out_total` (once for all recipients).
     pub fn send_shared(&self, frame: &EncodedFrame) -> Result<(), PushError> {
         self.outbox.push(frame.for_encoding(self.encoding))
     }

@@ -337,28 +337,32 @@ impl RoomState {
                     self.directory.sessions_of(b, &mut self.scratch);
                     let with_json = self.scratch.iter().any(|p| p.encoding == viche_protocol::Encoding::Json);
                     let encoded = EncodedFrame::new(&frame, with_json);
+                    let mut n = 0;
                     for p in &self.scratch {
-                        let _ = p.send_shared(&encoded);
+                        n += p.send_shared(&encoded).is_ok() as usize;
                     }
-                    self.scratch.len()
+                    crate::metrics::hot().frames_out(&frame, n);
+                    n
                 }
             };
-            metrics::counter!("viche_deliveries_total").increment(delivered as u64);
-            metrics::histogram!("viche_send_deliver_latency_seconds").record(received_at.elapsed().as_secs_f64());
+            let hot = crate::metrics::hot();
+            hot.deliveries.increment(delivered as u64);
+            hot.send_deliver_latency.record(received_at.elapsed().as_secs_f64());
         }
     }
 }
 
 /// Encodes `frame` once per encoding in use and queues it for every member
-/// that `to` selects. Returns how many it was queued for.
+/// that `to` selects. Returns how many it was queued for (a member closing
+/// as a slow consumer is not counted).
 fn broadcast(shared: &Shared, frame: &ServerFrame, to: impl Fn(&Peer) -> bool) -> usize {
     let encoded = EncodedFrame::new(frame, shared.json_members > 0);
     let mut n = 0;
     for m in &shared.members {
         if to(m) {
-            let _ = m.send_shared(&encoded);
-            n += 1;
+            n += m.send_shared(&encoded).is_ok() as usize;
         }
     }
+    crate::metrics::hot().frames_out(frame, n);
     n
 }

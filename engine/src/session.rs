@@ -82,7 +82,7 @@ impl Session {
 
     pub async fn handle(&mut self, frame: ClientFrame) -> Flow {
         let req = frame.req();
-        metrics::counter!("viche_frames_in_total", "type" => frame.kind()).increment(1);
+        crate::metrics::hot().frame_in(&frame);
         let result = match frame {
             ClientFrame::Hello { .. } => err(ErrorCode::Invalid, "already authenticated"),
             ClientFrame::Auth { req, token } => self.auth(req, &token),
@@ -123,11 +123,11 @@ impl Session {
         Ok(())
     }
 
-    fn take(bucket: &mut TokenBucket, rate: viche_protocol::limits::Rate, started: Instant, what: &str) -> Reply {
+    fn take(bucket: &mut TokenBucket, rate: viche_protocol::limits::Rate, started: Instant, what: &'static str) -> Reply {
         if bucket.try_take(rate, ms_since(started)) {
             Ok(())
         } else {
-            metrics::counter!("viche_rate_limited_total", "kind" => what.to_string()).increment(1);
+            metrics::counter!("viche_rate_limited_total", "kind" => what).increment(1);
             err(ErrorCode::RateLimited, format!("too many {what} requests; slow down"))
         }
     }

@@ -54,7 +54,6 @@ impl WriterHandle {
         match self.tx.try_send(request) {
             Ok(()) => {
                 self.pending.fetch_add(1, Ordering::Relaxed);
-                metrics::gauge!("viche_writer_queue_depth").set((self.tx.max_capacity() - self.tx.capacity()) as f64);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -72,6 +71,17 @@ impl WriterHandle {
 
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Messages in the queue now, not yet taken by the writer (sampled
+    /// into `viche_writer_queue_depth` at each scrape).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The queue's bound (`--writer-queue-max`).
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
     }
 }
 
@@ -102,7 +112,6 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteRequest>, batch_
         if rx.recv_many(&mut requests, batch_max).await == 0 {
             return; // every handle dropped and the queue is empty
         }
-        metrics::gauge!("viche_writer_queue_depth").set(rx.len() as f64);
         let ts_ms = now_ms();
         batch.clear();
         batch.extend(requests.iter().map(|r| NewMessage { ts_ms, ..r.message.clone() }));

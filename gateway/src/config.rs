@@ -37,6 +37,9 @@ pub struct Args {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "VICHE_LOG_JSON")]
     pub log_json: bool,
+    /// Record no metrics and serve no `/metrics` (to measure their cost).
+    #[arg(long, env = "VICHE_NO_METRICS")]
+    pub no_metrics: bool,
 
     /// WebSocket ping interval; a connection silent for twice this is closed.
     #[arg(long, env = "VICHE_HEARTBEAT_MS", default_value_t = limits::DEFAULT_HEARTBEAT_MS)]

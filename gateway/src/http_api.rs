@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
@@ -28,6 +27,7 @@ use viche_protocol::validate::{self, parse_room, RoomKind};
 use viche_protocol::ErrorCode;
 
 use crate::config::Args;
+use crate::exporter::Exporter;
 use crate::limiter::KeyedLimiter;
 
 /// Largest JSON body the API reads (credentials are at most ~1.1 KiB).
@@ -39,7 +39,8 @@ pub type Body = Full<Bytes>;
 
 pub struct App {
     pub engine: Arc<Engine>,
-    pub prometheus: PrometheusHandle,
+    /// None with `--no-metrics`.
+    pub exporter: Option<Exporter>,
     pub hasher: PasswordHasherPool,
     pub failed_logins_by_user: KeyedLimiter,
     pub failed_logins_by_addr: KeyedLimiter,
@@ -52,10 +53,10 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(engine: Arc<Engine>, prometheus: PrometheusHandle, args: &Args) -> Self {
+    pub fn new(engine: Arc<Engine>, exporter: Option<Exporter>, args: &Args) -> Self {
         Self {
             engine,
-            prometheus,
+            exporter,
             hasher: PasswordHasherPool::new(args.argon2_concurrency),
             failed_logins_by_user: KeyedLimiter::new(args.failed_login_rate(), LIMITER_MAX_KEYS),
             failed_logins_by_addr: KeyedLimiter::new(args.failed_login_rate(), LIMITER_MAX_KEYS),
@@ -119,11 +120,14 @@ async fn dispatch(app: &Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
         (Method::GET, p) if history_room(p).is_some() => history(app, &req).await,
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
         (Method::GET, "/readyz") => readyz(app).await,
-        (Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(app.prometheus.render())));
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            r
-        }
+        (Method::GET, "/metrics") => match &app.exporter {
+            Some(exporter) => {
+                let mut r = Response::new(Full::new(Bytes::from(exporter.render())));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+            None => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "metrics are disabled (--no-metrics)"),
+        },
         (_, p) if p.starts_with("/api/") => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
         (Method::GET | Method::HEAD, p) => match crate::web::lookup(app.web_dir.as_deref(), p).await {
             Some((mime, body)) => {
@@ -153,8 +157,9 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let app2 = app.clone();
     app.open_connections.fetch_add(1, Ordering::Relaxed);
     let task = async move {
-        if let Ok(ws) = fut.await {
-            crate::ws::serve(app2.engine.clone(), ws.into_inner().into_inner()).await;
+        match fut.await {
+            Ok(ws) => crate::ws::serve(app2.engine.clone(), ws.into_inner().into_inner()).await,
+            Err(_) => crate::ws::count_closed_without_code(),
         }
         app2.open_connections.fetch_sub(1, Ordering::Relaxed);
     };
@@ -315,6 +320,7 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
 
 async fn readyz(app: &App) -> Response<Body> {
     let store = app.engine.store.check_ready().await;
+    crate::exporter::record_store_probe(&app.engine, store.is_ok());
     match store {
         Ok(()) if app.engine.writer.is_healthy() => json_response(StatusCode::OK, json!({ "status": "ready" })),
         Ok(()) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, "the writer's last commit failed"),

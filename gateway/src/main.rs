@@ -2,6 +2,7 @@
 //! starts the engine, serves HTTP and WebSocket until SIGTERM/SIGINT.
 
 mod config;
+mod exporter;
 mod http_api;
 mod limiter;
 mod server;
@@ -15,18 +16,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use viche_engine::auth::Jwt;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::Engine;
 
 use crate::config::Args;
 
-/// Histogram buckets resolving 50 µs to 10 s.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 const JWT_SECRET_FILE: &str = "jwt_secret";
 
 fn main() -> ExitCode {
@@ -63,11 +58,8 @@ fn init_logging(json: bool) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full("viche_writer_batch_size".into()), BATCH_SIZE_BUCKETS)?
-        .install_recorder()
-        .context("installing the Prometheus recorder")?;
+    // Without a recorder (--no-metrics) every metric call is a no-op.
+    let prometheus = if args.no_metrics { None } else { Some(exporter::install().context("installing the Prometheus recorder")?) };
 
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store = EmbeddedStore::open(&args.data_dir).with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?;
@@ -80,7 +72,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
-    let app = Arc::new(http_api::App::new(engine, prometheus, &args));
+    let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
+    let app = Arc::new(http_api::App::new(engine, exporter, &args));
     server::serve(listener, app, shutdown_signal()).await;
     Ok(())
 }

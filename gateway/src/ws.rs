@@ -205,6 +205,13 @@ async fn write_close(writer: &mut Writer, code: u16, reason: &str) {
     metrics::counter!("viche_connections_closed_total", "code" => code.to_string()).increment(1);
 }
 
+/// A connection that ended without a close frame from us (the peer went
+/// away, or the socket failed): every accepted connection is counted in
+/// `viche_connections_closed_total` exactly once, by `write_close` or here.
+pub(crate) fn count_closed_without_code() {
+    metrics::counter!("viche_connections_closed_total", "code" => "none").increment(1);
+}
+
 fn data_opcode(encoding: Encoding) -> OpCode {
     match encoding {
         Encoding::MsgPack => OpCode::Binary,
@@ -218,6 +225,7 @@ pub async fn serve(engine: Arc<Engine>, upgraded: Upgraded) {
         Ok(parts) => parts,
         Err(_) => {
             tracing::error!("upgraded connection is not a TCP stream");
+            count_closed_without_code();
             return;
         }
     };
@@ -258,7 +266,10 @@ async fn handshake(engine: &Arc<Engine>, st: ReadState, writer: &mut Writer) -> 
     };
     let (encoding, bytes) = match first {
         Ok(Incoming::Data(e, b)) => (e, b),
-        Ok(_) | Err(ReadError::Gone) => return None,
+        Ok(_) | Err(ReadError::Gone) => {
+            count_closed_without_code();
+            return None;
+        }
         Err(ReadError::TooLarge) => {
             write_close(writer, close_code::MESSAGE_TOO_BIG, "frame larger than max_frame").await;
             return None;
@@ -268,8 +279,17 @@ async fn handshake(engine: &Arc<Engine>, st: ReadState, writer: &mut Writer) -> 
             return None;
         }
     };
-    let reject = |code: ErrorCode, message: &str| encode_server(&ServerFrame::error(None, code, message), encoding);
+    let reject = |code: ErrorCode, message: &str| {
+        let frame = ServerFrame::error(None, code, message);
+        viche_engine::metrics::hot().frames_out(&frame, 1);
+        encode_server(&frame, encoding)
+    };
     let hello = decode_client(&bytes, encoding);
+    viche_engine::metrics::hot().frames_in_bytes.increment(bytes.len() as u64);
+    match &hello {
+        Ok(frame) => viche_engine::metrics::hot().frame_in(frame),
+        Err(_) => viche_engine::metrics::hot().bad_frame_in(),
+    }
     let (v, token) = match hello {
         Ok(ClientFrame::Hello { v, token }) => (v, token),
         _ => {
@@ -362,11 +382,11 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
                 last_heard = Instant::now();
                 match result {
                     Ok(Incoming::Data(encoding, bytes)) => {
-                        metrics::counter!("viche_frames_in_bytes_total").increment(bytes.len() as u64);
+                        viche_engine::metrics::hot().frames_in_bytes.increment(bytes.len() as u64);
                         let flow = match decode_client(&bytes, encoding) {
                             Ok(frame) => Box::pin(session.handle(frame)).await,
                             Err(e) => {
-                                metrics::counter!("viche_frames_in_total", "type" => "bad_frame").increment(1);
+                                viche_engine::metrics::hot().bad_frame_in();
                                 session.fail(e.req(), ErrorCode::BadFrame, e.to_string())
                             }
                         };
@@ -390,13 +410,14 @@ async fn run_session(engine: Arc<Engine>, mut session: Session, st: ReadState, m
     drop(session); // leaves rooms and the directory before the socket closes
     match close {
         Some((code, reason)) => write_close(&mut writer, code, reason).await,
-        None => metrics::counter!("viche_connections_closed_total", "code" => "none").increment(1),
+        None => count_closed_without_code(),
     }
 }
 
 async fn finish(writer: &mut Writer, close: Option<(u16, &'static str)>) {
-    if let Some((code, reason)) = close {
-        write_close(writer, code, reason).await;
+    match close {
+        Some((code, reason)) => write_close(writer, code, reason).await,
+        None => count_closed_without_code(),
     }
 }
 
@@ -414,13 +435,9 @@ async fn flush_outbox(engine: &Engine, outbox: &Outbox, encoding: Encoding, writ
             };
         }
         let mut buf = Vec::new();
-        let mut frames_out = 0u64;
         for item in items.drain(..) {
             match item {
-                OutItem::Frame(bytes) => {
-                    append_frame(&mut buf, data_opcode(encoding), &bytes);
-                    frames_out += 1;
-                }
+                OutItem::Frame(bytes) => append_frame(&mut buf, data_opcode(encoding), &bytes),
                 OutItem::Pong(payload) => append_frame(&mut buf, OpCode::Pong, &payload),
                 OutItem::Replay { room, after, upto } => {
                     write_buf(writer, &mut buf).await?;
@@ -428,7 +445,6 @@ async fn flush_outbox(engine: &Engine, outbox: &Outbox, encoding: Encoding, writ
                 }
             }
         }
-        metrics::counter!("viche_frames_out_total").increment(frames_out);
         write_buf(writer, &mut buf).await?;
         if close.is_some() {
             // A drain-first close (shutdown): everything is written now.
@@ -442,6 +458,7 @@ async fn write_buf(writer: &mut Writer, buf: &mut Vec<u8>) -> Result<(), Option<
         return Ok(());
     }
     let result = writer.write_all(buf).await;
+    viche_engine::metrics::hot().frames_out_bytes.increment(buf.len() as u64);
     buf.clear();
     result.map_err(|_| None)
 }
@@ -461,6 +478,7 @@ async fn replay(engine: &Engine, room: &str, mut after: u64, upto: u64, encoding
         let Some(last) = page.last() else { break };
         let next_after = last.seq;
         let mut buf = Vec::new();
+        viche_engine::metrics::hot().msgs_out(page.len());
         for msg in page {
             append_frame(&mut buf, data_opcode(encoding), &encode_server(&ServerFrame::Msg(msg), encoding));
         }

@@ -86,7 +86,7 @@ function ConnectionStatus({ client, state }: { client: ChatClient; state: ChatSt
     text = `Reconnecting…${state.disconnectReason ? ` ${state.disconnectReason}` : ''}${wait > 0 ? ` Next try in ${wait} s.` : ''}`;
   }
   return (
-    <div className={`connection ${state.status}`} role="status">
+    <div className={`connection is-${state.status}`} role="status">
       {text && <span>{text}</span>}
       {state.status === 'reconnecting' && (
         <button type="button" className="secondary small" onClick={() => client.reconnectNow()}>

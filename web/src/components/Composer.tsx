@@ -29,7 +29,8 @@ export function Composer({ client, room }: { client: ChatClient; room: string })
         id="composer-input"
         rows={1}
         value={text}
-        placeholder="Write a message (Enter sends, Shift+Enter for a new line)"
+        placeholder="Write a message"
+        title="Enter sends; Shift+Enter starts a new line"
         onChange={(e) => {
           setText(e.target.value);
           if (e.target.value) client.typing(room);

@@ -4,7 +4,7 @@
 //! anything is opened.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use viche_engine::EngineConfig;
@@ -31,7 +31,8 @@ pub struct Args {
     /// Lifetime of issued tokens, in seconds.
     #[arg(long, env = "VICHE_TOKEN_TTL", default_value_t = 86_400)]
     pub token_ttl: u64,
-    /// Static files served at `/` (the web client).
+    /// Static files served at `/` (the web client). Default: the committed
+    /// build `web/dist`, of the current directory or else of this source tree.
     #[arg(long, env = "VICHE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text.
@@ -101,7 +102,21 @@ pub struct Args {
     pub max_connections: usize,
 }
 
+/// The web client's build when `--web-dir` is absent: `web/dist` (the
+/// committed output of `npm run build` in `web/`) under the current
+/// directory, else under the source tree this binary was built from.
+/// `None` when neither has an `index.html`; `/` then shows a placeholder.
+pub fn default_web_dir() -> Option<PathBuf> {
+    let candidates = [PathBuf::from("web/dist"), Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/dist")];
+    candidates.into_iter().find(|dir| dir.join("index.html").is_file()).map(|dir| dir.canonicalize().unwrap_or(dir))
+}
+
 impl Args {
+    /// `--web-dir`, or else [`default_web_dir`].
+    pub fn resolved_web_dir(&self) -> Option<PathBuf> {
+        self.web_dir.clone().or_else(default_web_dir)
+    }
+
     /// Checks every bound; the error is the one line printed at start.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [

@@ -25,12 +25,17 @@ use crate::config::Args;
 const JWT_SECRET_FILE: &str = "jwt_secret";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Err(line) = args.validate() {
         eprintln!("viche: {line}");
         return ExitCode::from(2);
     }
     init_logging(args.log_json);
+    args.web_dir = args.resolved_web_dir();
+    match &args.web_dir {
+        Some(dir) => tracing::info!(web_dir = %dir.display(), "serving the web client"),
+        None => tracing::warn!("no web client found (web/dist); serving a placeholder page at /"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -158,13 +158,19 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
     let mut per_room: HashMap<*const RoomHandle, (Arc<RoomHandle>, Vec<(Msg, Instant)>)> = HashMap::new();
     let mut acks = Vec::with_capacity(requests.len());
     for (request, outcome) in requests.iter().zip(outcomes) {
-        let (msg, is_new) = match outcome {
-            Appended::Stored(msg) => (msg, true),
-            Appended::Duplicate(msg) => (msg, false),
+        let msg = match outcome {
+            Appended::Stored(msg) => {
+                metrics::counter!("viche_messages_stored_total").increment(1);
+                msg
+            }
+            // A duplicate is usually a client's retry of a message already
+            // published, which the room skips by seq. But it can also be
+            // this batch's own message, stored by an attempt whose
+            // acknowledgement failed: that one was never published.
+            Appended::Duplicate(msg) => msg,
         };
         acks.push(ServerFrame::Ack { req: request.req, room: msg.room.clone(), seq: msg.seq, cid: msg.cid.clone(), ts: msg.ts });
-        if is_new {
-            metrics::counter!("viche_messages_stored_total").increment(1);
+        if *msg.room == *request.room.name {
             per_room
                 .entry(Arc::as_ptr(&request.room))
                 .or_insert_with(|| (request.room.clone(), Vec::new()))
@@ -172,7 +178,8 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
                 .push((msg, request.received_at));
         }
     }
-    for (_, (room, msgs)) in per_room {
+    for (_, (room, mut msgs)) in per_room {
+        msgs.sort_by_key(|(m, _)| m.seq);
         room.publish(msgs);
     }
     for (request, ack) in requests.iter().zip(&acks) {

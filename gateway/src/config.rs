@@ -19,12 +19,19 @@ pub struct Args {
     /// The embedded store's directory (used when no MongoDB URI is given).
     #[arg(long, env = "VICHE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Use MongoDB instead of the embedded store (not available yet in this build).
+    /// Use MongoDB instead of the embedded store.
     #[arg(long, env = "VICHE_MONGO_URI")]
     pub mongo_uri: Option<String>,
     /// MongoDB database name.
     #[arg(long, env = "VICHE_MONGO_DB", default_value = "viche")]
     pub mongo_db: String,
+    /// MongoDB write concern `w` for messages and users: a number of nodes,
+    /// or `majority` (use it with a replica set).
+    #[arg(long, env = "VICHE_MONGO_WRITE_CONCERN", default_value = "1")]
+    pub mongo_write_concern: String,
+    /// Whether MongoDB acknowledges only after its journal is on disk (`j`).
+    #[arg(long, env = "VICHE_MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mongo_journal: bool,
     /// HS256 signing key; generated once and kept in the data dir when absent.
     #[arg(long, env = "VICHE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -161,8 +168,16 @@ impl Args {
                 return Err("--jwt-secret must be at least 16 bytes".into());
             }
         }
-        if self.mongo_uri.is_some() {
-            return Err("--mongo-uri: the MongoDB store is not part of this build yet; omit it to use the embedded store".into());
+        if let Some(uri) = &self.mongo_uri {
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err("--mongo-uri must start with mongodb:// or mongodb+srv://".into());
+            }
+            if self.mongo_db.is_empty() || self.mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
+                return Err("--mongo-db must be a non-empty name without / \\ . space \" or $".into());
+            }
+            if self.mongo_write_concern != "majority" && self.mongo_write_concern.parse::<u32>().map_or(true, |n| n == 0) {
+                return Err("--mongo-write-concern must be \"majority\" or a number of nodes ≥ 1".into());
+            }
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ use anyhow::Context;
 use clap::Parser;
 use viche_engine::auth::Jwt;
 use viche_engine::store::embedded::EmbeddedStore;
+use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
+use viche_engine::store::Store;
 use viche_engine::Engine;
 
 use crate::config::Args;
@@ -67,12 +69,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let prometheus = if args.no_metrics { None } else { Some(exporter::install().context("installing the Prometheus recorder")?) };
 
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let store = EmbeddedStore::open(&args.data_dir).with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = match &args.mongo_uri {
+        Some(uri) => {
+            let concern = MongoWriteConcern { w: args.mongo_write_concern.clone(), journal: args.mongo_journal };
+            let store = MongoStore::connect(uri, &args.mongo_db, &concern).await.context("opening the MongoDB store")?;
+            tracing::info!(db = %args.mongo_db, w = %concern.w, j = concern.journal, "using MongoDB");
+            Arc::new(store)
+        }
+        None => Arc::new(
+            EmbeddedStore::open(&args.data_dir).with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?,
+        ),
+    };
     let secret = match &args.jwt_secret {
         Some(s) => s.clone().into_bytes(),
         None => load_or_create_secret(&args.data_dir)?,
     };
-    let engine = Engine::start(args.engine_config(), Arc::new(store), Jwt::new(&secret, args.token_ttl)).await?;
+    let engine = Engine::start(args.engine_config(), store, Jwt::new(&secret, args.token_ttl)).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);

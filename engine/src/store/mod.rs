@@ -6,6 +6,7 @@
 //! retried batch can never leave a gap, reuse a seq, or store a cid twice.
 
 pub mod embedded;
+pub mod mongo;
 
 use std::sync::Arc;
 

@@ -40,6 +40,28 @@ pub struct Opts {
     pub max_frame_bytes: Option<u64>,
     /// More `--flag value` arguments, verbatim.
     pub extra_args: Vec<String>,
+    /// Use MongoDB at this URI (each server gets a database of its own).
+    /// Absent: MongoDB at `VICHE_TEST_MONGO_URI` when `VICHE_TEST_STORE` is
+    /// `mongo`, else the embedded store.
+    pub mongo_uri: Option<String>,
+}
+
+/// The MongoDB (FerretDB) the tests may use, if scripts/test.sh started one.
+pub fn mongo_uri() -> Option<String> {
+    std::env::var("VICHE_TEST_MONGO_URI").ok().filter(|u| !u.is_empty())
+}
+
+/// True when the generic end-to-end suite runs on MongoDB (scripts/test.sh's second pass).
+pub fn suite_on_mongo() -> bool {
+    std::env::var("VICHE_TEST_STORE").is_ok_and(|s| s == "mongo")
+}
+
+/// A database name no other test server uses.
+fn unique_db_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("e2e_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos)
 }
 
 impl Opts {
@@ -68,6 +90,9 @@ pub struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     opts: Opts,
+    /// `--mongo-uri` and `--mongo-db` when this server runs on MongoDB; kept
+    /// across restarts, like the data dir.
+    mongo: Option<(String, String)>,
     port: u16,
     log: PathBuf,
     http: HttpClient,
@@ -93,9 +118,14 @@ impl Server {
         std::fs::write(dir.path().join("web").join("index.html"), "<!doctype html><title>viche test</title>")
             .expect("writing index.html");
         let log = dir.path().join("server.log");
+        let uri = opts.mongo_uri.clone().or_else(|| if suite_on_mongo() { mongo_uri() } else { None });
+        if suite_on_mongo() && uri.is_none() {
+            panic!("VICHE_TEST_STORE=mongo needs VICHE_TEST_MONGO_URI (scripts/test.sh sets both)");
+        }
         let mut server = Server {
             child: None,
             dir,
+            mongo: uri.map(|u| (u, unique_db_name())),
             opts,
             port: 0,
             log,
@@ -159,12 +189,18 @@ impl Server {
             .arg("--web-dir")
             .arg(self.dir.path().join("web"))
             .args(self.opts.args())
+            .args(self.mongo.iter().flat_map(|(uri, db)| ["--mongo-uri".to_string(), uri.clone(), "--mongo-db".to_string(), db.clone()]))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .spawn()
             .expect("spawning the viche binary")
+    }
+
+    /// The MongoDB URI and database of this server, when it runs on MongoDB.
+    pub fn mongo(&self) -> Option<&(String, String)> {
+        self.mongo.as_ref()
     }
 
     pub fn data_dir(&self) -> PathBuf {

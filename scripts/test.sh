@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, on a machine with Rust and Go:
+#   1. every crate's tests, the end-to-end suite on the embedded store, and
+#      the MongoDB-specific tests, against FerretDB started here;
+#   2. the end-to-end suite again, with every test server on MongoDB.
+# FerretDB (a MongoDB-wire-compatible database on SQLite) is built from the
+# Go module proxy into target/tools/ on first use; see tools/ferretdb/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+ferretdb_bin=${VICHE_FERRETDB_BIN:-$root/target/tools/ferretdb}
+if [ ! -x "$ferretdb_bin" ]; then
+  echo "== building FerretDB 1.24.2 into $ferretdb_bin"
+  (cd tools/ferretdb && go build -o "$ferretdb_bin" .)
+fi
+
+ferret_dir=$(mktemp -d)
+ferret_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$ferretdb_bin" -listen-addr "127.0.0.1:$ferret_port" -sqlite-url "file:$ferret_dir/" 2>"$ferret_dir/ferretdb.log" &
+ferret_pid=$!
+cleanup() {
+  kill "$ferret_pid" 2>/dev/null || true
+  wait "$ferret_pid" 2>/dev/null || true
+  rm -rf "$ferret_dir"
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$ferret_port") 2>/dev/null && break
+  sleep 0.1
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$ferret_port") 2>/dev/null || { echo "FerretDB did not start:"; cat "$ferret_dir/ferretdb.log"; exit 1; }
+
+export VICHE_TEST_MONGO_URI="mongodb://127.0.0.1:$ferret_port/"
+export VICHE_FERRETDB_BIN="$ferretdb_bin"
+
+echo "== pass 1: all tests (end-to-end on the embedded store; MongoDB-specific tests on FerretDB)"
+cargo test --workspace --locked
+
+echo "== pass 2: the end-to-end suite with every server on MongoDB (FerretDB)"
+VICHE_TEST_STORE=mongo cargo test --locked -p viche-gateway --tests -- --skip mongo_ --skip prometheus

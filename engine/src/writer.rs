@@ -160,7 +160,7 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
     for (request, outcome) in requests.iter().zip(outcomes) {
         let msg = match outcome {
             Appended::Stored(msg) => {
-                metrics::counter!("viche_messages_stored_total").increment(1);
+                crate::metrics::hot().messages_stored.increment(1);
                 msg
             }
             // A duplicate is usually a client's retry of a message already

@@ -39,3 +39,12 @@ cargo test --workspace --locked
 
 echo "== pass 2: the end-to-end suite with every server on MongoDB (FerretDB)"
 VICHE_TEST_STORE=mongo cargo test --locked -p viche-gateway --tests -- --skip mongo_ --skip prometheus
+
+echo "== pass 3: the web client (Vitest, committed dist up to date, browser end-to-end)"
+(
+  cd web
+  npm ci --no-audit --no-fund
+  npm test
+  npm run check-dist
+  npm run e2e
+)

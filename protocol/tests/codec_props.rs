@@ -377,9 +377,17 @@ fn encode_v(v: &V, encoding: Encoding) -> Vec<u8> {
 }
 
 /// A frame's map entries, in serialization order for msgpack (via JSON value: sorted).
+/// A frame's entries, sorted by key (explicitly: whether serde_json's map
+/// keeps insertion order depends on features other crates turn on).
 fn entries_of<T: serde::Serialize>(frame: &T) -> Vec<(V, V)> {
     match from_json(&serde_json::to_value(frame).unwrap()) {
-        V::Map(entries) => entries,
+        V::Map(mut entries) => {
+            entries.sort_by(|a, b| match (&a.0, &b.0) {
+                (V::Str(x), V::Str(y)) => x.cmp(y),
+                _ => std::cmp::Ordering::Equal,
+            });
+            entries
+        }
         other => panic!("a frame is a map, not {other:?}"),
     }
 }

@@ -84,6 +84,14 @@ impl HttpClient {
         Ok(HttpClient { base: base_url.trim_end_matches('/').to_string(), http })
     }
 
+    /// Like [`HttpClient::with_timeout`], with the client's sockets bound to
+    /// `local_addr` (a load generator spreading requests over source
+    /// addresses, each with its own per-address limits on the server).
+    pub fn with_local_address(base_url: &str, timeout: Duration, local_addr: Option<std::net::IpAddr>) -> Result<Self> {
+        let http = reqwest::Client::builder().timeout(timeout).local_address(local_addr).build()?;
+        Ok(HttpClient { base: base_url.trim_end_matches('/').to_string(), http })
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -143,6 +143,47 @@ impl Connection {
         })
     }
 
+    /// Like [`Connection::connect`], but with `local_addr` the socket is
+    /// bound to that local address (any port) before connecting, so that
+    /// a load generator can spread its connections over several source
+    /// addresses (each has its own range of ephemeral ports). `None` is
+    /// [`Connection::connect`].
+    pub async fn connect_from(ws_url: &str, encoding: Encoding, local_addr: Option<std::net::IpAddr>) -> Result<Self> {
+        let Some(local) = local_addr else {
+            return Self::connect(ws_url, encoding).await;
+        };
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let request = ws_url.into_client_request()?;
+        let host = request.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = request.uri().port_u16().unwrap_or(80);
+        let connecting = async {
+            let remote = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .find(|a| a.is_ipv4() == local.is_ipv4())
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("no address of {host} in the family of {local}")))?;
+            let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(std::net::SocketAddr::new(local, 0))?;
+            let stream = socket.connect(remote).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, WsError>(tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await?)
+        };
+        let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ClientError::timeout(format!("WebSocket connect to {ws_url} from {local}"), DEFAULT_TIMEOUT))??;
+        Ok(Connection {
+            ws,
+            encoding,
+            hello_encoding: None,
+            next_ref: 1,
+            pending: VecDeque::new(),
+            closed: None,
+            timeout: DEFAULT_TIMEOUT,
+            welcome: None,
+        })
+    }
+
     /// Connects, sends `hello` with `token`, and waits for `welcome`
     /// (available afterwards from [`Connection::welcome`]).
     pub async fn open(ws_url: &str, token: &str, encoding: Encoding) -> Result<Self> {

@@ -166,7 +166,11 @@ describe('chatting in the browser', () => {
   it('works with the keyboard alone', async () => {
     const { context, page } = await openPage(browser, server);
     try {
-      // The username field has the focus on arrival.
+      // The username field has the focus on arrival (wait for the app to
+      // mount: keys typed before that go nowhere).
+      await waitFor('focus in the username field', () =>
+        page.getByLabel('Username', { exact: true }).evaluate((el) => el === document.activeElement),
+      );
       await page.keyboard.type('dave');
       await page.keyboard.press('Tab');
       await page.keyboard.type(PASSWORD);

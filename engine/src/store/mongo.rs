@@ -6,14 +6,24 @@
 //! range, sorted), unique `messages.(from, cid)`.
 //!
 //! `append_batch` keeps the `Store` contract with standard driver calls
-//! only: one `find` for the batch's (from, cid) pairs, seqs assigned from a
-//! per-room cache of the last stored seq (this process is the rooms' only
-//! writer), one `insert_many` (ordered: false) acknowledged with the
-//! configured write concern. Any failure invalidates the cache of the rooms
-//! involved and fails the batch; the writer retries it, and the retry finds
-//! whatever did get in as `Duplicate` with its original seq.
+//! only. Fast path, taken by every batch without a retried cid: seqs from a
+//! per-room cache of the last stored seq (this process is its rooms' only
+//! writer) and one `insert_many` (ordered: false) acknowledged with the
+//! configured write concern — no query before it, since a message's `_id`
+//! is its (from, cid) key. If the insert reports duplicate keys, the
+//! documents this attempt did insert are deleted (nothing of it was acked),
+//! and the slow path runs: look the batch's ids up, answer the ones found
+//! as `Duplicate`, number the rest from the database's last seq, insert.
+//! Any other failure invalidates the cache of the rooms involved and fails
+//! the batch; the writer retries it, and the retry finds whatever did get
+//! in as `Duplicate` with its original seq.
+//!
+//! Why not always look up first: on FerretDB (the test server) a `find` by
+//! many keys scans the collection, so a lookup per batch made throughput
+//! fall with the history's size; on MongoDB it would be an index probe per
+//! batch, cheap but still a round trip on every message's critical path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +40,10 @@ use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MessageDoc {
+    /// `from:cid`. Usernames have no `:`, so this is the (from, cid) key
+    /// itself: a retried cid collides here on insert, with no query first.
+    #[serde(rename = "_id")]
+    id: String,
     room: String,
     seq: i64,
     from: String,
@@ -85,8 +99,8 @@ impl MongoWriteConcern {
 /// Rooms whose last seq is cached at most; past it the cache is cleared
 /// (and refilled from the database on demand).
 const SEQ_CACHE_MAX_ROOMS: usize = 100_000;
-/// (from, cid) pairs per dedupe query.
-const DEDUPE_QUERY_MAX_PAIRS: usize = 512;
+/// Ids per dedupe query (slow path only).
+const DEDUPE_QUERY_MAX_IDS: usize = 1024;
 const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
@@ -97,6 +111,17 @@ pub struct MongoStore {
     rooms: Collection<Document>,
     write_concern: WriteConcern,
     last_seq: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+enum Attempt {
+    Done(Vec<Appended>),
+    /// The insert hit duplicate keys; nothing of this attempt remains.
+    Duplicates,
+}
+
+/// A message's `_id`: its (from, cid) key. Usernames have no `:`.
+fn doc_id(from: &str, cid: &str) -> String {
+    format!("{from}:{cid}")
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -159,43 +184,29 @@ impl MongoStore {
         Ok(last.map_or(0, |d| d.seq.max(0) as u64))
     }
 
-    /// The originals already stored for these (from, cid) pairs.
-    async fn existing(&self, pairs: &[(&str, &str)]) -> StoreResult<HashMap<(String, String), Msg>> {
+    /// The originals already stored under these ids.
+    async fn existing(&self, ids: &[String]) -> StoreResult<HashMap<String, Msg>> {
         let mut found = HashMap::new();
-        for chunk in pairs.chunks(DEDUPE_QUERY_MAX_PAIRS) {
-            let any: Vec<Document> = chunk.iter().map(|(from, cid)| doc! { "from": *from, "cid": *cid }).collect();
+        for chunk in ids.chunks(DEDUPE_QUERY_MAX_IDS) {
             let docs: Vec<MessageDoc> = self
                 .messages
-                .find(doc! { "$or": any })
+                .find(doc! { "_id": { "$in": chunk } })
                 .await
                 .map_err(|e| unavailable("looking up cids", e))?
                 .try_collect()
                 .await
                 .map_err(|e| unavailable("reading cids", e))?;
             for d in docs {
-                found.insert((d.from.clone(), d.cid.clone()), Msg::from(d));
+                found.insert(d.id.clone(), Msg::from(d));
             }
         }
         Ok(found)
     }
 
-    fn forget_rooms<'a>(&self, rooms: impl Iterator<Item = &'a str>) {
-        let mut cache = self.last_seq.lock();
-        for room in rooms {
-            cache.remove(room);
-        }
-    }
-}
-
-#[async_trait]
-impl Store for MongoStore {
-    async fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<(&str, &str)> = batch.iter().map(|m| (&*m.from, m.cid.as_str())).collect();
-        let mut originals = self.existing(&pairs).await?;
-
+    /// One attempt: numbers the batch (`originals` are answered as
+    /// duplicates) and inserts it. On duplicate keys, removes what this
+    /// attempt inserted and says so.
+    async fn try_append(&self, batch: &[NewMessage], mut originals: HashMap<String, Msg>) -> StoreResult<Attempt> {
         // Last seq of every room that gets a new message, from the cache or the database.
         let mut next: HashMap<&str, u64> = HashMap::new();
         for m in batch {
@@ -221,32 +232,44 @@ impl Store for MongoStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut docs = Vec::new();
         for m in batch {
-            let key = (m.from.to_string(), m.cid.clone());
-            if let Some(original) = originals.get(&key) {
+            let id = doc_id(&m.from, &m.cid);
+            if let Some(original) = originals.get(&id) {
                 outcomes.push(Appended::Duplicate(original.clone()));
                 continue;
             }
             let seq = next.get_mut(&*m.room).expect("every room was looked up above");
             *seq += 1;
             let msg = Msg { room: m.room.to_string(), seq: *seq, from: m.from.to_string(), body: m.body.clone(), cid: m.cid.clone(), ts: m.ts_ms };
-            docs.push(MessageDoc { room: msg.room.clone(), seq: msg.seq as i64, from: msg.from.clone(), cid: msg.cid.clone(), body: msg.body.clone(), ts: msg.ts as i64 });
-            originals.insert(key, msg.clone());
+            docs.push(MessageDoc { id: id.clone(), room: msg.room.clone(), seq: msg.seq as i64, from: msg.from.clone(), cid: msg.cid.clone(), body: msg.body.clone(), ts: msg.ts as i64 });
+            originals.insert(id, msg.clone());
             outcomes.push(Appended::Stored(msg));
         }
 
         if !docs.is_empty() {
-            let result = self.messages.insert_many(&docs).ordered(false).write_concern(self.write_concern.clone()).await;
-            if let Err(e) = result {
+            if let Err(e) = self.messages.insert_many(&docs).ordered(false).write_concern(self.write_concern.clone()).await {
                 self.forget_rooms(batch.iter().map(|m| &*m.room));
-                let all_duplicates = match &*e.kind {
-                    mongodb::error::ErrorKind::InsertMany(ime) => {
-                        ime.write_concern_error.is_none()
-                            && ime.write_errors.as_ref().is_some_and(|we| we.iter().all(|w| w.code == DUPLICATE_KEY))
-                    }
-                    _ => false,
+                let failed: Option<HashSet<usize>> = match &*e.kind {
+                    mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => ime
+                        .write_errors
+                        .as_ref()
+                        .filter(|we| !we.is_empty() && we.iter().all(|w| w.code == DUPLICATE_KEY))
+                        .map(|we| we.iter().map(|w| w.index).collect()),
+                    _ => None,
                 };
-                let what = if all_duplicates { "insert_many hit duplicate keys (another writer?)" } else { "insert_many" };
-                return Err(unavailable(what, e));
+                let Some(failed) = failed else {
+                    return Err(unavailable("insert_many", e));
+                };
+                // Only duplicate keys: undo this attempt (nothing of it was
+                // acknowledged), so the slow path starts from a clean slate.
+                let inserted: Vec<&str> = docs.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, d)| d.id.as_str()).collect();
+                if !inserted.is_empty() {
+                    self.messages
+                        .delete_many(doc! { "_id": { "$in": inserted } })
+                        .write_concern(self.write_concern.clone())
+                        .await
+                        .map_err(|e| unavailable("undoing a batch with duplicate keys", e))?;
+                }
+                return Ok(Attempt::Duplicates);
             }
         }
 
@@ -257,7 +280,36 @@ impl Store for MongoStore {
         for (room, last) in next {
             cache.insert(room.to_string(), last);
         }
-        Ok(outcomes)
+        Ok(Attempt::Done(outcomes))
+    }
+
+    fn forget_rooms<'a>(&self, rooms: impl Iterator<Item = &'a str>) {
+        let mut cache = self.last_seq.lock();
+        for room in rooms {
+            cache.remove(room);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.try_append(batch, HashMap::new()).await? {
+            Attempt::Done(outcomes) => Ok(outcomes),
+            Attempt::Duplicates => {
+                // Some cids were stored before: the slow path, which asks first.
+                let ids: Vec<String> = batch.iter().map(|m| doc_id(&m.from, &m.cid)).collect();
+                let originals = self.existing(&ids).await?;
+                self.forget_rooms(batch.iter().map(|m| &*m.room));
+                match self.try_append(batch, originals).await? {
+                    Attempt::Done(outcomes) => Ok(outcomes),
+                    Attempt::Duplicates => Err(StoreError::Unavailable("insert_many: duplicate keys again after the lookup (another writer?)".into())),
+                }
+            }
+        }
     }
 
     async fn last_seq(&self, room: &str) -> StoreResult<u64> {

@@ -153,7 +153,6 @@ impl Connection {
             return Self::connect(ws_url, encoding).await;
         };
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        use tokio_tungstenite::tungstenite::Error as WsError;
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
         let request = ws_url.into_client_request()?;
         let host = request.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
@@ -167,7 +166,7 @@ impl Connection {
             socket.bind(std::net::SocketAddr::new(local, 0))?;
             let stream = socket.connect(remote).await?;
             stream.set_nodelay(true)?;
-            Ok::<_, WsError>(tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await?)
+            tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await
         };
         let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting)
             .await

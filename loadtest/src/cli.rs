@@ -1,0 +1,507 @@
+//! The command line, and each scenario's plan of sessions for one process
+//! (worker `i` of `n` takes every `n`-th room, pair, session or user).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "viche-load",
+    version,
+    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins.",
+    long_about = "Load generator for a Viche server. Every run is bounded in time and stops by itself, and goes only to \
+                  loopback addresses unless --allow-remote is given. Latency is the send's due time to each \
+                  receiver's arrival on one clock (open loop: a late send goes out at once, never skipped). \
+                  See docs/benchmarks.md, \"viche-load\"."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// R rooms × M members, S senders per room at a rate each.
+    Fanout(FanoutArgs),
+    /// Pairs of users exchanging direct messages.
+    Dm(DmArgs),
+    /// Ramp N sessions into rooms, hold them, report server memory per session.
+    Connections(ConnectionsArgs),
+    /// Clients drop and reconnect (backoff, jitter) and resume with `join since` while messages flow.
+    Churn(ChurnArgs),
+    /// Registration and login throughput through the HTTP API.
+    Login(LoginArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum EncodingArg {
+    Msgpack,
+    Json,
+}
+
+/// Options of every scenario.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// The server's base URL (loopback only unless --allow-remote).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Mint tokens locally with the server's JWT secret (argon2 is then not what a run measures).
+    #[arg(long)]
+    #[serde(skip)]
+    pub jwt_secret: Option<String>,
+    /// Register and log in real users through the HTTP API for their tokens.
+    #[arg(long)]
+    pub login: bool,
+    /// Password of the users registered by --login, `dm` and `login`.
+    #[arg(long, default_value = "viche-load-password")]
+    #[serde(skip)]
+    pub password: String,
+    /// Measured window, seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up, seconds: traffic flows but is not measured.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// After the window, wait at most this long (seconds) for every answer and delivery.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+    /// Connecting (and logging in) every session may take at most this long, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub setup_timeout: f64,
+    /// Seed of every random choice (send offsets, storms, backoff jitter): same seed, same schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Prefix of this run's user and room names (default: random, so that runs do not collide).
+    #[arg(long)]
+    pub run_tag: Option<String>,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw latency percentiles over time and the latency histogram into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Generator processes (this program re-executed, each with a slice of the sessions).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Source addresses to spread connections over: `127.0.0.2-127.0.0.9` or a comma list.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Allow a target or source address other than loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// No live progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Sessions connecting (or logging in) at once.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// PID of the server, for exact CPU and RSS from /proc (default: the process listening on the port, if any).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Frame encoding of the sessions.
+    #[arg(long, value_enum, default_value = "msgpack")]
+    pub encoding: EncodingArg,
+    /// Exit with status 1 when the run broke an invariant (loss, gaps, duplicates, errors, failed connections).
+    #[arg(long)]
+    pub check: bool,
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub worker_index: Option<usize>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    #[serde(skip)]
+    pub worker_count: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 20)]
+    pub rooms: usize,
+    /// Sessions per room (each a distinct user).
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Senders per room (among its members).
+    #[arg(long, default_value_t = 5)]
+    pub senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Body size in bytes (at least 40: the send and due times are stamped in it).
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct DmArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Pairs of users; each user registers through HTTP (the server's registration limits must allow 2 × pairs).
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// DMs per second per user.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Sessions opened per second (0: as fast as --connect-concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_rate: f64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients that drop and come back, spread over the rooms.
+    #[arg(long, default_value_t = 5_000)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Steady senders per room (they do not churn).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// A storm every this many seconds (until the window ends).
+    #[arg(long, default_value_t = 5.0)]
+    pub storm_every: f64,
+    /// Share of the clients that drop in each storm.
+    #[arg(long, default_value_t = 1.0)]
+    pub storm_fraction: f64,
+    /// First reconnect within [0, this] ms; then exponential backoff with full jitter.
+    #[arg(long, default_value_t = 100)]
+    pub backoff_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users registered, then logged in.
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+impl Cmd {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Fanout(_) => "fanout",
+            Cmd::Dm(_) => "dm",
+            Cmd::Connections(_) => "connections",
+            Cmd::Churn(_) => "churn",
+            Cmd::Login(_) => "login",
+        }
+    }
+
+    pub fn common(&self) -> &Common {
+        match self {
+            Cmd::Fanout(a) => &a.common,
+            Cmd::Dm(a) => &a.common,
+            Cmd::Connections(a) => &a.common,
+            Cmd::Churn(a) => &a.common,
+            Cmd::Login(a) => &a.common,
+        }
+    }
+
+    pub fn params(&self) -> serde_json::Value {
+        match self {
+            Cmd::Fanout(a) => serde_json::to_value(a),
+            Cmd::Dm(a) => serde_json::to_value(a),
+            Cmd::Connections(a) => serde_json::to_value(a),
+            Cmd::Churn(a) => serde_json::to_value(a),
+            Cmd::Login(a) => serde_json::to_value(a),
+        }
+        .unwrap_or_default()
+    }
+
+    /// Checks the parameters; the error is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.common();
+        if !(c.duration > 0.0 && c.duration <= 86_400.0) {
+            return Err("--duration must be in (0, 86400] seconds".into());
+        }
+        let in_hour = |v: f64| (0.0..=3600.0).contains(&v);
+        if !in_hour(c.warmup) || !in_hour(c.drain) {
+            return Err("--warmup and --drain must be in [0, 3600] seconds".into());
+        }
+        if !(c.setup_timeout > 0.0 && c.setup_timeout <= 3600.0) {
+            return Err("--setup-timeout must be in (0, 3600] seconds".into());
+        }
+        if c.workers == 0 || c.workers > 64 {
+            return Err("--workers must be between 1 and 64".into());
+        }
+        if c.connect_concurrency == 0 {
+            return Err("--connect-concurrency must be at least 1".into());
+        }
+        if let Some(tag) = &c.run_tag {
+            if tag.is_empty() || tag.len() > 12 || !tag.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+                return Err("--run-tag must be 1 to 12 ASCII letters or digits".into());
+            }
+        }
+        let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1_000_000.0;
+        let body_ok = |b: usize| (40..=1_000_000).contains(&b);
+        let sliced = |units: usize, what: &str| {
+            if c.workers > units.max(1) {
+                Err(format!("--workers {} is more than the {units} {what} to share out", c.workers))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Cmd::Fanout(a) => {
+                if a.rooms == 0 || a.members == 0 || a.senders > a.members || !rate_ok(a.rate) || !body_ok(a.body_bytes) {
+                    return Err("fanout: needs rooms ≥ 1, members ≥ 1, senders ≤ members, 0 < rate, 40 ≤ body-bytes".into());
+                }
+                sliced(a.rooms, "rooms")?;
+            }
+            Cmd::Dm(a) => {
+                if a.pairs == 0 || !rate_ok(a.rate) || !body_ok(a.body_bytes) {
+                    return Err("dm: needs pairs ≥ 1, 0 < rate, 40 ≤ body-bytes".into());
+                }
+                sliced(a.pairs, "pairs")?;
+            }
+            Cmd::Connections(a) => {
+                if a.sessions == 0 || a.rooms == 0 || !(a.ramp_rate >= 0.0 && a.ramp_rate.is_finite()) {
+                    return Err("connections: needs sessions ≥ 1, rooms ≥ 1, ramp-rate ≥ 0".into());
+                }
+                sliced(a.sessions, "sessions")?;
+            }
+            Cmd::Churn(a) => {
+                if a.clients == 0 || a.rooms == 0 || a.senders == 0 || !rate_ok(a.rate) || !body_ok(a.body_bytes) {
+                    return Err("churn: needs clients ≥ 1, rooms ≥ 1, senders ≥ 1, 0 < rate, 40 ≤ body-bytes".into());
+                }
+                if a.storm_every.is_nan() || a.storm_every <= 0.0 || !(0.0..=1.0).contains(&a.storm_fraction) || a.backoff_ms == 0 || a.backoff_max_ms < a.backoff_ms {
+                    return Err("churn: needs storm-every > 0, storm-fraction in [0, 1], 0 < backoff-ms ≤ backoff-max-ms".into());
+                }
+                sliced(a.rooms, "rooms")?;
+            }
+            Cmd::Login(a) => {
+                if a.users == 0 || a.concurrency == 0 {
+                    return Err("login: needs users ≥ 1 and concurrency ≥ 1".into());
+                }
+                sliced(a.users, "users")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A 64-bit mix (splitmix64): a seed per session from the run's seed.
+pub fn mix(seed: u64, i: u64) -> u64 {
+    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn interval_ns(rate: f64) -> u64 {
+    (1e9 / rate).round().max(1.0) as u64
+}
+
+/// The first send of a sender: at a seeded offset within one interval, so
+/// that senders do not fire together.
+fn offset_ns(seed: u64, index: usize, interval: u64) -> u64 {
+    mix(seed ^ 0x5EED, index as u64) % interval.max(1)
+}
+
+/// The plan of worker `worker` of `workers` (or of the only process).
+pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
+    let seed = cmd.common().seed;
+    let mut plan = Plan::default();
+    match cmd {
+        Cmd::Fanout(a) => {
+            let interval = interval_ns(a.rate);
+            for r in (0..a.rooms).filter(|r| r % workers == worker) {
+                let room = plan.rooms.len();
+                plan.rooms.push(format!("{tag}-r{r}"));
+                for m in 0..a.members {
+                    let index = r * a.members + m;
+                    plan.members.push(MemberSpec {
+                        index,
+                        user: format!("{tag}u{index}"),
+                        room,
+                        join: true,
+                        send: (m < a.senders).then(|| SendPlan {
+                            target: SendTarget::Room,
+                            interval_ns: interval,
+                            offset_ns: offset_ns(seed, index, interval),
+                            body_bytes: a.body_bytes,
+                        }),
+                        churn: None,
+                        connect_after_ns: 0,
+                        seed: mix(seed, index as u64),
+                    });
+                }
+            }
+        }
+        Cmd::Dm(a) => {
+            plan.register_users = true;
+            let interval = interval_ns(a.rate);
+            for p in (0..a.pairs).filter(|p| p % workers == worker) {
+                let (ua, ub) = (format!("{tag}a{p}"), format!("{tag}b{p}"));
+                let room = plan.rooms.len();
+                // DM room id: the two usernames in byte order.
+                let (lo, hi) = if ua.as_bytes() <= ub.as_bytes() { (&ua, &ub) } else { (&ub, &ua) };
+                plan.rooms.push(format!("dm:{lo}:{hi}"));
+                for (k, (me, other)) in [(&ua, &ub), (&ub, &ua)].into_iter().enumerate() {
+                    let index = 2 * p + k;
+                    plan.members.push(MemberSpec {
+                        index,
+                        user: me.clone(),
+                        room,
+                        join: false,
+                        send: Some(SendPlan {
+                            target: SendTarget::Dm(other.clone()),
+                            interval_ns: interval,
+                            offset_ns: offset_ns(seed, index, interval),
+                            body_bytes: a.body_bytes,
+                        }),
+                        churn: None,
+                        connect_after_ns: 0,
+                        seed: mix(seed, index as u64),
+                    });
+                }
+            }
+        }
+        Cmd::Connections(a) => {
+            plan.rooms = (0..a.rooms).map(|r| format!("{tag}-r{r}")).collect();
+            for s in (0..a.sessions).filter(|s| s % workers == worker) {
+                plan.members.push(MemberSpec {
+                    index: s,
+                    user: format!("{tag}u{s}"),
+                    room: s % a.rooms,
+                    join: true,
+                    send: None,
+                    churn: None,
+                    connect_after_ns: if a.ramp_rate > 0.0 { (s as f64 / a.ramp_rate * 1e9) as u64 } else { 0 },
+                    seed: mix(seed, s as u64),
+                });
+            }
+        }
+        Cmd::Churn(a) => {
+            let interval = interval_ns(a.rate);
+            let churn = ChurnPlan {
+                every_ns: (a.storm_every * 1e9) as u64,
+                fraction: a.storm_fraction,
+                backoff_base_ns: a.backoff_ms * 1_000_000,
+                backoff_max_ns: a.backoff_max_ms * 1_000_000,
+            };
+            for r in (0..a.rooms).filter(|r| r % workers == worker) {
+                let room = plan.rooms.len();
+                plan.rooms.push(format!("{tag}-r{r}"));
+                for s in 0..a.senders {
+                    let index = a.clients + r * a.senders + s;
+                    plan.members.push(MemberSpec {
+                        index,
+                        user: format!("{tag}u{index}"),
+                        room,
+                        join: true,
+                        send: Some(SendPlan {
+                            target: SendTarget::Room,
+                            interval_ns: interval,
+                            offset_ns: offset_ns(seed, index, interval),
+                            body_bytes: a.body_bytes,
+                        }),
+                        churn: None,
+                        connect_after_ns: 0,
+                        seed: mix(seed, index as u64),
+                    });
+                }
+                for index in (0..a.clients).filter(|c| c % a.rooms == r) {
+                    plan.members.push(MemberSpec {
+                        index,
+                        user: format!("{tag}u{index}"),
+                        room,
+                        join: true,
+                        send: None,
+                        churn: Some(churn.clone()),
+                        connect_after_ns: 0,
+                        seed: mix(seed, index as u64),
+                    });
+                }
+            }
+        }
+        Cmd::Login(_) => {}
+    }
+    plan
+}
+
+/// The users of the `login` scenario for one process.
+pub fn login_users(a: &LoginArgs, tag: &str, worker: usize, workers: usize) -> Vec<(usize, String)> {
+    (0..a.users).filter(|u| u % workers == worker).map(|u| (u, format!("{tag}l{u}"))).collect()
+}
+
+/// Deliveries each send should produce.
+pub fn deliveries_per_send(cmd: &Cmd) -> f64 {
+    match cmd {
+        Cmd::Fanout(a) => a.members as f64,
+        Cmd::Dm(_) => 2.0,
+        Cmd::Churn(a) => (a.clients as f64 / a.rooms as f64) + a.senders as f64,
+        Cmd::Connections(_) | Cmd::Login(_) => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fanout(workers: usize) -> Cmd {
+        let cli = Cli::parse_from([
+            "viche-load", "fanout", "--rooms", "4", "--members", "3", "--senders", "1", "--workers", &workers.to_string(),
+        ]);
+        cli.cmd
+    }
+
+    #[test]
+    fn slices_cover_every_session_once() {
+        let cmd = fanout(3);
+        cmd.validate().unwrap();
+        let mut all: Vec<usize> = (0..3).flat_map(|w| plan(&cmd, "t", w, 3).members.into_iter().map(|m| m.index)).collect();
+        all.sort();
+        assert_eq!(all, (0..12).collect::<Vec<_>>());
+        // A room is never split between processes.
+        let p = plan(&cmd, "t", 0, 3);
+        assert_eq!(p.rooms, vec!["t-r0".to_string(), "t-r3".to_string()]);
+        assert_eq!(p.members.iter().filter(|m| m.send.is_some()).count(), 2);
+        assert!(fanout(5).validate().is_err());
+    }
+
+    #[test]
+    fn same_seed_same_schedule() {
+        let cmd = fanout(1);
+        let a: Vec<_> = plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
+        let b: Vec<_> = plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn dm_rooms_are_in_byte_order() {
+        let cmd = Cli::parse_from(["viche-load", "dm", "--pairs", "2"]).cmd;
+        let p = plan(&cmd, "t", 0, 1);
+        assert_eq!(p.rooms, vec!["dm:ta0:tb0".to_string(), "dm:ta1:tb1".to_string()]);
+        assert!(p.register_users);
+    }
+}

@@ -1,0 +1,507 @@
+//! What a run measured.
+//!
+//! [`Raw`] is what one process counted: named counters, errors and closes
+//! by code, HDR histograms, and a per-second timeline. Raws merge exactly
+//! (sums, histogram adds, timelines joined by second), which is how the
+//! reports of `--workers N` processes become one. [`Report`] is the final,
+//! derived form: rates, loss, percentiles, the server's figures, the
+//! problems found; it is what `--json` writes and the table shows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::{Hist, Summary};
+
+/// Counter names (the keys of [`Raw::counters`]).
+pub mod c {
+    pub const CONNECTIONS_TARGET: &str = "connections_target";
+    pub const CONNECTIONS_OPENED: &str = "connections_opened";
+    pub const CONNECT_FAILURES: &str = "connect_failures";
+    /// Sends whose due time fell in the measured window (the offered load).
+    pub const SENDS_DUE: &str = "sends_due_in_window";
+    /// Sends written to a socket, whole run.
+    pub const SENDS: &str = "sends";
+    /// Sends written during the measured window (the achieved load).
+    pub const SENDS_IN_WINDOW: &str = "sends_in_window";
+    pub const ACKS: &str = "acks";
+    pub const SEND_ERRORS: &str = "send_errors";
+    pub const SENDS_UNANSWERED: &str = "sends_unanswered";
+    /// Distinct messages received in the watched rooms, whole run.
+    pub const DELIVERIES: &str = "deliveries";
+    /// Deliveries that arrived during the measured window.
+    pub const DELIVERIES_IN_WINDOW: &str = "deliveries_in_window";
+    pub const EXPECTED: &str = "expected_deliveries";
+    pub const LOST: &str = "lost";
+    pub const DUPLICATES: &str = "duplicates";
+    /// Missing seqs seen as jumps (a gap of 3 counts 3).
+    pub const GAPS: &str = "gaps";
+    pub const REPLAYED: &str = "replayed";
+    pub const REPLAY_MORE: &str = "replay_more";
+    pub const OTHER_FRAMES: &str = "other_frames";
+    pub const DROPS: &str = "drops";
+    pub const UNPLANNED_CLOSES: &str = "unplanned_closes";
+    pub const RECONNECTS: &str = "reconnects";
+    pub const RECONNECT_FAILURES: &str = "reconnect_failures";
+    pub const MEMBERS_LOST: &str = "members_lost";
+    pub const REGISTRATIONS: &str = "registrations";
+    pub const LOGINS: &str = "logins";
+    pub const HTTP_FAILURES: &str = "http_failures";
+    pub const GENERATOR_CPU_US: &str = "generator_cpu_us_in_window";
+    /// Time each process spent registering, and logging in (`login`).
+    pub const REGISTER_PHASE_US: &str = "register_phase_us";
+    pub const LOGIN_PHASE_US: &str = "login_phase_us";
+}
+
+/// Histogram names (the keys of [`Raw::histograms`]).
+pub mod h {
+    /// Send→deliver: the moment the sender wrote the send to each
+    /// member's arrival, for sends due in the window, live deliveries only.
+    pub const LATENCY: &str = "latency";
+    /// The same from the moment the send was due by the open-loop
+    /// schedule: adds the generator's own lateness (`send_lag`; tokio's
+    /// timer alone is up to 1 ms late), so nothing is hidden when the
+    /// generator falls behind (no coordinated omission).
+    pub const LATENCY_FROM_DUE: &str = "latency_from_due";
+    /// The send's write to its `ack` (stored durably).
+    pub const ACK: &str = "ack";
+    /// Send's due time to the moment it was written (the generator's own lag).
+    pub const SEND_LAG: &str = "send_lag";
+    /// Connect + hello + join of a fresh session.
+    pub const CONNECT: &str = "connect";
+    /// Drop to joined again (churn).
+    pub const RECONNECT: &str = "reconnect";
+    /// Age of a replayed message when it arrived (churn).
+    pub const REPLAY_AGE: &str = "replay_age";
+    pub const REGISTER: &str = "register";
+    pub const LOGIN: &str = "login";
+}
+
+/// One second of the run, counted by the second it ends in (`t` = 1 is
+/// the first second after the start).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    pub t: u64,
+    pub sends: u64,
+    pub deliveries: u64,
+    pub errors: u64,
+    /// Send→deliver of the deliveries that arrived in this second.
+    pub latency: Hist,
+}
+
+/// What one process counted; merges exactly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Raw {
+    /// Processes merged into this one (1 for a single process).
+    pub processes: u64,
+    pub counters: BTreeMap<String, u64>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub closes_by_code: BTreeMap<String, u64>,
+    pub histograms: BTreeMap<String, Hist>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+impl Raw {
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    pub fn add(&mut self, name: &str, n: u64) {
+        *self.counters.entry(name.to_string()).or_default() += n;
+    }
+
+    pub fn hist(&self, name: &str) -> Hist {
+        self.histograms.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Adds everything `other` counted.
+    pub fn merge(&mut self, other: &Raw) {
+        self.processes += other.processes;
+        for (k, v) in &other.counters {
+            *self.counters.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.errors_by_code {
+            *self.errors_by_code.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.closes_by_code {
+            *self.closes_by_code.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.histograms {
+            self.histograms.entry(k.clone()).or_default().add(v);
+        }
+        for point in &other.timeline {
+            match self.timeline.binary_search_by_key(&point.t, |p| p.t) {
+                Ok(i) => {
+                    let mine = &mut self.timeline[i];
+                    mine.sends += point.sends;
+                    mine.deliveries += point.deliveries;
+                    mine.errors += point.errors;
+                    mine.latency.add(&point.latency);
+                }
+                Err(i) => self.timeline.insert(i, point.clone()),
+            }
+        }
+    }
+
+    /// The merge of several raws.
+    pub fn merged<'a>(raws: impl IntoIterator<Item = &'a Raw>) -> Raw {
+        let mut out = Raw::default();
+        for r in raws {
+            out.merge(r);
+        }
+        out
+    }
+}
+
+/// Server figures over the measured window, from `/proc/PID` (exact) or
+/// from `/metrics` (process CPU there is in whole seconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerFigures {
+    /// `proc:PID`, `metrics`, or `none`.
+    pub source: String,
+    pub cpu_seconds: Option<f64>,
+    /// `viche_deliveries_total` over the window (the server's own count).
+    pub deliveries: Option<u64>,
+    /// Server CPU-seconds per 1,000 deliveries.
+    pub cpu_s_per_1000_deliveries: Option<f64>,
+    pub cpu_us_per_delivery: Option<f64>,
+    pub rss_before_bytes: Option<u64>,
+    pub rss_after_bytes: Option<u64>,
+    /// (after − before) / sessions, for the `connections` scenario.
+    pub rss_per_session_bytes: Option<f64>,
+    pub sessions: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub offered_sends_per_s: f64,
+    pub achieved_sends_per_s: f64,
+    /// Deliveries expected per second at the offered rate.
+    pub offered_deliveries_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub registrations_per_s: f64,
+    pub logins_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineRow {
+    pub t: u64,
+    pub sends: u64,
+    pub deliveries: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+/// The final report (`--json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub scenario: String,
+    pub command: Vec<String>,
+    /// The scenario's parameters as given.
+    pub params: serde_json::Value,
+    pub started_unix_ms: u64,
+    pub host: Host,
+    pub processes: u64,
+    pub warmup_s: f64,
+    /// The measured window (after the warm-up).
+    pub window_s: f64,
+    pub rates: Rates,
+    pub loss: Loss,
+    /// Percentiles of every histogram, by name (see [`h`]).
+    pub latency: BTreeMap<String, Summary>,
+    pub server: ServerFigures,
+    pub counters: BTreeMap<String, u64>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub closes_by_code: BTreeMap<String, u64>,
+    pub timeline: Vec<TimelineRow>,
+    /// Every histogram, V2 + DEFLATE, base64.
+    pub histograms: BTreeMap<String, Hist>,
+    /// What broke an invariant (loss, gaps, duplicates, errors, failed
+    /// connections, unanswered sends); empty on a clean run.
+    pub problems: Vec<String>,
+}
+
+/// What a scenario expected, for the derived figures.
+#[derive(Clone, Debug, Default)]
+pub struct Expectation {
+    pub warmup_s: f64,
+    pub window_s: f64,
+    /// Deliveries each send should produce (room size; 2 for a DM).
+    pub deliveries_per_send: f64,
+    /// Close codes that are part of the scenario (none by default).
+    pub expected_closes: Vec<String>,
+}
+
+impl Report {
+    /// Derives the report from the merged raw counts.
+    pub fn finalize(scenario: &str, raw: &Raw, exp: &Expectation, server: ServerFigures) -> Report {
+        let window = exp.window_s.max(1e-9);
+        let g = |k: &str| raw.get(k);
+        let rates = Rates {
+            offered_sends_per_s: g(c::SENDS_DUE) as f64 / window,
+            achieved_sends_per_s: g(c::SENDS_IN_WINDOW) as f64 / window,
+            offered_deliveries_per_s: g(c::SENDS_DUE) as f64 * exp.deliveries_per_send / window,
+            deliveries_per_s: g(c::DELIVERIES_IN_WINDOW) as f64 / window,
+            registrations_per_s: per_phase(g(c::REGISTRATIONS), g(c::REGISTER_PHASE_US), raw.processes, window),
+            logins_per_s: per_phase(g(c::LOGINS), g(c::LOGIN_PHASE_US), raw.processes, window),
+        };
+        let loss = Loss {
+            expected: g(c::EXPECTED),
+            received: g(c::DELIVERIES),
+            lost: g(c::LOST),
+            duplicates: g(c::DUPLICATES),
+            gaps: g(c::GAPS),
+        };
+        let mut problems = Vec::new();
+        let mut check = |name: &str, what: &str| {
+            let n = g(name);
+            if n > 0 {
+                problems.push(format!("{n} {what}"));
+            }
+        };
+        check(c::CONNECT_FAILURES, "connections failed to open");
+        check(c::LOST, "deliveries lost");
+        check(c::GAPS, "seqs skipped (gaps)");
+        check(c::DUPLICATES, "duplicate deliveries");
+        check(c::SENDS_UNANSWERED, "sends never answered");
+        check(c::SEND_ERRORS, "sends answered with an error");
+        check(c::MEMBERS_LOST, "sessions lost for good");
+        check(c::HTTP_FAILURES, "HTTP requests failed");
+        check(c::REPLAY_MORE, "resumes with more than a replay's worth missed");
+        let errors: u64 = raw.errors_by_code.values().sum();
+        if errors > 0 {
+            problems.push(format!("{errors} error frames: {:?}", raw.errors_by_code));
+        }
+        let unexpected_closes: BTreeMap<_, _> =
+            raw.closes_by_code.iter().filter(|(k, _)| !exp.expected_closes.contains(k)).map(|(k, v)| (k.clone(), *v)).collect();
+        if !unexpected_closes.is_empty() {
+            problems.push(format!("connections closed by the server: {unexpected_closes:?}"));
+        }
+        let timeline = raw
+            .timeline
+            .iter()
+            .map(|p| {
+                let s = p.latency.summary();
+                TimelineRow {
+                    t: p.t,
+                    sends: p.sends,
+                    deliveries: p.deliveries,
+                    errors: p.errors,
+                    p50_ms: s.p50_ms,
+                    p90_ms: s.p90_ms,
+                    p99_ms: s.p99_ms,
+                    p999_ms: s.p999_ms,
+                    max_ms: s.max_ms,
+                }
+            })
+            .collect();
+        Report {
+            tool: "viche-load".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            scenario: scenario.into(),
+            processes: raw.processes,
+            warmup_s: exp.warmup_s,
+            window_s: exp.window_s,
+            rates,
+            loss,
+            latency: raw.histograms.iter().map(|(k, v)| (k.clone(), v.summary())).collect(),
+            server,
+            counters: raw.counters.clone(),
+            errors_by_code: raw.errors_by_code.clone(),
+            closes_by_code: raw.closes_by_code.clone(),
+            timeline,
+            histograms: raw.histograms.clone(),
+            problems,
+            ..Report::default()
+        }
+    }
+
+    /// The human-readable summary table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
+        let g = |k: &str| self.counters.get(k).copied().unwrap_or(0);
+        row("scenario", format!("{} ({} process{})", self.scenario, self.processes, if self.processes == 1 { "" } else { "es" }));
+        row("window", format!("{:.1} s after {:.1} s warm-up", self.window_s, self.warmup_s));
+        if g(c::CONNECTIONS_TARGET) > 0 {
+            row("connections", format!("{} of {} opened, {} failed", g(c::CONNECTIONS_OPENED), g(c::CONNECTIONS_TARGET), g(c::CONNECT_FAILURES)));
+        }
+        if g(c::SENDS) > 0 || self.rates.offered_sends_per_s > 0.0 {
+            row(
+                "sends/s",
+                format!("offered {:.1}, achieved {:.1} ({} sent, {} acked, {} errors, {} unanswered)",
+                    self.rates.offered_sends_per_s, self.rates.achieved_sends_per_s, g(c::SENDS), g(c::ACKS), g(c::SEND_ERRORS), g(c::SENDS_UNANSWERED)),
+            );
+            row("deliveries/s", format!("offered {:.0}, achieved {:.0}", self.rates.offered_deliveries_per_s, self.rates.deliveries_per_s));
+            row(
+                "deliveries",
+                format!("{} of {} expected: {} lost, {} gaps, {} duplicates", self.loss.received, self.loss.expected, self.loss.lost, self.loss.gaps, self.loss.duplicates),
+            );
+        }
+        for (name, label) in [
+            (h::LATENCY, "send→deliver ms"),
+            (h::LATENCY_FROM_DUE, "due→deliver ms"),
+            (h::ACK, "send→ack ms"),
+            (h::SEND_LAG, "send lag ms"),
+            (h::CONNECT, "connect ms"),
+            (h::RECONNECT, "reconnect ms"),
+            (h::REPLAY_AGE, "replayed age ms"),
+            (h::REGISTER, "register ms"),
+            (h::LOGIN, "login ms"),
+        ] {
+            if let Some(s) = self.latency.get(name).filter(|s| s.count > 0) {
+                row(
+                    label,
+                    format!("p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n = {})", s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms, s.count),
+                );
+            }
+        }
+        if g(c::DROPS) + g(c::RECONNECTS) > 0 {
+            row(
+                "churn",
+                format!("{} drops, {} reconnects ({} failed attempts), {} replayed, {} unplanned closes",
+                    g(c::DROPS), g(c::RECONNECTS), g(c::RECONNECT_FAILURES), g(c::REPLAYED), g(c::UNPLANNED_CLOSES)),
+            );
+        }
+        if g(c::REGISTRATIONS) + g(c::LOGINS) > 0 || self.latency.contains_key(h::REGISTER) {
+            row(
+                "HTTP",
+                format!("{} registrations ({:.1}/s), {} logins ({:.1}/s), {} failed",
+                    g(c::REGISTRATIONS), self.rates.registrations_per_s, g(c::LOGINS), self.rates.logins_per_s, g(c::HTTP_FAILURES)),
+            );
+        }
+        row("errors by code", if self.errors_by_code.is_empty() { "none".into() } else { format!("{:?}", self.errors_by_code) });
+        row("closes by code", if self.closes_by_code.is_empty() { "none".into() } else { format!("{:?}", self.closes_by_code) });
+        let s = &self.server;
+        let opt = |v: Option<f64>, unit: &str, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}{unit}"));
+        row(
+            "server CPU",
+            format!("{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
+                opt(s.cpu_seconds, "", 3), opt(s.cpu_s_per_1000_deliveries, " s", 4), opt(s.cpu_us_per_delivery, " µs", 2), s.source),
+        );
+        if s.rss_after_bytes.is_some() {
+            row(
+                "server RSS",
+                format!("{} → {} KiB{}",
+                    s.rss_before_bytes.map_or("n/a".into(), |b| (b / 1024).to_string()),
+                    s.rss_after_bytes.map_or("n/a".into(), |b| (b / 1024).to_string()),
+                    s.rss_per_session_bytes.map_or(String::new(), |b| format!(", {:.0} B ({:.2} KiB) per session over {} sessions", b, b / 1024.0, s.sessions.unwrap_or(0)))),
+            );
+        }
+        if g(c::GENERATOR_CPU_US) > 0 {
+            row("generator CPU", format!("{:.2} s over the window (all its processes)", g(c::GENERATOR_CPU_US) as f64 / 1e6));
+        }
+        row("problems", if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") });
+        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("{k:<width$}  {v}\n"));
+        }
+        out
+    }
+}
+
+/// A count per second of its phase (the processes' phases run side by
+/// side: their mean length), or of the window when no phase was timed.
+fn per_phase(count: u64, phase_us_sum: u64, processes: u64, window_s: f64) -> f64 {
+    if phase_us_sum > 0 {
+        count as f64 / (phase_us_sum as f64 / processes.max(1) as f64 / 1e6)
+    } else {
+        count as f64 / window_s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_with(latencies: &[u64], counters: &[(&str, u64)], seconds: &[(u64, u64)]) -> Raw {
+        let mut raw = Raw { processes: 1, ..Raw::default() };
+        let mut hist = Hist::default();
+        for &v in latencies {
+            hist.record(v);
+        }
+        raw.histograms.insert(h::LATENCY.into(), hist);
+        for &(k, v) in counters {
+            raw.add(k, v);
+        }
+        for &(t, n) in seconds {
+            let mut latency = Hist::default();
+            latency.record(n * 1000);
+            raw.timeline.push(TimelinePoint { t, sends: n, deliveries: n * 10, errors: 0, latency });
+        }
+        raw.errors_by_code.insert("rate_limited".into(), 1);
+        raw
+    }
+
+    #[test]
+    fn merging_worker_reports_is_exact() {
+        let a = raw_with(&[1_000, 2_000, 3_000], &[(c::SENDS, 10), (c::DELIVERIES, 100)], &[(1, 5), (2, 6)]);
+        let b = raw_with(&[4_000, 5_000_000], &[(c::SENDS, 7), (c::GAPS, 1)], &[(2, 1), (3, 2)]);
+        // Through JSON, as the workers send them.
+        let a: Raw = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let b: Raw = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let m = Raw::merged([&a, &b]);
+        assert_eq!(m.processes, 2);
+        assert_eq!(m.get(c::SENDS), 17);
+        assert_eq!(m.get(c::DELIVERIES), 100);
+        assert_eq!(m.get(c::GAPS), 1);
+        assert_eq!(m.errors_by_code["rate_limited"], 2);
+        let lat = &m.histograms[h::LATENCY];
+        assert_eq!(lat.len(), 5);
+        // The merged histogram is the histogram of all the values.
+        let mut all = Hist::default();
+        for v in [1_000, 2_000, 3_000, 4_000, 5_000_000] {
+            all.record(v);
+        }
+        assert_eq!(lat, &all);
+        assert_eq!(lat.0.max(), all.0.max());
+        assert_eq!(lat.quantile_ms(0.5), all.quantile_ms(0.5));
+        // Timelines join by second.
+        assert_eq!(m.timeline.iter().map(|p| (p.t, p.sends, p.deliveries)).collect::<Vec<_>>(), vec![(1, 5, 50), (2, 7, 70), (3, 2, 20)]);
+        assert_eq!(m.timeline[1].latency.len(), 2);
+        // Merge order does not matter.
+        let m2 = Raw::merged([&b, &a]);
+        assert_eq!(m2, m);
+    }
+
+    #[test]
+    fn finalize_derives_rates_and_problems() {
+        let mut raw = raw_with(&[1_000_000], &[(c::SENDS_DUE, 200), (c::SENDS_IN_WINDOW, 190), (c::DELIVERIES_IN_WINDOW, 19_000), (c::LOST, 3)], &[]);
+        raw.closes_by_code.insert("4008".into(), 2);
+        let exp = Expectation { warmup_s: 1.0, window_s: 10.0, deliveries_per_send: 100.0, expected_closes: vec![] };
+        let r = Report::finalize("fanout", &raw, &exp, ServerFigures::default());
+        assert_eq!(r.rates.offered_sends_per_s, 20.0);
+        assert_eq!(r.rates.achieved_sends_per_s, 19.0);
+        assert_eq!(r.rates.offered_deliveries_per_s, 2000.0);
+        assert_eq!(r.rates.deliveries_per_s, 1900.0);
+        assert_eq!(r.latency[h::LATENCY].count, 1);
+        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+        let table = r.table();
+        assert!(table.contains("send→deliver ms"), "{table}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,205 @@
+//! The server's side of the figures: its CPU time, resident memory and
+//! delivery count, sampled at the start and end of the measured window.
+//!
+//! From `/metrics` (`viche_process_cpu_seconds_total`,
+//! `viche_process_resident_memory_bytes`, `viche_deliveries_total`), and,
+//! when the server runs on this machine, from `/proc/PID` as well: the
+//! exported CPU counter has whole-second resolution, `/proc/PID/stat` has
+//! clock ticks (10 ms). The PID is `--server-pid`, or found as the process
+//! listening on the target's port.
+
+use std::collections::BTreeMap;
+
+use viche_client::HttpClient;
+
+use crate::report::ServerFigures;
+
+/// One sample of the server.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub deliveries: Option<u64>,
+    /// Where cpu and rss came from.
+    pub source: String,
+}
+
+/// Parses Prometheus text: unlabelled series and the sum over labels, by
+/// metric name.
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(i) => match line[i..].find('}') {
+                Some(j) => (&line[..i], &line[i + j + 1..]),
+                None => continue,
+            },
+            None => match line.split_once(char::is_whitespace) {
+                Some((name, rest)) => (name, rest),
+                None => continue,
+            },
+        };
+        if let Some(v) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+            *out.entry(series.to_string()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+pub struct Probe {
+    http: HttpClient,
+    pid: Option<u32>,
+}
+
+impl Probe {
+    pub fn new(base_url: &str, pid: Option<u32>) -> anyhow::Result<Self> {
+        Ok(Probe { http: HttpClient::with_timeout(base_url, std::time::Duration::from_secs(10))?, pid })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub async fn sample(&self) -> Sample {
+        let mut s = Sample { source: "none".into(), ..Sample::default() };
+        if let Ok(resp) = self.http.get_raw("/metrics", None).await {
+            if resp.status == 200 {
+                let m = parse_prometheus(&resp.body);
+                s.cpu_seconds = m.get("viche_process_cpu_seconds_total").copied();
+                s.rss_bytes = m.get("viche_process_resident_memory_bytes").map(|v| *v as u64);
+                s.deliveries = m.get("viche_deliveries_total").map(|v| *v as u64);
+                s.source = "metrics".into();
+            }
+        }
+        if let Some(pid) = self.pid {
+            if let (Some(cpu), Some(rss)) = (proc_cpu_seconds(pid), proc_rss_bytes(pid)) {
+                s.cpu_seconds = Some(cpu);
+                s.rss_bytes = Some(rss);
+                s.source = format!("proc:{pid}");
+            }
+        }
+        s
+    }
+}
+
+/// The figures over a window from its two samples. `delivered` is the
+/// generator's own count, used when the server exports none.
+pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures {
+    let cpu = match (before.cpu_seconds, after.cpu_seconds) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0)),
+        _ => None,
+    };
+    let deliveries = match (before.deliveries, after.deliveries) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let per = deliveries.unwrap_or(delivered);
+    let (per_1000, per_us) = match cpu {
+        Some(cpu) if per > 0 => (Some(cpu / per as f64 * 1000.0), Some(cpu / per as f64 * 1e6)),
+        _ => (None, None),
+    };
+    ServerFigures {
+        source: if after.source == before.source { after.source.clone() } else { format!("{} → {}", before.source, after.source) },
+        cpu_seconds: cpu,
+        deliveries,
+        cpu_s_per_1000_deliveries: per_1000,
+        cpu_us_per_delivery: per_us,
+        rss_before_bytes: before.rss_bytes,
+        rss_after_bytes: after.rss_bytes,
+        rss_per_session_bytes: None,
+        sessions: None,
+    }
+}
+
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+fn proc_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The PID of the process listening on TCP `port` on this machine, found
+/// through /proc/net/tcp{,6} and the processes' open sockets.
+pub fn find_listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let text = "# HELP x y\n# TYPE viche_deliveries_total counter\nviche_deliveries_total 1234\n\
+                    viche_frames_out_total{type=\"msg\"} 5\nviche_frames_out_total{type=\"ack\"} 7\n\
+                    viche_process_resident_memory_bytes 1.5e7\n";
+        let m = parse_prometheus(text);
+        assert_eq!(m["viche_deliveries_total"], 1234.0);
+        assert_eq!(m["viche_frames_out_total"], 12.0);
+        assert_eq!(m["viche_process_resident_memory_bytes"], 15_000_000.0);
+    }
+
+    #[test]
+    fn figures_over_a_window() {
+        let a = Sample { cpu_seconds: Some(1.0), rss_bytes: Some(10), deliveries: Some(1000), source: "metrics".into() };
+        let b = Sample { cpu_seconds: Some(1.5), rss_bytes: Some(20), deliveries: Some(501_000), source: "metrics".into() };
+        let f = figures(&a, &b, 0);
+        assert_eq!(f.deliveries, Some(500_000));
+        assert!((f.cpu_us_per_delivery.unwrap() - 1.0).abs() < 1e-9);
+        assert!((f.cpu_s_per_1000_deliveries.unwrap() - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(proc_cpu_seconds(pid).is_some());
+        assert!(proc_rss_bytes(pid).unwrap() > 0);
+    }
+}

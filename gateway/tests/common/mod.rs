@@ -44,6 +44,8 @@ pub struct Opts {
     /// Absent: MongoDB at `VICHE_TEST_MONGO_URI` when `VICHE_TEST_STORE` is
     /// `mongo`, else the embedded store.
     pub mongo_uri: Option<String>,
+    /// Start the server with this limit of open files (`ulimit -n`).
+    pub max_open_files: Option<u64>,
 }
 
 /// The MongoDB (FerretDB) the tests may use, if scripts/test.sh started one.
@@ -172,7 +174,15 @@ impl Server {
     fn spawn(&self, port: u16) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the server log");
         let log2 = log.try_clone().expect("cloning the log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_viche"));
+        let mut cmd = match self.opts.max_open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_viche")),
+            Some(n) => {
+                // `exec` keeps the pid: the limit applies to viche itself.
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_viche"));
+                sh
+            }
+        };
         // Only the flags below configure a test server, whatever the
         // environment of the test run says.
         for (key, _) in std::env::vars_os() {
@@ -201,6 +211,11 @@ impl Server {
     /// The MongoDB URI and database of this server, when it runs on MongoDB.
     pub fn mongo(&self) -> Option<&(String, String)> {
         self.mongo.as_ref()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,0 +1,258 @@
+//! Each scenario of viche-load, short and small, against a real `viche`
+//! (the debug build next to this test's executable, built if missing),
+//! asserting the report's invariants: nothing lost, no gap, no duplicate,
+//! no error, and figures present and sane. A few seconds each.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use viche_load::report::{c, h, Report};
+
+const SECRET: &str = "viche-load-test-secret-0123456789";
+
+/// The `viche` binary: `target/debug/viche` beside this test's
+/// `target/debug/deps/`, built with cargo when it is not there.
+fn viche_bin() -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
+    let bin = dir.join("viche");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(cargo)
+            .args(["build", "-p", "viche-gateway", "--bin", "viche"])
+            .current_dir(root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build of viche failed");
+    }
+    assert!(bin.is_file(), "no viche at {}", bin.display());
+    bin
+}
+
+/// A `viche` on a free loopback port with its own data dir; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let bin = viche_bin();
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(&bin);
+            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--jwt-secret", SECRET])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .env("RUST_LOG", "warn");
+            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("VICHE_")) {
+                cmd.env_remove(k);
+            }
+            let mut child = cmd.spawn().expect("starting viche");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if http_status(port, "/healthz") == Some(200) {
+                    return Server { child, port, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("viche did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs viche-load with `args` (plus --json, --no-progress, --check) and
+/// returns its report; fails the test on a non-zero exit.
+fn load(server: &Server, args: &[&str]) -> Report {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_viche-load"));
+    cmd.args(args)
+        .args(["--url", &server.url(), "--no-progress", "--check", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null());
+    let started = Instant::now();
+    let out = cmd.output().expect("running viche-load");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "viche-load {args:?} failed ({:?}) after {:?}:\n{text}", out.status, started.elapsed());
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
+    assert!(report.problems.is_empty(), "problems: {:?}\n{text}", report.problems);
+    assert!(text.contains("problems"), "the summary table is printed:\n{text}");
+    report
+}
+
+fn count(r: &Report, name: &str) -> u64 {
+    r.counters.get(name).copied().unwrap_or(0)
+}
+
+/// The invariants of every traffic scenario.
+fn assert_clean_traffic(r: &Report, connections: u64) {
+    assert_eq!(count(r, c::CONNECTIONS_OPENED), connections);
+    assert_eq!(count(r, c::CONNECT_FAILURES), 0);
+    let sends = count(r, c::SENDS);
+    assert!(sends > 0, "something was sent");
+    assert_eq!(count(r, c::ACKS), sends, "every send acknowledged");
+    assert_eq!(count(r, c::SEND_ERRORS) + count(r, c::SENDS_UNANSWERED), 0);
+    assert_eq!((r.loss.lost, r.loss.gaps, r.loss.duplicates), (0, 0, 0), "{:?}", r.loss);
+    assert!(r.loss.expected > 0 && r.loss.received == r.loss.expected, "{:?}", r.loss);
+    assert!(r.errors_by_code.is_empty() && r.closes_by_code.is_empty(), "{:?} {:?}", r.errors_by_code, r.closes_by_code);
+    let lat = &r.latency[h::LATENCY];
+    assert!(lat.count > 0);
+    assert!(0.0 < lat.p50_ms && lat.p50_ms <= lat.p99_ms && lat.p99_ms <= lat.max_ms && lat.max_ms < 10_000.0, "{lat:?}");
+    assert!(r.latency[h::LATENCY_FROM_DUE].p50_ms >= lat.p50_ms, "due→deliver includes the send's lateness");
+    assert_eq!(r.histograms[h::LATENCY].len(), lat.count, "the histogram travels with the report");
+    // Open loop at the asked rate: everything due in the window went out.
+    assert!(r.rates.offered_sends_per_s > 0.0);
+    assert!(
+        (r.rates.achieved_sends_per_s - r.rates.offered_sends_per_s).abs() <= 0.5 * r.rates.offered_sends_per_s + 2.0,
+        "{:?}",
+        r.rates
+    );
+    assert!(r.rates.deliveries_per_s > 0.0);
+    assert!(!r.timeline.is_empty());
+    // The server's figures over the window.
+    assert!(r.server.source.starts_with("proc:"), "server found by its port: {:?}", r.server);
+    let cpu = r.server.cpu_seconds.expect("server CPU");
+    assert!((0.0..60.0).contains(&cpu));
+    assert!(r.server.cpu_us_per_delivery.is_some() && r.server.deliveries.unwrap_or(0) > 0, "{:?}", r.server);
+}
+
+#[test]
+fn fanout_small_run_is_clean_and_plots() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("latency.svg");
+    let r = load(
+        &server,
+        &[
+            "fanout", "--jwt-secret", SECRET, "--rooms", "2", "--members", "4", "--senders", "2", "--rate", "10",
+            "--duration", "2", "--warmup", "0.5", "--seed", "7", "--plot", svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.scenario, "fanout");
+    assert_eq!(r.processes, 1);
+    assert_clean_traffic(&r, 8);
+    // 2 rooms × 2 senders × 10/s over 2 s, 4 members each.
+    assert!((r.rates.offered_sends_per_s - 40.0).abs() < 1e-6, "{:?}", r.rates);
+    assert_eq!(r.loss.expected, count(&r, c::SENDS) * 4);
+    assert_eq!(r.params["rooms"], 2);
+    let plot = std::fs::read_to_string(&svg).expect("the --plot file");
+    assert!(plot.starts_with("<svg") && plot.contains("p99"), "an SVG with the percentiles");
+}
+
+#[test]
+fn fanout_over_two_workers_and_source_addresses_merges() {
+    let server = Server::start(&[]);
+    let r = load(
+        &server,
+        &[
+            "fanout", "--jwt-secret", SECRET, "--rooms", "3", "--members", "3", "--senders", "1", "--rate", "10",
+            "--duration", "2", "--warmup", "0.5", "--workers", "2", "--source-ips", "127.0.0.2-127.0.0.3",
+        ],
+    );
+    assert_eq!(r.processes, 2, "two worker reports merged");
+    assert_clean_traffic(&r, 9);
+    assert_eq!(r.loss.expected, count(&r, c::SENDS) * 3);
+    assert!((r.rates.offered_sends_per_s - 30.0).abs() < 1e-6, "{:?}", r.rates);
+}
+
+#[test]
+fn dm_pairs_deliver_to_both_sides() {
+    let server = Server::start(&["--registrations-burst", "1000"]);
+    let r = load(&server, &["dm", "--pairs", "3", "--rate", "5", "--duration", "2", "--warmup", "0.5"]);
+    assert_clean_traffic(&r, 6);
+    // Each DM reaches the recipient and the sender's own session.
+    assert_eq!(r.loss.expected, 2 * count(&r, c::SENDS));
+}
+
+#[test]
+fn connections_report_memory_per_session() {
+    let server = Server::start(&[]);
+    let r = load(&server, &["connections", "--jwt-secret", SECRET, "--sessions", "200", "--rooms", "4", "--duration", "1", "--warmup", "0.5"]);
+    assert_eq!(count(&r, c::CONNECTIONS_OPENED), 200);
+    assert_eq!(count(&r, c::CONNECT_FAILURES), 0);
+    assert_eq!(r.latency[h::CONNECT].count, 200);
+    assert!(r.closes_by_code.is_empty(), "sessions held: {:?}", r.closes_by_code);
+    assert_eq!(r.server.sessions, Some(200));
+    let per = r.server.rss_per_session_bytes.expect("RSS per session");
+    assert!(per.abs() < 1024.0 * 1024.0, "a sane figure: {per} B per session");
+}
+
+#[test]
+fn churn_resumes_without_gaps_or_duplicates() {
+    let server = Server::start(&[]);
+    let r = load(
+        &server,
+        &[
+            "churn", "--jwt-secret", SECRET, "--clients", "30", "--rooms", "2", "--senders", "1", "--rate", "10",
+            "--storm-every", "0.8", "--backoff-ms", "50", "--backoff-max-ms", "400", "--duration", "2.5", "--warmup", "0.3",
+        ],
+    );
+    assert_clean_traffic(&r, 32);
+    let drops = count(&r, c::DROPS);
+    assert!(drops >= 30, "at least one storm dropped every client: {drops}");
+    assert_eq!(count(&r, c::RECONNECTS), drops, "every dropped client came back");
+    assert_eq!(r.latency[h::RECONNECT].count, drops);
+}
+
+#[test]
+fn login_registers_and_logs_in() {
+    let server = Server::start(&["--registrations-burst", "1000"]);
+    let r = load(&server, &["login", "--users", "6", "--concurrency", "2", "--duration", "60", "--warmup", "0"]);
+    assert_eq!((count(&r, c::REGISTRATIONS), count(&r, c::LOGINS), count(&r, c::HTTP_FAILURES)), (6, 6, 0));
+    assert_eq!(r.latency[h::REGISTER].count, 6);
+    assert_eq!(r.latency[h::LOGIN].count, 6);
+    assert!(r.rates.registrations_per_s > 0.0 && r.rates.logins_per_s > 0.0, "{:?}", r.rates);
+}
+
+#[test]
+fn refuses_a_remote_target() {
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .args(["fanout", "--jwt-secret", SECRET, "--url", "http://10.1.2.3:8080", "--no-progress"])
+        .output()
+        .expect("running viche-load");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}

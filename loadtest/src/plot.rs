@@ -56,12 +56,18 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     }
     if report.warmup_s > 0.0 {
         chart
-            .draw_series(LineSeries::new(vec![(report.warmup_s, y_min), (report.warmup_s, y_max)], BLACK.mix(0.3)))
+            .draw_series(LineSeries::new(vec![(report.warmup_s, y_min), (report.warmup_s, y_max)], MAGENTA.mix(0.6).stroke_width(2)))
             .map_err(err)?
             .label("end of warm-up")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.3)));
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MAGENTA.mix(0.6).stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
 
     // Bottom: the histogram, logarithmic buckets (×1.25) from 10 µs.
     let hist = report.histograms.get(h::LATENCY).cloned().unwrap_or_default();

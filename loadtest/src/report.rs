@@ -170,6 +170,11 @@ pub struct ServerFigures {
     /// (after − before) / sessions, for the `connections` scenario.
     pub rss_per_session_bytes: Option<f64>,
     pub sessions: Option<u64>,
+    /// The server's own send→deliver (`viche_send_deliver_latency_seconds`:
+    /// decode of a `send` to the last outbox push) over the window: the
+    /// share of deliveries at or under each bucket bound, by bound in ms.
+    #[serde(default)]
+    pub send_deliver_within: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -396,11 +401,25 @@ impl Report {
         row("closes by code", if self.closes_by_code.is_empty() { "none".into() } else { format!("{:?}", self.closes_by_code) });
         let s = &self.server;
         let opt = |v: Option<f64>, unit: &str, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}{unit}"));
-        row(
-            "server CPU",
-            format!("{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
-                opt(s.cpu_seconds, "", 3), opt(s.cpu_s_per_1000_deliveries, " s", 4), opt(s.cpu_us_per_delivery, " µs", 2), s.source),
-        );
+        if s.cpu_us_per_delivery.is_some() {
+            row(
+                "server CPU",
+                format!("{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
+                    opt(s.cpu_seconds, "", 3), opt(s.cpu_s_per_1000_deliveries, " s", 4), opt(s.cpu_us_per_delivery, " µs", 2), s.source),
+            );
+        } else {
+            row("server CPU", format!("{} s over the window ({})", opt(s.cpu_seconds, "", 3), s.source));
+        }
+        if !s.send_deliver_within.is_empty() {
+            let mut within: Vec<(f64, f64)> = s.send_deliver_within.iter().filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v))).collect();
+            within.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let shown: Vec<String> = within
+                .iter()
+                .filter(|(le, _)| [0.5, 1.0, 2.5, 5.0, 10.0, 100.0].contains(le))
+                .map(|(le, v)| format!("{:.1}% ≤ {le} ms", v * 100.0))
+                .collect();
+            row("server send→deliver", shown.join(", "));
+        }
         if s.rss_after_bytes.is_some() {
             row(
                 "server RSS",

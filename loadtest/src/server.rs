@@ -20,6 +20,8 @@ pub struct Sample {
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub deliveries: Option<u64>,
+    /// `viche_send_deliver_latency_seconds` buckets: (le, cumulative count).
+    pub send_deliver_buckets: Vec<(f64, f64)>,
     /// Where cpu and rss came from.
     pub source: String,
 }
@@ -50,6 +52,22 @@ pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// The cumulative buckets of one histogram: (le, count), `+Inf` last.
+pub fn buckets(text: &str, series: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let v = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, v))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
 pub struct Probe {
     http: HttpClient,
     pid: Option<u32>,
@@ -72,6 +90,7 @@ impl Probe {
                 s.cpu_seconds = m.get("viche_process_cpu_seconds_total").copied();
                 s.rss_bytes = m.get("viche_process_resident_memory_bytes").map(|v| *v as u64);
                 s.deliveries = m.get("viche_deliveries_total").map(|v| *v as u64);
+                s.send_deliver_buckets = buckets(&resp.body, "viche_send_deliver_latency_seconds_bucket");
                 s.source = "metrics".into();
             }
         }
@@ -112,7 +131,24 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
         rss_after_bytes: after.rss_bytes,
         rss_per_session_bytes: None,
         sessions: None,
+        send_deliver_within: shares(&before.send_deliver_buckets, &after.send_deliver_buckets),
     }
+}
+
+/// The share of the window's observations at or under each bucket bound
+/// (in ms), from two cumulative samples of one histogram.
+fn shares(before: &[(f64, f64)], after: &[(f64, f64)]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let count = |b: &[(f64, f64)], le: f64| b.iter().find(|(l, _)| *l == le).map_or(0.0, |(_, v)| *v);
+    let total = count(after, f64::INFINITY) - count(before, f64::INFINITY);
+    if total <= 0.0 {
+        return out;
+    }
+    for &(le, v) in after.iter().filter(|(le, _)| le.is_finite()) {
+        let share = (v - count(before, le)) / total;
+        out.insert(format!("{}", le * 1000.0), (share * 10_000.0).round() / 10_000.0);
+    }
+    out
 }
 
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
@@ -188,12 +224,21 @@ mod tests {
 
     #[test]
     fn figures_over_a_window() {
-        let a = Sample { cpu_seconds: Some(1.0), rss_bytes: Some(10), deliveries: Some(1000), source: "metrics".into() };
-        let b = Sample { cpu_seconds: Some(1.5), rss_bytes: Some(20), deliveries: Some(501_000), source: "metrics".into() };
+        let a = Sample { cpu_seconds: Some(1.0), rss_bytes: Some(10), deliveries: Some(1000), source: "metrics".into(), ..Sample::default() };
+        let b = Sample { cpu_seconds: Some(1.5), rss_bytes: Some(20), deliveries: Some(501_000), source: "metrics".into(), ..Sample::default() };
         let f = figures(&a, &b, 0);
         assert_eq!(f.deliveries, Some(500_000));
         assert!((f.cpu_us_per_delivery.unwrap() - 1.0).abs() < 1e-9);
         assert!((f.cpu_s_per_1000_deliveries.unwrap() - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shares_of_a_histogram_over_a_window() {
+        let t0 = "h_bucket{le=\"0.001\"} 10\nh_bucket{le=\"0.005\"} 10\nh_bucket{le=\"+Inf\"} 10\n";
+        let t1 = "h_bucket{le=\"0.001\"} 60\nh_bucket{le=\"0.005\"} 100\nh_bucket{le=\"+Inf\"} 110\n";
+        let s = shares(&buckets(t0, "h_bucket"), &buckets(t1, "h_bucket"));
+        assert_eq!(s["1"], 0.5);
+        assert_eq!(s["5"], 0.9);
     }
 
     #[test]

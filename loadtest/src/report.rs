@@ -175,6 +175,11 @@ pub struct ServerFigures {
     /// share of deliveries at or under each bucket bound, by bound in ms.
     #[serde(default)]
     pub send_deliver_within: BTreeMap<String, f64>,
+    /// Busy CPU-seconds of the whole machine over the window (server,
+    /// generator and anything else running): what is left after the
+    /// server's and the generator's is other work that skewed the run.
+    #[serde(default)]
+    pub machine_cpu_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -431,6 +436,10 @@ impl Report {
         }
         if g(c::GENERATOR_CPU_US) > 0 {
             row("generator CPU", format!("{:.2} s over the window (all its processes)", g(c::GENERATOR_CPU_US) as f64 / 1e6));
+        }
+        if let Some(machine) = s.machine_cpu_seconds {
+            let others = machine - s.cpu_seconds.unwrap_or(0.0) - g(c::GENERATOR_CPU_US) as f64 / 1e6;
+            row("machine CPU", format!("{machine:.2} s busy over the window, of which {:.2} s neither server nor generator", others.max(0.0)));
         }
         row("problems", if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") });
         let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);

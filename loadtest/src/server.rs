@@ -22,6 +22,8 @@ pub struct Sample {
     pub deliveries: Option<u64>,
     /// `viche_send_deliver_latency_seconds` buckets: (le, cumulative count).
     pub send_deliver_buckets: Vec<(f64, f64)>,
+    /// Busy CPU time of the whole machine (every process, all cores), from /proc/stat.
+    pub machine_busy_seconds: Option<f64>,
     /// Where cpu and rss came from.
     pub source: String,
 }
@@ -83,7 +85,7 @@ impl Probe {
     }
 
     pub async fn sample(&self) -> Sample {
-        let mut s = Sample { source: "none".into(), ..Sample::default() };
+        let mut s = Sample { source: "none".into(), machine_busy_seconds: machine_busy_seconds(), ..Sample::default() };
         if let Ok(resp) = self.http.get_raw("/metrics", None).await {
             if resp.status == 200 {
                 let m = parse_prometheus(&resp.body);
@@ -132,6 +134,10 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
         rss_per_session_bytes: None,
         sessions: None,
         send_deliver_within: shares(&before.send_deliver_buckets, &after.send_deliver_buckets),
+        machine_cpu_seconds: match (before.machine_busy_seconds, after.machine_busy_seconds) {
+            (Some(a), Some(b)) => Some((b - a).max(0.0)),
+            _ => None,
+        },
     }
 }
 
@@ -149,6 +155,20 @@ fn shares(before: &[(f64, f64)], after: &[(f64, f64)]) -> std::collections::BTre
         out.insert(format!("{}", le * 1000.0), (share * 10_000.0).round() / 10_000.0);
     }
     out
+}
+
+/// Busy CPU seconds of the machine since boot: every state of /proc/stat's
+/// `cpu` line but idle and iowait.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    if f.len() < 8 {
+        return None;
+    }
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(busy as f64 / hz)
 }
 
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {

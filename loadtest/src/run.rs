@@ -485,6 +485,8 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
     let ctx = ctx(&cmd, &target, &source_ips, tokens, &tag, live.clone())?;
     // The coordinator's one line; then EOF (or the coordinator's end) stops us.
     let (go_tx, mut go_rx) = mpsc::unbounded_channel::<Start>();
+    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = reported.clone();
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -493,8 +495,10 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
                 let _ = go_tx.send(Start { start_ns: v[0], window_start_ns: v[1], window_end_ns: v[2] });
             }
         }
-        eprintln!("viche-load worker {index}: the coordinator is gone; exiting");
-        std::process::exit(4);
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("viche-load worker {index}: the coordinator is gone; exiting");
+            std::process::exit(4);
+        }
     });
     let drain = Duration::from_secs_f64(common.drain);
     if let Cmd::Login(a) = &cmd {
@@ -504,6 +508,7 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
         let plan = crate::login::LoginPlan { users: cli::login_users(a, &tag, index, n), concurrency: a.concurrency, password: common.password.clone() };
         let end_ns = start.start_ns + ((common.warmup + common.duration) * 1e9) as u64;
         let raw = crate::login::run(plan, ctx.http.clone(), live, end_ns).await;
+        reported.store(true, std::sync::atomic::Ordering::SeqCst);
         say(&format!("REPORT {}", serde_json::to_string(&raw)?));
         return Ok(0);
     }
@@ -526,6 +531,7 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
             say(&format!("TICK {} {} {} {} {}", pt.t, pt.sends, pt.deliveries, pt.errors, (pt.latency.quantile_ms(0.99) * 1e6) as u64));
         })
         .await;
+    reported.store(true, std::sync::atomic::Ordering::SeqCst);
     say(&format!("REPORT {}", serde_json::to_string(&raw)?));
     Ok(0)
 }

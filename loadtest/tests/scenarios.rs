@@ -15,25 +15,34 @@ use viche_load::report::{c, h, Report};
 const SECRET: &str = "viche-load-test-secret-0123456789";
 
 /// The `viche` binary: `target/debug/viche` beside this test's
-/// `target/debug/deps/`, built with cargo when it is not there.
+/// `target/debug/deps/` (`cargo test --workspace` builds it for the
+/// gateway's tests); when it is not there, built with cargo into a target
+/// dir of its own (`target/viche-load-server/`), so that this build does
+/// not wait on the lock of the `cargo test` that runs us.
 fn viche_bin() -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
-    let bin = dir.join("viche");
-    if !bin.is_file() {
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/debug");
+    let bin = profile_dir.join("viche");
+    if bin.is_file() {
+        return bin;
+    }
+    let own_target = profile_dir.parent().expect("target").join("viche-load-server");
+    let own_bin = own_target.join("debug").join("viche");
+    if !own_bin.is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let status = Command::new(cargo)
-            .args(["build", "-p", "viche-gateway", "--bin", "viche"])
+            .args(["build", "-p", "viche-gateway", "--bin", "viche", "--target-dir"])
+            .arg(&own_target)
             .current_dir(root)
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of viche failed");
     }
-    assert!(bin.is_file(), "no viche at {}", bin.display());
-    bin
+    assert!(own_bin.is_file(), "no viche at {} nor {}", bin.display(), own_bin.display());
+    own_bin
 }
 
 /// A `viche` on a free loopback port with its own data dir; killed on drop.

@@ -16,8 +16,10 @@ pub fn mono_ns() -> u64 {
 
 /// The tokio `Instant` at which `mono_ns()` will read `target_ns`.
 pub fn instant_at(target_ns: u64) -> Instant {
-    let now_instant = Instant::now();
+    // The clock first, then the Instant: the result is never early (a few
+    // ns late at most), so a send is never written before it is due.
     let now_ns = mono_ns();
+    let now_instant = Instant::now();
     if target_ns >= now_ns {
         now_instant + Duration::from_nanos(target_ns - now_ns)
     } else {

@@ -121,6 +121,19 @@ fn error_of(frame: ServerFrame) -> ClientError {
 }
 
 impl Connection {
+    fn from_ws(ws: Ws, encoding: Encoding) -> Self {
+        Connection {
+            ws,
+            encoding,
+            hello_encoding: None,
+            next_ref: 1,
+            pending: VecDeque::new(),
+            closed: None,
+            timeout: DEFAULT_TIMEOUT,
+            welcome: None,
+        }
+    }
+
     /// Opens the WebSocket only: no `hello` is sent. Frames are sent in
     /// `encoding` (binary MessagePack or text JSON).
     pub async fn connect(ws_url: &str, encoding: Encoding) -> Result<Self> {
@@ -131,16 +144,7 @@ impl Connection {
         let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting)
             .await
             .map_err(|_| ClientError::timeout(format!("WebSocket connect to {ws_url}"), DEFAULT_TIMEOUT))??;
-        Ok(Connection {
-            ws,
-            encoding,
-            hello_encoding: None,
-            next_ref: 1,
-            pending: VecDeque::new(),
-            closed: None,
-            timeout: DEFAULT_TIMEOUT,
-            welcome: None,
-        })
+        Ok(Self::from_ws(ws, encoding))
     }
 
     /// Like [`Connection::connect`], but with `local_addr` the socket is
@@ -171,16 +175,7 @@ impl Connection {
         let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting)
             .await
             .map_err(|_| ClientError::timeout(format!("WebSocket connect to {ws_url} from {local}"), DEFAULT_TIMEOUT))??;
-        Ok(Connection {
-            ws,
-            encoding,
-            hello_encoding: None,
-            next_ref: 1,
-            pending: VecDeque::new(),
-            closed: None,
-            timeout: DEFAULT_TIMEOUT,
-            welcome: None,
-        })
+        Ok(Self::from_ws(ws, encoding))
     }
 
     /// Connects, sends `hello` with `token`, and waits for `welcome`

@@ -369,10 +369,11 @@ impl Workers {
         Ok(Workers { children, stdins, lines: rx })
     }
 
-    async fn next(&mut self, deadline: Instant) -> anyhow::Result<(usize, String)> {
+    /// The next line of any worker; `None` as the line means that worker's
+    /// output ended (fine once it has sent its report).
+    async fn next(&mut self, deadline: Instant) -> anyhow::Result<(usize, Option<String>)> {
         match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-            Ok(Some((i, Some(line)))) => Ok((i, line)),
-            Ok(Some((i, None))) => bail!("worker {i} ended early (see its messages above)"),
+            Ok(Some(line)) => Ok(line),
             Ok(None) => bail!("the workers are gone"),
             Err(_) => bail!("the workers did not answer in time"),
         }
@@ -393,6 +394,7 @@ impl Workers {
         let mut ready = vec![false; n];
         while !ready.iter().all(|r| *r) {
             let (i, line) = self.next(setup_deadline + Duration::from_secs(10)).await?;
+            let Some(line) = line else { bail!("worker {i} ended early (see its messages above)") };
             let mut f = line.split_whitespace();
             match f.next() {
                 Some(kind @ ("SETUP" | "READY")) => {
@@ -426,6 +428,13 @@ impl Workers {
         let end = instant_at(start.window_end_ns) + Duration::from_secs_f64(common.drain) + Duration::from_secs(30);
         while raws.iter().any(|r| r.is_none()) {
             let (i, line) = self.next(end).await?;
+            // A worker that has reported may end before the others do.
+            let Some(line) = line else {
+                if raws[i].is_none() {
+                    bail!("worker {i} ended early (see its messages above)");
+                }
+                continue;
+            };
             if let Some(rest) = line.strip_prefix("REPORT ") {
                 raws[i] = Some(serde_json::from_str(rest).with_context(|| format!("worker {i}'s report"))?);
             } else if let Some(rest) = line.strip_prefix("TICK ") {

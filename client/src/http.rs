@@ -42,6 +42,16 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// A success body as `T`; a body that does not parse is an error.
+    fn parse_success<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.body).map_err(|e| ClientError::Http {
+            status: self.status,
+            body: None,
+            retry_after: None,
+            raw: format!("success body does not parse ({e}): {}", self.body),
+        })
+    }
+
     /// The body as JSON, if it is JSON.
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_str(&self.body).ok()
@@ -111,12 +121,7 @@ impl HttpClient {
         let body = serde_json::json!({ "username": username, "password": password }).to_string();
         let resp = self.post_raw(path, "application/json", body).await?;
         if (200..300).contains(&resp.status) {
-            serde_json::from_str(&resp.body).map_err(|e| ClientError::Http {
-                status: resp.status,
-                body: None,
-                retry_after: None,
-                raw: format!("success body does not parse ({e}): {}", resp.body),
-            })
+            resp.parse_success()
         } else {
             Err(resp.into_error())
         }
@@ -126,12 +131,7 @@ impl HttpClient {
     pub async fn history(&self, token: &str, room: &str, before: Option<u64>, limit: Option<u64>) -> Result<HistoryPage> {
         let resp = self.get_raw(&history_path(room, before, limit), Some(token)).await?;
         if resp.status == 200 {
-            serde_json::from_str(&resp.body).map_err(|e| ClientError::Http {
-                status: resp.status,
-                body: None,
-                retry_after: None,
-                raw: format!("success body does not parse ({e}): {}", resp.body),
-            })
+            resp.parse_success()
         } else {
             Err(resp.into_error())
         }

@@ -9,6 +9,7 @@
 //! later message reaches the new member.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,7 +52,15 @@ pub struct RoomHandle {
     pub kind: RoomKindOwned,
     pub(crate) actor: Mutex<Option<ActorRef<RoomMsg>>>,
     pub(crate) shared: Mutex<Shared>,
+    /// `typing` messages queued in the actor's (unbounded) mailbox. Each
+    /// session may send 2/s, but a big room's sessions together may send
+    /// more than its actor can broadcast: past the bound, typing (which is
+    /// never stored) is dropped instead of growing the mailbox.
+    typing_queued: AtomicUsize,
 }
+
+/// `typing` messages a room's mailbox holds at most.
+pub const ROOM_TYPING_QUEUE_MAX: usize = 256;
 
 pub enum RoomMsg {
     Join { peer: Arc<Peer>, req: u64, since: Option<u64> },
@@ -92,6 +101,7 @@ impl RoomHandle {
                 closed: false,
                 last_activity: Instant::now(),
             }),
+            typing_queued: AtomicUsize::new(0),
         })
     }
 
@@ -132,8 +142,19 @@ impl RoomHandle {
         self.cast(RoomMsg::Leave { session, reply });
     }
 
-    pub fn typing(&self, peer: Arc<Peer>) {
-        self.cast(RoomMsg::Typing { peer });
+    /// Queues a typing notice; false when it was dropped (the room's
+    /// typing queue is full, or the room is down).
+    pub fn typing(&self, peer: Arc<Peer>) -> bool {
+        if self.typing_queued.fetch_add(1, Ordering::AcqRel) >= ROOM_TYPING_QUEUE_MAX {
+            self.typing_queued.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("viche_typing_dropped_total").increment(1);
+            return false;
+        }
+        if !self.cast(RoomMsg::Typing { peer }) {
+            self.typing_queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Marks a write as in flight for this room; pair with the writer's
@@ -229,7 +250,10 @@ impl Actor for RoomActor {
                 state.handle.end();
             }
             RoomMsg::Leave { session, reply } => state.leave(session, reply),
-            RoomMsg::Typing { peer } => state.typing(&peer),
+            RoomMsg::Typing { peer } => {
+                state.handle.typing_queued.fetch_sub(1, Ordering::AcqRel);
+                state.typing(&peer)
+            }
             RoomMsg::Publish(msgs) => state.publish(msgs),
             RoomMsg::Stop => myself.stop(None),
             RoomMsg::Panic => panic!("room {}: panic injected by a test", state.handle.name),
@@ -365,4 +389,41 @@ fn broadcast(shared: &Shared, frame: &ServerFrame, to: impl Fn(&Peer) -> bool) -
     }
     crate::metrics::hot().frames_out(frame, n);
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+
+    /// An actor that takes its first message and never finishes it, so
+    /// everything after stays in its mailbox.
+    struct Stuck;
+
+    impl Actor for Stuck {
+        type Msg = RoomMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<RoomMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn handle(&self, _: ActorRef<RoomMsg>, _: RoomMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn typing_past_the_queue_bound_is_dropped_not_queued() {
+        let handle = RoomHandle::new("lobby".into()).unwrap();
+        let (actor, _) = Actor::spawn(None, Stuck, ()).await.unwrap();
+        *handle.actor.lock() = Some(actor.clone());
+        let peer = Arc::new(Peer { id: 1, user: "alice".into(), encoding: viche_protocol::Encoding::MsgPack, outbox: Outbox::new(8, 1024) });
+        let accepted = (0..ROOM_TYPING_QUEUE_MAX + 50).filter(|_| handle.typing(peer.clone())).count();
+        // Only RoomActor counts a typing notice down when it handles one;
+        // this actor never does, as if the room could not keep up.
+        assert_eq!(accepted, ROOM_TYPING_QUEUE_MAX, "exactly the bound is queued; the rest is dropped");
+        assert!(!handle.typing(peer.clone()), "still full");
+        actor.stop(None);
+    }
 }

@@ -155,7 +155,9 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
 /// an `ack`, any `join` it (or anyone it told) sends later is ordered after
 /// the message in the room's mailbox, so `ok.seq` includes it.
 fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
-    let mut per_room: HashMap<*const RoomHandle, (Arc<RoomHandle>, Vec<(Msg, Instant)>)> = HashMap::new();
+    /// A room's new messages of this batch, with when each `send` was decoded.
+    type RoomBatch = (Arc<RoomHandle>, Vec<(Msg, Instant)>);
+    let mut per_room: HashMap<*const RoomHandle, RoomBatch> = HashMap::new();
     let mut acks = Vec::with_capacity(requests.len());
     for (request, outcome) in requests.iter().zip(outcomes) {
         let msg = match outcome {

@@ -182,6 +182,9 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
     serde_json::from_slice(&bytes).map_err(|e| error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, &format!("invalid JSON body: {e}")))
 }
 
+// The error is the answer itself, returned early by the handlers; it is
+// built once per bad request, so its size does not matter.
+#[allow(clippy::result_large_err)]
 fn check_credentials(c: &Credentials) -> Result<(), Response<Body>> {
     if !validate::is_valid_username(&c.username) {
         return Err(error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "username must be 3 to 32 characters of A-Z a-z 0-9 _ . -"));

@@ -248,12 +248,7 @@ export class ChatClient {
   joinRoom(name: string): string | null {
     const room = name.trim();
     if (!isValidRoomName(room)) return describeError('invalid', 'join');
-    if (!this.rooms.has(room)) {
-      this.addRoom(room, null);
-      this.persistRooms();
-      if (this.welcomed) this.sendJoin(this.rooms.get(room)!);
-    }
-    this.setActive(room);
+    this.open(room);
     return null;
   }
 
@@ -264,14 +259,18 @@ export class ChatClient {
     if (!me) return null;
     if (!isValidUsername(peer)) return 'Usernames are 3 to 32 letters, digits, "_", "." or "-".';
     if (peer === me) return 'That is you. Choose someone else to write to.';
-    const room = dmRoomId(me, peer);
+    this.open(dmRoomId(me, peer));
+    return null;
+  }
+
+  /** Shows `room`, adding (and joining) it first if it is new. */
+  private open(room: string): void {
     if (!this.rooms.has(room)) {
       this.addRoom(room, null);
       this.persistRooms();
       if (this.welcomed) this.sendJoin(this.rooms.get(room)!);
     }
     this.setActive(room);
-    return null;
   }
 
   leaveRoom(id: string): void {

@@ -343,3 +343,28 @@ async fn a_replay_does_not_count_toward_the_slow_consumer_limit() {
     assert_eq!(seqs(&msgs), (1..=n).collect::<Vec<_>>());
     reader.ping().await.unwrap();
 }
+
+/// `--max-connections`: past it, an upgrade is refused with HTTP 503
+/// `overloaded` (the open sessions are untouched); once one closes, a new
+/// connection is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_get_503_until_one_closes() {
+    let server = Server::start_with(Opts { extra_args: vec!["--max-connections".into(), "2".into()], ..Opts::default() }).await;
+    let mut a = server.session("alice").await;
+    let b = server.session("bob").await;
+
+    let refused = viche_client::Connection::connect(&server.ws_url(), Encoding::MsgPack).await;
+    let err = refused.err().expect("a third connection is refused").to_string();
+    assert!(err.contains("503"), "refused with HTTP 503: {err}");
+    a.ping().await.expect("an open session keeps working at the limit");
+
+    drop(b);
+    let deadline = Instant::now() + T;
+    loop {
+        match viche_client::Connection::connect(&server.ws_url(), Encoding::MsgPack).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "a connection is accepted again after one closed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

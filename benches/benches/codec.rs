@@ -7,7 +7,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use viche_protocol::{decode_client, decode_server, encode_client, encode_server, ClientFrame, Encoding, Msg, ServerFrame};
+use viche_protocol::{
+    decode_client, decode_server, encode_client, encode_server, ClientFrame, Encoding, Msg, ServerFrame,
+};
 
 /// A 100-byte ASCII body, the size the benchmarks are specified for.
 fn body() -> String {

@@ -61,9 +61,8 @@ fn bench_set(c: &mut Criterion, recorder: &str, h: &Handles) {
 fn bench(c: &mut Criterion) {
     let noop = handles();
     bench_set(c, "noop", &noop);
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("installing the recorder");
+    let handle =
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("installing the recorder");
     let real = handles();
     bench_set(c, "prometheus", &real);
     // Histogram samples are buffered until rendered; fold them as the

@@ -15,8 +15,12 @@ struct Claims<'a> {
 pub fn mint_token(secret: &str, user: &str) -> String {
     let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = Claims { sub: user, iat, exp: iat + 86_400 };
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
 }
 
 /// VmRSS of a process, in KiB.

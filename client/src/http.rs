@@ -72,7 +72,12 @@ impl RawResponse {
     }
 
     fn into_error(self) -> ClientError {
-        ClientError::Http { status: self.status, body: self.api_error(), retry_after: self.retry_after(), raw: self.body }
+        ClientError::Http {
+            status: self.status,
+            body: self.api_error(),
+            retry_after: self.retry_after(),
+            raw: self.body,
+        }
     }
 }
 
@@ -128,7 +133,13 @@ impl HttpClient {
     }
 
     /// `GET /api/rooms/{room}/messages?before=&limit=` with a bearer token.
-    pub async fn history(&self, token: &str, room: &str, before: Option<u64>, limit: Option<u64>) -> Result<HistoryPage> {
+    pub async fn history(
+        &self,
+        token: &str,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<HistoryPage> {
         let resp = self.get_raw(&history_path(room, before, limit), Some(token)).await?;
         if resp.status == 200 {
             resp.parse_success()
@@ -139,7 +150,12 @@ impl HttpClient {
 
     /// A `POST` of any body with any content type; never fails on an HTTP
     /// status, only on transport errors.
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Result<RawResponse> {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<RawResponse> {
         let req = self.http.post(self.url(path)).header(CONTENT_TYPE, content_type).body(body);
         raw(req.send().await?).await
     }
@@ -213,7 +229,13 @@ pub async fn login(base_url: &str, username: &str, password: &str) -> Result<Aut
 }
 
 /// `GET /api/rooms/{room}/messages` with a one-off client.
-pub async fn history_http(base_url: &str, token: &str, room: &str, before: Option<u64>, limit: Option<u64>) -> Result<HistoryPage> {
+pub async fn history_http(
+    base_url: &str,
+    token: &str,
+    room: &str,
+    before: Option<u64>,
+    limit: Option<u64>,
+) -> Result<HistoryPage> {
     HttpClient::new(base_url)?.history(token, room, before, limit).await
 }
 

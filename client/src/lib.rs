@@ -34,7 +34,7 @@ pub mod http;
 pub mod ws;
 
 pub use error::{ApiError, ClientError, CloseInfo};
-pub use http::{history_http, login, register, AuthOk, HttpClient, HistoryPage, RawResponse};
+pub use http::{history_http, login, register, AuthOk, HistoryPage, HttpClient, RawResponse};
 pub use ws::{Ack, Connection, Event, JoinOk, Welcome, DEFAULT_TIMEOUT};
 
 pub use viche_protocol::{ClientFrame, Encoding, ErrorCode, Msg, ServerFrame};

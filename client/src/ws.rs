@@ -107,9 +107,10 @@ pub fn reply_ref(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::History { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         ServerFrame::Error { req, .. } => *req,
-        ServerFrame::Welcome { .. } | ServerFrame::Msg(_) | ServerFrame::Presence { .. } | ServerFrame::Typing { .. } => {
-            None
-        }
+        ServerFrame::Welcome { .. }
+        | ServerFrame::Msg(_)
+        | ServerFrame::Presence { .. }
+        | ServerFrame::Typing { .. } => None,
     }
 }
 
@@ -165,16 +166,22 @@ impl Connection {
             let remote = tokio::net::lookup_host((host.as_str(), port))
                 .await?
                 .find(|a| a.is_ipv4() == local.is_ipv4())
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("no address of {host} in the family of {local}")))?;
-            let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::AddrNotAvailable,
+                        format!("no address of {host} in the family of {local}"),
+                    )
+                })?;
+            let socket =
+                if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
             socket.bind(std::net::SocketAddr::new(local, 0))?;
             let stream = socket.connect(remote).await?;
             stream.set_nodelay(true)?;
             tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await
         };
-        let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| ClientError::timeout(format!("WebSocket connect to {ws_url} from {local}"), DEFAULT_TIMEOUT))??;
+        let (ws, _response) = timeout(DEFAULT_TIMEOUT, connecting).await.map_err(|_| {
+            ClientError::timeout(format!("WebSocket connect to {ws_url} from {local}"), DEFAULT_TIMEOUT)
+        })??;
         Ok(Self::from_ws(ws, encoding))
     }
 
@@ -274,7 +281,9 @@ impl Connection {
                 .await
                 .map_err(|_| ClientError::timeout("sending frames", self.timeout))??;
         }
-        timeout_at(deadline, self.ws.flush()).await.map_err(|_| ClientError::timeout("flushing frames", self.timeout))??;
+        timeout_at(deadline, self.ws.flush())
+            .await
+            .map_err(|_| ClientError::timeout("flushing frames", self.timeout))??;
         Ok(())
     }
 
@@ -323,7 +332,11 @@ impl Connection {
 
     /// The next frame that `pred` accepts, from the buffer or the socket;
     /// frames it rejects are kept, in order, for later calls.
-    pub async fn wait_for(&mut self, timeout: Duration, mut pred: impl FnMut(&ServerFrame) -> bool) -> Result<ServerFrame> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&ServerFrame) -> bool,
+    ) -> Result<ServerFrame> {
         if let Some(i) = self.pending.iter().position(&mut pred) {
             if let Some(frame) = self.pending.remove(i) {
                 return Ok(frame);
@@ -467,8 +480,13 @@ impl Connection {
 
     /// `send`; returns the `ack` (the message is stored durably).
     pub async fn send(&mut self, room: &str, body: &str, cid: &str) -> Result<Ack> {
-        self.expect_ack(|req| ClientFrame::Send { req, room: room.to_string(), body: body.to_string(), cid: cid.to_string() })
-            .await
+        self.expect_ack(|req| ClientFrame::Send {
+            req,
+            room: room.to_string(),
+            body: body.to_string(),
+            cid: cid.to_string(),
+        })
+        .await
     }
 
     /// `dm` to user `to`; returns the `ack`.

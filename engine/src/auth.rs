@@ -109,7 +109,8 @@ impl PasswordHasherPool {
         let _permit = self.permits.acquire().await?;
         let started = std::time::Instant::now();
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            PasswordHash::new(&hash)
+                .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await?;
         metrics::histogram!("viche_argon2_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -37,8 +37,14 @@ impl Engine {
     pub async fn start(config: EngineConfig, store: Arc<dyn Store>, jwt: Jwt) -> anyhow::Result<Arc<Self>> {
         let directory = Arc::new(Directory::default());
         let (writer, _writer_task) = spawn_writer(store.clone(), config.writer_queue_max, config.writer_batch_max);
-        let args = SupervisorArgs { store: store.clone(), directory: directory.clone(), room_idle_ms: config.room_idle_ms, rooms_max: ROOMS_MAX };
-        let (rooms, _) = Actor::spawn(None, RoomSupervisor, args).await.map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
+        let args = SupervisorArgs {
+            store: store.clone(),
+            directory: directory.clone(),
+            room_idle_ms: config.room_idle_ms,
+            rooms_max: ROOMS_MAX,
+        };
+        let (rooms, _) =
+            Actor::spawn(None, RoomSupervisor, args).await.map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
         Ok(Arc::new(Self { config, store, writer, directory, jwt, rooms, next_session_id: AtomicU64::new(1) }))
     }
 

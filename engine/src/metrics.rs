@@ -19,11 +19,13 @@ use viche_protocol::{ClientFrame, ServerFrame};
 
 /// `type` label values of `viche_frames_in_total`, in [`client_index`]
 /// order; `bad_frame` counts frames that did not decode.
-pub const CLIENT_FRAME_TYPES: [&str; 10] = ["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "bad_frame"];
+pub const CLIENT_FRAME_TYPES: [&str; 10] =
+    ["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "bad_frame"];
 const BAD_FRAME: usize = 9;
 
 /// `type` label values of `viche_frames_out_total`, in [`server_index`] order.
-pub const SERVER_FRAME_TYPES: [&str; 9] = ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong"];
+pub const SERVER_FRAME_TYPES: [&str; 9] =
+    ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong"];
 
 fn client_index(frame: &ClientFrame) -> usize {
     match frame {
@@ -165,7 +167,11 @@ mod tests {
         for f in &frames {
             assert_eq!(CLIENT_FRAME_TYPES[client_index(f)], f.kind());
         }
-        for f in [ServerFrame::ok(1), ServerFrame::Pong { req: 1 }, ServerFrame::error(None, viche_protocol::ErrorCode::Invalid, "x")] {
+        for f in [
+            ServerFrame::ok(1),
+            ServerFrame::Pong { req: 1 },
+            ServerFrame::error(None, viche_protocol::ErrorCode::Invalid, "x"),
+        ] {
             assert_eq!(SERVER_FRAME_TYPES[server_index(&f)], f.kind());
         }
     }

@@ -63,9 +63,18 @@ pub struct RoomHandle {
 pub const ROOM_TYPING_QUEUE_MAX: usize = 256;
 
 pub enum RoomMsg {
-    Join { peer: Arc<Peer>, req: u64, since: Option<u64> },
-    Leave { session: SessionId, reply: Option<(Arc<Peer>, u64)> },
-    Typing { peer: Arc<Peer> },
+    Join {
+        peer: Arc<Peer>,
+        req: u64,
+        since: Option<u64>,
+    },
+    Leave {
+        session: SessionId,
+        reply: Option<(Arc<Peer>, u64)>,
+    },
+    Typing {
+        peer: Arc<Peer>,
+    },
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency).
     Publish(Vec<(Msg, Instant)>),
@@ -243,7 +252,12 @@ impl Actor for RoomActor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<RoomMsg>, msg: RoomMsg, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RoomMsg>,
+        msg: RoomMsg,
+        state: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RoomMsg::Join { peer, req, since } => {
                 state.join(peer, req, since);
@@ -276,7 +290,8 @@ impl RoomState {
             let count = shared.user_sessions.entry(peer.user.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                let frame = ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: true };
+                let frame =
+                    ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: true };
                 broadcast(&shared, &frame, |m| m.id != peer.id);
             }
         }
@@ -316,7 +331,8 @@ impl RoomState {
                 }
             };
             if gone {
-                let frame = ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: false };
+                let frame =
+                    ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: false };
                 broadcast(&shared, &frame, |_| true);
             }
         }
@@ -348,7 +364,11 @@ impl RoomState {
                 // if it does, members get the gap replayed from the store.
                 tracing::error!(room = %handle.name, expected = shared.last_published + 1, got = msg.seq, "publish gap; replaying");
                 for m in &shared.members {
-                    m.outbox.push_unbounded(OutItem::Replay { room: handle.name.clone(), after: shared.last_published, upto: msg.seq - 1 });
+                    m.outbox.push_unbounded(OutItem::Replay {
+                        room: handle.name.clone(),
+                        after: shared.last_published,
+                        upto: msg.seq - 1,
+                    });
                 }
             }
             shared.last_published = msg.seq;
@@ -418,7 +438,12 @@ mod tests {
         let handle = RoomHandle::new("lobby".into()).unwrap();
         let (actor, _) = Actor::spawn(None, Stuck, ()).await.unwrap();
         *handle.actor.lock() = Some(actor.clone());
-        let peer = Arc::new(Peer { id: 1, user: "alice".into(), encoding: viche_protocol::Encoding::MsgPack, outbox: Outbox::new(8, 1024) });
+        let peer = Arc::new(Peer {
+            id: 1,
+            user: "alice".into(),
+            encoding: viche_protocol::Encoding::MsgPack,
+            outbox: Outbox::new(8, 1024),
+        });
         let accepted = (0..ROOM_TYPING_QUEUE_MAX + 50).filter(|_| handle.typing(peer.clone())).count();
         // Only RoomActor counts a typing notice down when it handles one;
         // this actor never does, as if the room could not keep up.

@@ -41,7 +41,8 @@ pub struct SupervisorState {
 
 impl SupervisorState {
     async fn spawn_room(&mut self, myself: &ActorRef<SupervisorMsg>, handle: Arc<RoomHandle>) -> Result<(), ErrorCode> {
-        let args = RoomArgs { handle: handle.clone(), store: self.args.store.clone(), directory: self.args.directory.clone() };
+        let args =
+            RoomArgs { handle: handle.clone(), store: self.args.store.clone(), directory: self.args.directory.clone() };
         match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), handle.name.clone());
@@ -66,13 +67,22 @@ impl Actor for RoomSupervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let sweep_every = Duration::from_millis((args.room_idle_ms / 2).max(10));
         myself.send_interval(sweep_every, || SupervisorMsg::Sweep);
         Ok(SupervisorState { args, rooms: HashMap::new(), by_actor: HashMap::new() })
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::GetOrSpawn(name, reply) => {
                 if let Some(handle) = state.rooms.get(&name) {
@@ -97,7 +107,9 @@ impl Actor for RoomSupervisor {
                 let idle_after = Duration::from_millis(state.args.room_idle_ms);
                 state.rooms.retain(|_, handle| {
                     let mut shared = handle.shared.lock();
-                    let idle = shared.members.is_empty() && shared.in_flight == 0 && shared.last_activity.elapsed() >= idle_after;
+                    let idle = shared.members.is_empty()
+                        && shared.in_flight == 0
+                        && shared.last_activity.elapsed() >= idle_after;
                     if idle {
                         shared.closed = true;
                         if let Some(actor) = handle.actor.lock().as_ref() {
@@ -111,7 +123,12 @@ impl Actor for RoomSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some(name) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };

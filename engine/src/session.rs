@@ -108,7 +108,8 @@ impl Session {
             return Flow::Continue;
         }
         let now_ms = ms_since(self.started);
-        while self.rate_limited_at_ms.front().is_some_and(|&t| now_ms.saturating_sub(t) as u64 > RATE_LIMITED_WINDOW_MS) {
+        while self.rate_limited_at_ms.front().is_some_and(|&t| now_ms.saturating_sub(t) as u64 > RATE_LIMITED_WINDOW_MS)
+        {
             self.rate_limited_at_ms.pop_front();
         }
         self.rate_limited_at_ms.push_back(now_ms);
@@ -123,7 +124,12 @@ impl Session {
         Ok(())
     }
 
-    fn take(bucket: &mut TokenBucket, rate: viche_protocol::limits::Rate, started: Instant, what: &'static str) -> Reply {
+    fn take(
+        bucket: &mut TokenBucket,
+        rate: viche_protocol::limits::Rate,
+        started: Instant,
+        what: &'static str,
+    ) -> Reply {
         if bucket.try_take(rate, ms_since(started)) {
             Ok(())
         } else {
@@ -163,7 +169,10 @@ impl Session {
                 return Ok(());
             }
         } else if self.joined.len() >= self.engine.config.session_max_rooms {
-            return err(ErrorCode::Invalid, format!("a session may join at most {} rooms", self.engine.config.session_max_rooms));
+            return err(
+                ErrorCode::Invalid,
+                format!("a session may join at most {} rooms", self.engine.config.session_max_rooms),
+            );
         }
         // A handle can close between the supervisor's answer and our join
         // (the room went idle); then a second fetch gets a fresh room.

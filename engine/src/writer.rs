@@ -104,7 +104,13 @@ pub fn spawn_writer(
 const RETRY_BACKOFF_MIN_MS: u64 = 10;
 const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<WriteRequest>, batch_max: usize, healthy: Arc<AtomicBool>, pending: Arc<AtomicUsize>) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    batch_max: usize,
+    healthy: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+) {
     let mut requests: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     let mut batch: Vec<NewMessage> = Vec::with_capacity(batch_max);
     loop {
@@ -136,7 +142,11 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
                 return outcomes;
             }
             Ok(outcomes) => {
-                tracing::error!(expected = batch.len(), got = outcomes.len(), "store returned a wrong number of outcomes; retrying");
+                tracing::error!(
+                    expected = batch.len(),
+                    got = outcomes.len(),
+                    "store returned a wrong number of outcomes; retrying"
+                );
             }
             Err(e) => {
                 tracing::warn!(error = %e, batch = batch.len(), backoff_ms, "store commit failed; retrying");
@@ -171,7 +181,13 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
             // acknowledgement failed: that one was never published.
             Appended::Duplicate(msg) => msg,
         };
-        acks.push(ServerFrame::Ack { req: request.req, room: msg.room.clone(), seq: msg.seq, cid: msg.cid.clone(), ts: msg.ts });
+        acks.push(ServerFrame::Ack {
+            req: request.req,
+            room: msg.room.clone(),
+            seq: msg.seq,
+            cid: msg.cid.clone(),
+            ts: msg.ts,
+        });
         if *msg.room == *request.room.name {
             per_room
                 .entry(Arc::as_ptr(&request.room))

@@ -21,7 +21,9 @@ async fn reply(session: &Session, req: u64) -> ServerFrame {
             if let OutItem::Frame(bytes) = item {
                 let frame = decode_server(&bytes, Encoding::MsgPack).unwrap();
                 match &frame {
-                    ServerFrame::Ok { req: r, .. } | ServerFrame::Error { req: Some(r), .. } if *r == req => return frame,
+                    ServerFrame::Ok { req: r, .. } | ServerFrame::Error { req: Some(r), .. } if *r == req => {
+                        return frame
+                    }
                     _ => {}
                 }
             }

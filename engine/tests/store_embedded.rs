@@ -38,9 +38,7 @@ fn duplicate(outcome: &Appended) -> &Msg {
 
 /// Appends `n` messages to `room`, one batch, cids `{prefix}{i}`.
 async fn fill(store: &EmbeddedStore, room: &str, prefix: &str, n: u64) {
-    let batch: Vec<_> = (1..=n)
-        .map(|i| new_msg(room, "alice", &format!("{prefix}{i}"), &format!("m{i}")))
-        .collect();
+    let batch: Vec<_> = (1..=n).map(|i| new_msg(room, "alice", &format!("{prefix}{i}"), &format!("m{i}"))).collect();
     let out = store.append_batch(&batch).await.expect("append");
     assert_eq!(out.len(), batch.len());
 }
@@ -70,38 +68,16 @@ async fn seqs_are_consecutive_per_room_and_independent_across_rooms() {
         ])
         .await
         .unwrap();
-    let got: Vec<_> = out
-        .iter()
-        .map(|o| (stored(o).room.clone(), stored(o).seq))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("a".into(), 1),
-            ("b".into(), 1),
-            ("a".into(), 2),
-            ("a".into(), 3)
-        ]
-    );
+    let got: Vec<_> = out.iter().map(|o| (stored(o).room.clone(), stored(o).seq)).collect();
+    assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2), ("a".into(), 3)]);
     let first = stored(&out[0]);
     assert_eq!(
-        (
-            first.from.as_str(),
-            first.cid.as_str(),
-            first.body.as_str(),
-            first.ts
-        ),
+        (first.from.as_str(), first.cid.as_str(), first.body.as_str(), first.ts),
         ("alice", "c1", "a1", 1_700_000_000_000)
     );
 
     // A second batch continues where the first left off.
-    let out = store
-        .append_batch(&[
-            new_msg("b", "bob", "x", "b2"),
-            new_msg("a", "bob", "y", "a4"),
-        ])
-        .await
-        .unwrap();
+    let out = store.append_batch(&[new_msg("b", "bob", "x", "b2"), new_msg("a", "bob", "y", "a4")]).await.unwrap();
     assert_eq!(stored(&out[0]).seq, 2);
     assert_eq!(stored(&out[1]).seq, 4);
 
@@ -111,10 +87,7 @@ async fn seqs_are_consecutive_per_room_and_independent_across_rooms() {
 
     let a = store.range("a", 0, u64::MAX, 100).await.unwrap();
     assert_eq!(seqs(&a), vec![1, 2, 3, 4]);
-    assert_eq!(
-        a.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
-        vec!["a1", "a2", "a3", "a4"]
-    );
+    assert_eq!(a.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["a1", "a2", "a3", "a4"]);
 }
 
 #[tokio::test]
@@ -146,41 +119,24 @@ async fn duplicate_cid_within_one_batch_returns_the_first() {
     assert_eq!(stored(&out[4]).seq, 3, "a duplicate consumes no seq");
 
     assert_eq!(store.last_seq("a").await.unwrap(), 3);
-    assert_eq!(
-        store.last_seq("b").await.unwrap(),
-        0,
-        "nothing stored for the duplicate"
-    );
+    assert_eq!(store.last_seq("b").await.unwrap(), 0, "nothing stored for the duplicate");
     assert!(store.range("b", 0, u64::MAX, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn duplicate_cid_across_batches_returns_original_and_stores_nothing() {
     let (_dir, store) = open_temp();
-    store
-        .append_batch(&[new_msg("a", "alice", "c0", "zero")])
-        .await
-        .unwrap();
-    let out = store
-        .append_batch(&[new_msg("a", "alice", "c1", "hello")])
-        .await
-        .unwrap();
+    store.append_batch(&[new_msg("a", "alice", "c0", "zero")]).await.unwrap();
+    let out = store.append_batch(&[new_msg("a", "alice", "c1", "hello")]).await.unwrap();
     let original = stored(&out[0]).clone();
     assert_eq!(original.seq, 2);
 
     let out = store
-        .append_batch(&[
-            new_msg("a", "alice", "c1", "hello again"),
-            new_msg("a", "alice", "c2", "new"),
-        ])
+        .append_batch(&[new_msg("a", "alice", "c1", "hello again"), new_msg("a", "alice", "c2", "new")])
         .await
         .unwrap();
     assert_eq!(duplicate(&out[0]), &original);
-    assert_eq!(
-        duplicate(&out[0]).body,
-        "hello",
-        "the original body, not the retry's"
-    );
+    assert_eq!(duplicate(&out[0]).body, "hello", "the original body, not the retry's");
     assert_eq!(stored(&out[1]).seq, 3);
 
     let all = store.range("a", 0, u64::MAX, 100).await.unwrap();
@@ -193,17 +149,10 @@ async fn reopen_keeps_messages_last_seq_dedupe_and_users() {
     let original = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let out = store
-            .append_batch(&[
-                new_msg("a", "alice", "c1", "one"),
-                new_msg("a", "alice", "c2", "two"),
-            ])
+            .append_batch(&[new_msg("a", "alice", "c1", "one"), new_msg("a", "alice", "c2", "two")])
             .await
             .unwrap();
-        let user = UserRecord {
-            username: "alice".into(),
-            password_hash: "$argon2id$stub".into(),
-            created_ms: 42,
-        };
+        let user = UserRecord { username: "alice".into(), password_hash: "$argon2id$stub".into(), created_ms: 42 };
         assert!(store.create_user(&user).await.unwrap());
         stored(&out[0]).clone()
     }; // the store (the only handle on the database) is dropped here
@@ -211,73 +160,31 @@ async fn reopen_keeps_messages_last_seq_dedupe_and_users() {
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     assert_eq!(store.last_seq("a").await.unwrap(), 2);
     let out = store
-        .append_batch(&[
-            new_msg("a", "alice", "c1", "retried after restart"),
-            new_msg("a", "bob", "c1", "new"),
-        ])
+        .append_batch(&[new_msg("a", "alice", "c1", "retried after restart"), new_msg("a", "bob", "c1", "new")])
         .await
         .unwrap();
     assert_eq!(duplicate(&out[0]), &original);
-    assert_eq!(
-        stored(&out[1]).seq,
-        3,
-        "seqs continue after reopen, never reused"
-    );
-    assert_eq!(
-        store.get_user("alice").await.unwrap().unwrap().created_ms,
-        42
-    );
+    assert_eq!(stored(&out[1]).seq, 3, "seqs continue after reopen, never reused");
+    assert_eq!(store.get_user("alice").await.unwrap().unwrap().created_ms, 42);
 }
 
 #[tokio::test]
 async fn range_bounds_and_limit() {
     let (_dir, store) = open_temp();
-    assert!(
-        store.range("a", 0, u64::MAX, 10).await.unwrap().is_empty(),
-        "empty room"
-    );
+    assert!(store.range("a", 0, u64::MAX, 10).await.unwrap().is_empty(), "empty room");
     fill(&store, "a", "c", 10).await;
     fill(&store, "a.b", "d", 3).await; // a neighbouring room must not leak in
 
-    assert_eq!(
-        seqs(&store.range("a", 0, 10, 100).await.unwrap()),
-        (1..=10).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        seqs(&store.range("a", 3, 6, 100).await.unwrap()),
-        vec![4, 5, 6]
-    );
-    assert_eq!(
-        seqs(&store.range("a", 3, 6, 2).await.unwrap()),
-        vec![4, 5],
-        "oldest first"
-    );
+    assert_eq!(seqs(&store.range("a", 0, 10, 100).await.unwrap()), (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs(&store.range("a", 3, 6, 100).await.unwrap()), vec![4, 5, 6]);
+    assert_eq!(seqs(&store.range("a", 3, 6, 2).await.unwrap()), vec![4, 5], "oldest first");
     assert_eq!(seqs(&store.range("a", 9, 10, 100).await.unwrap()), vec![10]);
-    assert!(
-        store.range("a", 10, 100, 100).await.unwrap().is_empty(),
-        "nothing after the last"
-    );
-    assert!(
-        store.range("a", 5, 5, 100).await.unwrap().is_empty(),
-        "after == upto"
-    );
-    assert!(
-        store.range("a", 6, 5, 100).await.unwrap().is_empty(),
-        "after > upto"
-    );
-    assert!(
-        store.range("a", 0, 10, 0).await.unwrap().is_empty(),
-        "limit 0"
-    );
-    assert!(store
-        .range("a", u64::MAX, u64::MAX, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        seqs(&store.range("a.b", 0, u64::MAX, 100).await.unwrap()),
-        vec![1, 2, 3]
-    );
+    assert!(store.range("a", 10, 100, 100).await.unwrap().is_empty(), "nothing after the last");
+    assert!(store.range("a", 5, 5, 100).await.unwrap().is_empty(), "after == upto");
+    assert!(store.range("a", 6, 5, 100).await.unwrap().is_empty(), "after > upto");
+    assert!(store.range("a", 0, 10, 0).await.unwrap().is_empty(), "limit 0");
+    assert!(store.range("a", u64::MAX, u64::MAX, 10).await.unwrap().is_empty());
+    assert_eq!(seqs(&store.range("a.b", 0, u64::MAX, 100).await.unwrap()), vec![1, 2, 3]);
 }
 
 #[tokio::test]
@@ -335,26 +242,14 @@ async fn history_pages_newest_first_with_more() {
 async fn create_user_conflict_changes_nothing() {
     let (_dir, store) = open_temp();
     assert_eq!(store.get_user("alice").await.unwrap(), None);
-    let alice = UserRecord {
-        username: "alice".into(),
-        password_hash: "$argon2id$first".into(),
-        created_ms: 1,
-    };
+    let alice = UserRecord { username: "alice".into(), password_hash: "$argon2id$first".into(), created_ms: 1 };
     assert!(store.create_user(&alice).await.unwrap());
-    let impostor = UserRecord {
-        username: "alice".into(),
-        password_hash: "$argon2id$second".into(),
-        created_ms: 2,
-    };
+    let impostor = UserRecord { username: "alice".into(), password_hash: "$argon2id$second".into(), created_ms: 2 };
     assert!(!store.create_user(&impostor).await.unwrap());
     assert_eq!(store.get_user("alice").await.unwrap(), Some(alice));
 
     // Usernames are case-sensitive.
-    let upper = UserRecord {
-        username: "Alice".into(),
-        password_hash: "$argon2id$third".into(),
-        created_ms: 3,
-    };
+    let upper = UserRecord { username: "Alice".into(), password_hash: "$argon2id$third".into(), created_ms: 3 };
     assert!(store.create_user(&upper).await.unwrap());
     assert_eq!(store.get_user("Alice").await.unwrap(), Some(upper));
 }
@@ -365,11 +260,7 @@ async fn check_ready_succeeds_repeatedly() {
     store.check_ready().await.expect("ready");
     store.check_ready().await.expect("ready again");
     // Clones share the database.
-    store
-        .clone()
-        .check_ready()
-        .await
-        .expect("ready through a clone");
+    store.clone().check_ready().await.expect("ready through a clone");
 }
 
 #[tokio::test]

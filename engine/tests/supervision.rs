@@ -24,7 +24,9 @@ async fn next_frame(session: &Session) -> ServerFrame {
         assert!(outbox.drain(&mut items).is_none(), "session unexpectedly closing");
         if let Some(first) = items.into_iter().next() {
             match first {
-                OutItem::Frame(bytes) => return decode_server(&bytes, Encoding::MsgPack).expect("server frame decodes"),
+                OutItem::Frame(bytes) => {
+                    return decode_server(&bytes, Encoding::MsgPack).expect("server frame decodes")
+                }
                 other => panic!("unexpected outbox item {other:?}"),
             }
         }
@@ -38,7 +40,12 @@ async fn next_frame(session: &Session) -> ServerFrame {
 /// Collects frames until `n` of them satisfy `want`, returning those. A
 /// replay marker is read from the store, as the connection's write loop
 /// would (a message published while its room restarted arrives that way).
-async fn collect(engine: &Engine, session: &Session, n: usize, want: impl Fn(&ServerFrame) -> bool) -> Vec<ServerFrame> {
+async fn collect(
+    engine: &Engine,
+    session: &Session,
+    n: usize,
+    want: impl Fn(&ServerFrame) -> bool,
+) -> Vec<ServerFrame> {
     let outbox = &session.peer().outbox;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
@@ -48,9 +55,14 @@ async fn collect(engine: &Engine, session: &Session, n: usize, want: impl Fn(&Se
         for item in items {
             let frames = match item {
                 OutItem::Frame(bytes) => vec![decode_server(&bytes, Encoding::MsgPack).unwrap()],
-                OutItem::Replay { room, after, upto } => {
-                    engine.store.range(&room, after, upto, 1000).await.unwrap().into_iter().map(ServerFrame::Msg).collect()
-                }
+                OutItem::Replay { room, after, upto } => engine
+                    .store
+                    .range(&room, after, upto, 1000)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(ServerFrame::Msg)
+                    .collect(),
                 OutItem::Pong(_) => vec![],
             };
             for frame in frames {
@@ -73,7 +85,8 @@ async fn collect(engine: &Engine, session: &Session, n: usize, want: impl Fn(&Se
 async fn start() -> (tempfile::TempDir, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let engine = Engine::start(EngineConfig::default(), Arc::new(store), Jwt::new(b"0123456789abcdef0123", 3600)).await.unwrap();
+    let engine =
+        Engine::start(EngineConfig::default(), Arc::new(store), Jwt::new(b"0123456789abcdef0123", 3600)).await.unwrap();
     (dir, engine)
 }
 
@@ -84,7 +97,10 @@ async fn join(s: &mut Session, room: &str) -> ServerFrame {
 
 async fn send(s: &mut Session, room: &str, n: u64) {
     let cid = format!("{room}-{n}-{}", s.peer().id);
-    assert_eq!(s.handle(ClientFrame::Send { req: 100 + n, room: room.into(), body: format!("m{n}"), cid }).await, Flow::Continue);
+    assert_eq!(
+        s.handle(ClientFrame::Send { req: 100 + n, room: room.into(), body: format!("m{n}"), cid }).await,
+        Flow::Continue
+    );
 }
 
 fn seqs(frames: &[ServerFrame]) -> Vec<u64> {
@@ -120,7 +136,8 @@ async fn a_panicking_room_is_restarted_with_members_and_seq_intact() {
 
     // The member is still attached: its next send is numbered 4 and delivered.
     send(&mut alice, "lobby", 4).await;
-    let after = collect(&engine, &alice, 2, |f| matches!(f, ServerFrame::Msg(_) | ServerFrame::Ack { req: 104, .. })).await;
+    let after =
+        collect(&engine, &alice, 2, |f| matches!(f, ServerFrame::Msg(_) | ServerFrame::Ack { req: 104, .. })).await;
     let mut got = seqs(&after);
     got.sort();
     assert_eq!(got, vec![4, 4], "ack and msg of the first message after the restart carry seq 4");

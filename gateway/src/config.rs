@@ -146,8 +146,16 @@ impl Args {
             ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
             ("--typing-per-second/--typing-burst", self.typing_per_second, self.typing_burst),
             ("--join-per-second/--join-burst", self.join_per_second, self.join_burst),
-            ("--failed-logins-per-minute/--failed-logins-burst", self.failed_logins_per_minute, self.failed_logins_burst),
-            ("--registrations-per-minute/--registrations-burst", self.registrations_per_minute, self.registrations_burst),
+            (
+                "--failed-logins-per-minute/--failed-logins-burst",
+                self.failed_logins_per_minute,
+                self.failed_logins_burst,
+            ),
+            (
+                "--registrations-per-minute/--registrations-burst",
+                self.registrations_per_minute,
+                self.registrations_burst,
+            ),
         ];
         for (flags, rate, burst) in rates {
             if !(rate.is_finite() && rate > 0.0) || burst == 0 {
@@ -175,7 +183,9 @@ impl Args {
             if self.mongo_db.is_empty() || self.mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
                 return Err("--mongo-db must be a non-empty name without / \\ . space \" or $".into());
             }
-            if self.mongo_write_concern != "majority" && self.mongo_write_concern.parse::<u32>().map_or(true, |n| n == 0) {
+            if self.mongo_write_concern != "majority"
+                && self.mongo_write_concern.parse::<u32>().map_or(true, |n| n == 0)
+            {
                 return Err("--mongo-write-concern must be \"majority\" or a number of nodes ≥ 1".into());
             }
         }

@@ -16,11 +16,11 @@ use viche_engine::Engine;
 
 /// Histogram buckets of every `_seconds` histogram: they resolve 50 µs
 /// to 10 s (above the last bucket, only `+Inf`).
-pub const SECONDS_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Messages per store commit (`--writer-batch-max` is 4096 by default).
-pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+pub const BATCH_SIZE_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes (a scrape folds them too); without it they would pile up.
@@ -87,7 +87,8 @@ impl Exporter {
             let mut tick = tokio::time::interval(READY_PROBE_INTERVAL);
             loop {
                 tick.tick().await;
-                let ok = matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, probed.store.check_ready()).await, Ok(Ok(())));
+                let ok =
+                    matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, probed.store.check_ready()).await, Ok(Ok(())));
                 record_store_probe(&probed, ok);
             }
         });
@@ -142,7 +143,14 @@ fn register_known_series() {
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for name in ["viche_connections_open", "viche_sessions", "viche_rooms_active", "viche_writer_queue_depth", "viche_writer_pending", "viche_outbox_depth_max"] {
+    for name in [
+        "viche_connections_open",
+        "viche_sessions",
+        "viche_rooms_active",
+        "viche_writer_queue_depth",
+        "viche_writer_pending",
+        "viche_outbox_depth_max",
+    ] {
         metrics::gauge!(name).increment(0.0);
     }
     for name in ["viche_store_commit_duration_seconds", "viche_argon2_duration_seconds", "viche_writer_batch_size"] {
@@ -170,25 +178,53 @@ fn describe() {
     c("viche_frames_out_bytes_total", Bytes, "Bytes written to WebSockets, frame headers included.");
     c("viche_messages_stored_total", Count, "Messages durably stored (duplicates by cid excluded).");
     c("viche_deliveries_total", Count, "msg frames queued to recipients' outboxes (one per recipient session).");
-    h("viche_send_deliver_latency_seconds", Seconds, "From decoding a send to queueing its msg in the last recipient's outbox.");
-    c("viche_replayed_messages_total", Count, "Stored messages written to clients as a replay (join with since, restart).");
-    h("viche_store_commit_duration_seconds", Seconds, "Duration of one successful store commit (a batch, fsync included).");
+    h(
+        "viche_send_deliver_latency_seconds",
+        Seconds,
+        "From decoding a send to queueing its msg in the last recipient's outbox.",
+    );
+    c(
+        "viche_replayed_messages_total",
+        Count,
+        "Stored messages written to clients as a replay (join with since, restart).",
+    );
+    h(
+        "viche_store_commit_duration_seconds",
+        Seconds,
+        "Duration of one successful store commit (a batch, fsync included).",
+    );
     h("viche_writer_batch_size", Count, "Messages per store commit.");
     c("viche_store_commit_failures_total", Count, "Failed store commits (each is retried with backoff).");
     g("viche_writer_queue_depth", Count, "Messages waiting in the writer's queue, sampled at scrape.");
-    g("viche_writer_queue_capacity", Count, "The writer queue's bound (--writer-queue-max); full means senders get overloaded.");
+    g(
+        "viche_writer_queue_capacity",
+        Count,
+        "The writer queue's bound (--writer-queue-max); full means senders get overloaded.",
+    );
     g("viche_writer_pending", Count, "Messages submitted and not yet acknowledged, sampled at scrape.");
     c("viche_writer_rejected_total", Count, "Sends refused with overloaded because the writer's queue was full.");
-    g("viche_store_ready", Count, "1 when the store answers its readiness probe and the writer's last commit succeeded (as /readyz), else 0.");
+    g(
+        "viche_store_ready",
+        Count,
+        "1 when the store answers its readiness probe and the writer's last commit succeeded (as /readyz), else 0.",
+    );
     g("viche_outbox_depth_max", Count, "The deepest any session's outbox got (frames) since the previous scrape.");
     c("viche_slow_consumer_closes_total", Count, "Sessions closed with 4008 because their outbox was full.");
-    c("viche_rate_limited_total", Count, "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429).");
+    c(
+        "viche_rate_limited_total",
+        Count,
+        "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429).",
+    );
     c("viche_auth_failures_total", Count, "Authentication failures, by reason.");
     c("viche_logins_total", Count, "Successful logins.");
     c("viche_registrations_total", Count, "Users registered.");
     c("viche_http_requests_total", Count, "HTTP requests answered, by route and status.");
     h("viche_http_request_duration_seconds", Seconds, "HTTP request duration by route (a ws upgrade: until the 101).");
     h("viche_argon2_duration_seconds", Seconds, "Duration of one argon2id hash or verify, permit wait excluded.");
-    c("viche_accept_errors_total", Count, "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms).");
+    c(
+        "viche_accept_errors_total",
+        Count,
+        "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms).",
+    );
     g("viche_build_info", Count, "Always 1; the version label is the server's version.");
 }

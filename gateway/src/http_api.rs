@@ -107,7 +107,8 @@ pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
     let response = dispatch(&app, addr, req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("viche_http_requests_total", "route" => route, "status" => status).increment(1);
-    metrics::histogram!("viche_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("viche_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     Ok(response)
 }
 
@@ -128,11 +129,16 @@ async fn dispatch(app: &Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
             }
             None => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "metrics are disabled (--no-metrics)"),
         },
-        (_, p) if p.starts_with("/api/") => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
+        (_, p) if p.starts_with("/api/") => {
+            error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
+        }
         (Method::GET | Method::HEAD, p) => match crate::web::lookup(app.web_dir.as_deref(), p).await {
             Some((mime, body)) => {
                 let mut r = Response::new(Full::new(body));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                );
                 r
             }
             None => error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such file"),
@@ -147,7 +153,11 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     }
     if app.open_connections.load(Ordering::Relaxed) >= app.max_connections {
         metrics::counter!("viche_connections_refused_total", "reason" => "max_connections").increment(1);
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, "too many connections; retry later");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "too many connections; retry later",
+        );
     }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
@@ -177,9 +187,16 @@ struct Credentials {
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Body>> {
     let bytes = match Limited::new(req.into_body(), MAX_HTTP_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "body unreadable or larger than 16 KiB")),
+        Err(_) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::Invalid,
+                "body unreadable or larger than 16 KiB",
+            ))
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|e| error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, &format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, &format!("invalid JSON body: {e}")))
 }
 
 // The error is the answer itself, returned early by the handlers; it is
@@ -187,7 +204,11 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 #[allow(clippy::result_large_err)]
 fn check_credentials(c: &Credentials) -> Result<(), Response<Body>> {
     if !validate::is_valid_username(&c.username) {
-        return Err(error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "username must be 3 to 32 characters of A-Z a-z 0-9 _ . -"));
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            "username must be 3 to 32 characters of A-Z a-z 0-9 _ . -",
+        ));
     }
     if !validate::is_valid_password(&c.password) {
         return Err(error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "password must be 8 to 1024 bytes"));
@@ -248,7 +269,8 @@ async fn login(app: &App, addr: SocketAddr, req: Request<Incoming>) -> Response<
         return r;
     }
     let ip = addr.ip().to_string();
-    let limited = app.failed_logins_by_user.retry_after_s(&creds.username).max(app.failed_logins_by_addr.retry_after_s(&ip));
+    let limited =
+        app.failed_logins_by_user.retry_after_s(&creds.username).max(app.failed_logins_by_addr.retry_after_s(&ip));
     if let Some(retry) = limited {
         metrics::counter!("viche_rate_limited_total", "kind" => "login").increment(1);
         return too_many(retry);
@@ -307,7 +329,11 @@ async fn history(app: &App, req: &Request<Incoming>) -> Response<Body> {
     let room = room.as_deref().unwrap_or_default();
     let query = req.uri().query().unwrap_or("");
     let (Ok(before), Ok(limit)) = (query_u64(query, "before"), query_u64(query, "limit")) else {
-        return error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "before and limit must be unsigned integers");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            "before and limit must be unsigned integers",
+        );
     };
     let Some(limit) = validate::history_limit(limit) else {
         return error_response(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "limit must be 1 to 100");
@@ -326,7 +352,11 @@ async fn readyz(app: &App) -> Response<Body> {
     crate::exporter::record_store_probe(&app.engine, store.is_ok());
     match store {
         Ok(()) if app.engine.writer.is_healthy() => json_response(StatusCode::OK, json!({ "status": "ready" })),
-        Ok(()) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, "the writer's last commit failed"),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, &format!("store not ready: {e}")),
+        Ok(()) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, "the writer's last commit failed")
+        }
+        Err(e) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, &format!("store not ready: {e}"))
+        }
     }
 }

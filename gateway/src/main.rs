@@ -66,18 +66,22 @@ fn init_logging(json: bool) {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // Without a recorder (--no-metrics) every metric call is a no-op.
-    let prometheus = if args.no_metrics { None } else { Some(exporter::install().context("installing the Prometheus recorder")?) };
+    let prometheus =
+        if args.no_metrics { None } else { Some(exporter::install().context("installing the Prometheus recorder")?) };
 
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store: Arc<dyn Store> = match &args.mongo_uri {
         Some(uri) => {
             let concern = MongoWriteConcern { w: args.mongo_write_concern.clone(), journal: args.mongo_journal };
-            let store = MongoStore::connect(uri, &args.mongo_db, &concern).await.context("opening the MongoDB store")?;
+            let store =
+                MongoStore::connect(uri, &args.mongo_db, &concern).await.context("opening the MongoDB store")?;
             tracing::info!(db = %args.mongo_db, w = %concern.w, j = concern.journal, "using MongoDB");
             Arc::new(store)
         }
         None => Arc::new(
-            EmbeddedStore::open(&args.data_dir).with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?,
+            EmbeddedStore::open(&args.data_dir)
+                .with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?,
         ),
     };
     let secret = match &args.jwt_secret {
@@ -86,7 +90,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let engine = Engine::start(args.engine_config(), store, Jwt::new(&secret, args.token_ttl)).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
@@ -96,7 +102,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
@@ -115,7 +122,12 @@ fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     }
     let secret: [u8; 32] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(hex.as_bytes())?;
     file.sync_all()?;
     Ok(hex.into_bytes())

@@ -12,7 +12,8 @@ The WebSocket endpoint is <code>/ws</code>; see docs/protocol.md.</p></body></ht
 /// The file for a request path, as (content type, bytes), or `None`.
 pub async fn lookup(web_dir: Option<&Path>, path: &str) -> Option<(String, Bytes)> {
     let Some(root) = web_dir else {
-        return (path == "/" || path == "/index.html").then(|| ("text/html; charset=utf-8".to_string(), Bytes::from_static(PLACEHOLDER.as_bytes())));
+        return (path == "/" || path == "/index.html")
+            .then(|| ("text/html; charset=utf-8".to_string(), Bytes::from_static(PLACEHOLDER.as_bytes())));
     };
     let relative = path.trim_start_matches('/');
     let relative = if relative.is_empty() { "index.html" } else { relative };

@@ -26,7 +26,9 @@ use viche_engine::outbox::{CloseRequest, OutItem, Outbox};
 use viche_engine::peer::Peer;
 use viche_engine::{Engine, Flow, Session};
 use viche_protocol::limits::HISTORY_LIMIT_MAX;
-use viche_protocol::{close_code, decode_client, encode_server, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION};
+use viche_protocol::{
+    close_code, decode_client, encode_server, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION,
+};
 
 use crate::socket::{SocketReader, SocketWriter};
 
@@ -139,9 +141,9 @@ async fn read_message_inner(st: &mut ReadState) -> Result<Incoming, ReadError> {
                 (frame.opcode, frame.fin, payload, frame_bytes)
             }
             Err(WebSocketError::FrameTooLarge) => return Err(ReadError::TooLarge),
-            Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) | Err(WebSocketError::ConnectionClosed) => {
-                return Err(ReadError::Gone)
-            }
+            Err(WebSocketError::UnexpectedEOF)
+            | Err(WebSocketError::IoError(_))
+            | Err(WebSocketError::ConnectionClosed) => return Err(ReadError::Gone),
             Err(_) => return Err(ReadError::Protocol),
         };
         st.consumed += frame_bytes;
@@ -294,17 +296,35 @@ async fn handshake(engine: &Arc<Engine>, st: ReadState, writer: &mut Writer) -> 
         Ok(ClientFrame::Hello { v, token }) => (v, token),
         _ => {
             metrics::counter!("viche_auth_failures_total", "reason" => "no_hello").increment(1);
-            write_data_then_close(writer, encoding, &reject(ErrorCode::Unauthorized, "the first frame must be hello"), close_code::UNAUTHORIZED).await;
+            write_data_then_close(
+                writer,
+                encoding,
+                &reject(ErrorCode::Unauthorized, "the first frame must be hello"),
+                close_code::UNAUTHORIZED,
+            )
+            .await;
             return None;
         }
     };
     if v != PROTOCOL_VERSION {
-        write_data_then_close(writer, encoding, &reject(ErrorCode::Invalid, "unsupported protocol version; this server speaks v=1"), close_code::PROTOCOL_ERROR).await;
+        write_data_then_close(
+            writer,
+            encoding,
+            &reject(ErrorCode::Invalid, "unsupported protocol version; this server speaks v=1"),
+            close_code::PROTOCOL_ERROR,
+        )
+        .await;
         return None;
     }
     let Some(verified) = engine.jwt.verify(&token) else {
         metrics::counter!("viche_auth_failures_total", "reason" => "bad_token").increment(1);
-        write_data_then_close(writer, encoding, &reject(ErrorCode::Unauthorized, "invalid or expired token"), close_code::UNAUTHORIZED).await;
+        write_data_then_close(
+            writer,
+            encoding,
+            &reject(ErrorCode::Unauthorized, "invalid or expired token"),
+            close_code::UNAUTHORIZED,
+        )
+        .await;
         return None;
     };
     let session = engine.open_session(&verified.user, encoding, verified.exp_ms);
@@ -423,7 +443,12 @@ async fn finish(writer: &mut Writer, close: Option<(u16, &'static str)>) {
 
 /// Writes everything queued in the outbox. `Err` means: stop the session,
 /// closing with the given code (or silently when the socket is gone).
-async fn flush_outbox(engine: &Engine, outbox: &Outbox, encoding: Encoding, writer: &mut Writer) -> Result<(), Option<(u16, &'static str)>> {
+async fn flush_outbox(
+    engine: &Engine,
+    outbox: &Outbox,
+    encoding: Encoding,
+    writer: &mut Writer,
+) -> Result<(), Option<(u16, &'static str)>> {
     let mut items = Vec::new();
     loop {
         items.clear();
@@ -466,7 +491,14 @@ async fn write_buf(writer: &mut Writer, buf: &mut Vec<u8>) -> Result<(), Option<
 /// Writes stored messages `after < seq <= upto` oldest first, a page at a
 /// time, at the pace the socket takes them (not through the outbox, so a
 /// replay never counts toward the slow-consumer limit).
-async fn replay(engine: &Engine, room: &str, mut after: u64, upto: u64, encoding: Encoding, writer: &mut Writer) -> Result<(), Option<(u16, &'static str)>> {
+async fn replay(
+    engine: &Engine,
+    room: &str,
+    mut after: u64,
+    upto: u64,
+    encoding: Encoding,
+    writer: &mut Writer,
+) -> Result<(), Option<(u16, &'static str)>> {
     while after < upto {
         let page = match engine.store.range(room, after, upto, HISTORY_LIMIT_MAX as usize).await {
             Ok(page) => page,

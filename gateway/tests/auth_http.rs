@@ -80,7 +80,10 @@ async fn malformed_bodies_are_400_invalid() {
         assert_invalid(&post_json(&server, path, r#"{"username":"alice"}"#).await, "missing password");
         assert_invalid(&post_json(&server, path, r#"{"password":"12345678"}"#).await, "missing username");
         assert_invalid(&post_json(&server, path, r#"{"username":5,"password":"12345678"}"#).await, "username a number");
-        assert_invalid(&post_json(&server, path, r#"{"username":"alice","password":12345678}"#).await, "password a number");
+        assert_invalid(
+            &post_json(&server, path, r#"{"username":"alice","password":12345678}"#).await,
+            "password a number",
+        );
         assert_invalid(&post_json(&server, path, r#"{"username":null,"password":"12345678"}"#).await, "username null");
         let truncated = r#"{"username":"alice","password":"1234"#;
         assert_invalid(&post_json(&server, path, truncated).await, "truncated JSON");
@@ -188,7 +191,12 @@ async fn registrations_are_rate_limited_per_address() {
     let answers = futures_util::future::join_all(attempts).await;
     let created = answers.iter().filter(|r| r.status == 201).count();
     let limited: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(created + limited.len(), n, "only 201 or 429: {:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        created + limited.len(),
+        n,
+        "only 201 or 429: {:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert!(created >= 60, "a burst of 60 passes, got {created}");
     assert!(!limited.is_empty(), "registrations past the burst are refused");
     for resp in limited {

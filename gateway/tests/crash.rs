@@ -176,7 +176,12 @@ async fn sigterm_closes_sessions_1001_exits_0_and_keeps_acked_messages() {
 
     // Sends in flight when the signal arrives.
     let frames: Vec<_> = (0..30u64)
-        .map(|i| ClientFrame::Send { req: 100 + i, room: "lobby".into(), body: format!("late {i}"), cid: format!("late-{i}") })
+        .map(|i| ClientFrame::Send {
+            req: 100 + i,
+            room: "lobby".into(),
+            body: format!("late {i}"),
+            cid: format!("late-{i}"),
+        })
         .collect();
     a.send_frames(&frames).await.unwrap();
     let status = server.sigterm().await;

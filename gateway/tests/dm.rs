@@ -25,7 +25,10 @@ async fn dm_reaches_every_session_of_both_users_without_joining() {
     assert_eq!(ack.cid, "d1");
     for conn in [&mut a1, &mut a2, &mut b1, &mut b2] {
         let m = conn.recv_msg(T).await.unwrap();
-        assert_eq!((m.room.as_str(), m.seq, m.from.as_str(), m.body.as_str(), m.cid.as_str()), (room.as_str(), 1, "alice", "psst", "d1"));
+        assert_eq!(
+            (m.room.as_str(), m.seq, m.from.as_str(), m.body.as_str(), m.cid.as_str()),
+            (room.as_str(), 1, "alice", "psst", "d1")
+        );
         assert_eq!(m.ts, ack.ts);
     }
     assert_none(&mut carol, "someone else's DM", |f| matches!(f, ServerFrame::Msg(_))).await;

@@ -41,7 +41,10 @@ async fn ws_history_pages_newest_first() {
     assert!(!p.more);
     // Message contents are what was sent.
     let m = &p.messages[24];
-    assert_eq!((m.seq, m.from.as_str(), m.body.as_str(), m.cid.as_str(), m.room.as_str()), (1, "alice", "m body 0", "m-0", "lobby"));
+    assert_eq!(
+        (m.seq, m.from.as_str(), m.body.as_str(), m.cid.as_str(), m.room.as_str()),
+        (1, "alice", "m body 0", "m-0", "lobby")
+    );
     assert_eq!(m.ts, acks[0].ts);
     // before = 1 and before = 0: nothing older.
     for before in [0, 1] {

@@ -61,7 +61,8 @@ fn padded_ping(req: u64, len: usize) -> String {
 
 #[tokio::test]
 async fn frame_over_max_frame_closes_1009() {
-    let server = Server::start_with(Opts { max_frame_bytes: Some(2048), max_body_bytes: Some(1000), ..Opts::default() }).await;
+    let server =
+        Server::start_with(Opts { max_frame_bytes: Some(2048), max_body_bytes: Some(1000), ..Opts::default() }).await;
     let token = server.user("alice").await;
     let mut a = server.connect(&token).await;
     assert_eq!(a.welcome().unwrap().max_frame, 2048);
@@ -110,7 +111,9 @@ async fn send_burst_of_50_then_rate_limited() {
     for i in 0..n {
         match a.wait_reply(1000 + i, T).await {
             Ok(ServerFrame::Ack { req, .. }) => acked.push(req),
-            Err(ClientError::Server { code: ErrorCode::RateLimited, req, .. }) => limited.push(req.expect("rate_limited carries the ref")),
+            Err(ClientError::Server { code: ErrorCode::RateLimited, req, .. }) => {
+                limited.push(req.expect("rate_limited carries the ref"))
+            }
             other => panic!("reply {i}: {other:?}"),
         }
     }
@@ -156,7 +159,8 @@ async fn join_burst_of_20_then_rate_limited() {
     let server = Server::start().await;
     let mut a = server.session("alice").await;
     let n = 50u64;
-    let frames: Vec<_> = (0..n).map(|i| ClientFrame::Join { req: 1 + i, room: format!("room{i}"), since: None }).collect();
+    let frames: Vec<_> =
+        (0..n).map(|i| ClientFrame::Join { req: 1 + i, room: format!("room{i}"), since: None }).collect();
     let started = Instant::now();
     a.send_frames(&frames).await.unwrap();
     let (mut ok, mut limited) = (Vec::new(), 0);
@@ -210,10 +214,8 @@ async fn persistent_flooding_after_rate_limited_closes_4029() {
             // The server closed while this chunk was being written: count
             // the answers that arrived before the close.
             let (close, frames) = a.expect_close(T).await.unwrap();
-            limited += frames
-                .iter()
-                .filter(|f| matches!(f, ServerFrame::Error { code: ErrorCode::RateLimited, .. }))
-                .count();
+            limited +=
+                frames.iter().filter(|f| matches!(f, ServerFrame::Error { code: ErrorCode::RateLimited, .. })).count();
             break close;
         }
         for r in next_ref..next_ref + 50 {
@@ -349,7 +351,8 @@ async fn a_replay_does_not_count_toward_the_slow_consumer_limit() {
 /// connection is accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_get_503_until_one_closes() {
-    let server = Server::start_with(Opts { extra_args: vec!["--max-connections".into(), "2".into()], ..Opts::default() }).await;
+    let server =
+        Server::start_with(Opts { extra_args: vec!["--max-connections".into(), "2".into()], ..Opts::default() }).await;
     let mut a = server.session("alice").await;
     let b = server.session("bob").await;
 

@@ -22,7 +22,9 @@ use viche_client::{ClientFrame, ErrorCode, Event, ServerFrame};
 fn mongo_or_skip(test: &str) -> Option<String> {
     match mongo_uri() {
         Some(uri) => Some(uri),
-        None if std::env::var_os("CI").is_some() => panic!("{test}: VICHE_TEST_MONGO_URI is not set under CI; run scripts/test.sh"),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{test}: VICHE_TEST_MONGO_URI is not set under CI; run scripts/test.sh")
+        }
         None => {
             eprintln!("{test}: skipped, VICHE_TEST_MONGO_URI is not set (scripts/test.sh starts FerretDB and sets it)");
             None
@@ -40,7 +42,8 @@ async fn mongo_indexes_exist_after_start() {
     let db = client.database(&db_name);
     let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
     for collection in ["users", "messages"] {
-        let mut cursor = db.collection::<mongodb::bson::Document>(collection).list_indexes().await.expect("listing indexes");
+        let mut cursor =
+            db.collection::<mongodb::bson::Document>(collection).list_indexes().await.expect("listing indexes");
         while cursor.advance().await.expect("reading an index") {
             let index = cursor.deserialize_current().expect("index model");
             let unique = index.options.as_ref().and_then(|o| o.unique).unwrap_or(false);
@@ -52,8 +55,14 @@ async fn mongo_indexes_exist_after_start() {
     unique_keys.sort();
     let expect = |c: &str, k: &[&str]| (c.to_string(), k.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert!(unique_keys.contains(&expect("users", &["username"])), "unique users.username, got {unique_keys:?}");
-    assert!(unique_keys.contains(&expect("messages", &["room", "seq"])), "unique messages.(room, seq), got {unique_keys:?}");
-    assert!(unique_keys.contains(&expect("messages", &["from", "cid"])), "unique messages.(from, cid), got {unique_keys:?}");
+    assert!(
+        unique_keys.contains(&expect("messages", &["room", "seq"])),
+        "unique messages.(room, seq), got {unique_keys:?}"
+    );
+    assert!(
+        unique_keys.contains(&expect("messages", &["from", "cid"])),
+        "unique messages.(from, cid), got {unique_keys:?}"
+    );
 
     // Creating them is idempotent: a second server on the same database starts.
     drop(server);
@@ -96,7 +105,8 @@ struct Ferret {
 
 impl Ferret {
     fn start() -> Ferret {
-        let bin = PathBuf::from(std::env::var("VICHE_FERRETDB_BIN").expect("VICHE_FERRETDB_BIN (scripts/test.sh sets it)"));
+        let bin =
+            PathBuf::from(std::env::var("VICHE_FERRETDB_BIN").expect("VICHE_FERRETDB_BIN (scripts/test.sh sets it)"));
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut f = Ferret { bin, dir: tempfile::tempdir().unwrap(), port, child: None };
         f.up();
@@ -108,7 +118,8 @@ impl Ferret {
     }
 
     fn up(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("ferretdb.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("ferretdb.log")).unwrap();
         let child = Command::new(&self.bin)
             .arg("-listen-addr")
             .arg(format!("127.0.0.1:{}", self.port))

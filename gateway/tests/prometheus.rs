@@ -53,7 +53,9 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
             panic!("CI is set but `prometheus`/`promtool` are not on the PATH: .ci/run must install Debian's prometheus package")
         }
         _ => {
-            eprintln!("SKIPPED: `prometheus` and `promtool` are not installed (apt-get install prometheus); CI is unset");
+            eprintln!(
+                "SKIPPED: `prometheus` and `promtool` are not installed (apt-get install prometheus); CI is unset"
+            );
             None
         }
     }
@@ -98,7 +100,8 @@ impl Prometheus {
         for _attempt in 0..5 {
             let dir = tempfile::Builder::new().prefix("viche-prometheus-").tempdir().expect("a temp dir");
             let config = dir.path().join("prometheus.yml");
-            std::fs::write(&config, Self::config(viche_port, &grafana_dir().join("alerts.yml"))).expect("writing prometheus.yml");
+            std::fs::write(&config, Self::config(viche_port, &grafana_dir().join("alerts.yml")))
+                .expect("writing prometheus.yml");
             promtool(promtool_bin, &["check", "config", config.to_str().unwrap()], dir.path());
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let log = File::create(dir.path().join("prometheus.log")).expect("prometheus log");
@@ -336,9 +339,11 @@ fn check_dashboard(file: &str, d: &Value, problems: &mut Vec<String>) -> Vec<Pan
                 problems.push(format!("{file}: a query of {title:?} does not use the ${{datasource}} variable"));
             }
             match t["expr"].as_str() {
-                Some(expr) if !expr.trim().is_empty() => {
-                    queries.push(PanelQuery { dashboard: file.to_string(), panel: title.clone(), expr: expr.to_string() })
-                }
+                Some(expr) if !expr.trim().is_empty() => queries.push(PanelQuery {
+                    dashboard: file.to_string(),
+                    panel: title.clone(),
+                    expr: expr.to_string(),
+                }),
                 _ => problems.push(format!("{file}: a query of {title:?} has no expr")),
             }
         }
@@ -392,7 +397,12 @@ async fn drive_traffic(server: &Server) {
 
     // A rate-limited burst: past the burst of 50, `rate_limited`.
     let frames: Vec<_> = (0..80u64)
-        .map(|i| ClientFrame::Send { req: 5000 + i, room: "lobby".into(), body: format!("burst {i}"), cid: format!("burst-{i}") })
+        .map(|i| ClientFrame::Send {
+            req: 5000 + i,
+            room: "lobby".into(),
+            body: format!("burst {i}"),
+            cid: format!("burst-{i}"),
+        })
         .collect();
     c.send_frames(&frames).await.unwrap();
     let mut limited = 0;
@@ -407,7 +417,10 @@ async fn drive_traffic(server: &Server) {
 
     // A frame that does not decode, and a token that does not verify.
     c.send_raw_text("{not json".into()).await.unwrap();
-    let _ = c.wait_for(T, |f| matches!(f, ServerFrame::Error { code: ErrorCode::BadFrame, .. })).await.expect("bad_frame error");
+    let _ = c
+        .wait_for(T, |f| matches!(f, ServerFrame::Error { code: ErrorCode::BadFrame, .. }))
+        .await
+        .expect("bad_frame error");
     match Connection::open(&server.ws_url(), "not-a-token", Encoding::MsgPack).await {
         Err(_) => {}
         Ok(_) => panic!("a bad token was accepted"),
@@ -487,7 +500,11 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
     // Prometheus scrapes viche.
     let deadline = Instant::now() + T;
     while prometheus.scalar(&format!("up{{job=\"viche\",instance=\"{instance}\"}}")).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "prometheus never scraped viche: {:?}", prometheus.api("/api/v1/targets", &[]).await);
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped viche: {:?}",
+            prometheus.api("/api/v1/targets", &[]).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -505,7 +522,11 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let s = samples(&text);
-    assert_eq!(total(&s, "viche_connections_accepted_total"), total(&s, "viche_connections_closed_total"), "every accepted connection is closed once");
+    assert_eq!(
+        total(&s, "viche_connections_accepted_total"),
+        total(&s, "viche_connections_closed_total"),
+        "every accepted connection is closed once"
+    );
     assert!(value_of(&s, "viche_connections_closed_total", "{code=\"4008\"}") >= 1.0);
     assert!(value_of(&s, "viche_connections_closed_total", "{code=\"4001\"}") >= 1.0);
     assert!(value_of(&s, "viche_rate_limited_total", "{kind=\"send\"}") >= 1.0);
@@ -514,13 +535,21 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
     assert!(value_of(&s, "viche_auth_failures_total", "{reason=\"unknown_user\"}") >= 1.0);
     assert!(value_of(&s, "viche_frames_in_total", "{type=\"bad_frame\"}") >= 1.0);
     assert!(value_of(&s, "viche_frames_out_total", "{type=\"msg\"}") >= total(&s, "viche_deliveries_total"));
-    assert!(total(&s, "viche_deliveries_total") > total(&s, "viche_messages_stored_total"), "fan-out delivers to several members");
+    assert!(
+        total(&s, "viche_deliveries_total") > total(&s, "viche_messages_stored_total"),
+        "fan-out delivers to several members"
+    );
     assert_eq!(total(&s, "viche_store_ready"), 1.0);
 
     // Prometheus has what viche last said (traffic is over, so these no
     // longer change), and has scraped twice since, so that series born
     // late in the traffic have two samples for rate().
-    for name in ["viche_messages_stored_total", "viche_auth_failures_total", "viche_rate_limited_total", "viche_connections_closed_total"] {
+    for name in [
+        "viche_messages_stored_total",
+        "viche_auth_failures_total",
+        "viche_rate_limited_total",
+        "viche_connections_closed_total",
+    ] {
         let want = total(&s, name);
         let deadline = Instant::now() + T;
         while prometheus.scalar(&format!("sum({name})")).await != Some(want) {
@@ -563,8 +592,12 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
 
     // The dashboards' variables resolve.
     let jobs = prometheus.api("/api/v1/label/job/values", &[("match[]", "viche_build_info")]).await;
-    assert!(jobs["data"].as_array().is_some_and(|v| v.iter().any(|j| j == "viche")), "label_values(viche_build_info, job): {jobs}");
-    let instances = prometheus.api("/api/v1/label/instance/values", &[("match[]", "viche_build_info{job=~\"viche\"}")]).await;
+    assert!(
+        jobs["data"].as_array().is_some_and(|v| v.iter().any(|j| j == "viche")),
+        "label_values(viche_build_info, job): {jobs}"
+    );
+    let instances =
+        prometheus.api("/api/v1/label/instance/values", &[("match[]", "viche_build_info{job=~\"viche\"}")]).await;
     assert!(instances["data"].as_array().is_some_and(|v| v.iter().any(|i| *i == instance)), "instances: {instances}");
 
     // Every panel's query returns data.
@@ -578,10 +611,17 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
         }
         match prometheus.query(&expr).await {
             Err(e) => problems.push(format!("{} / {}: {expr}: {e}", q.dashboard, q.panel)),
-            Ok(result) if result.is_empty() => problems.push(format!("{} / {}: no data for {expr}", q.dashboard, q.panel)),
+            Ok(result) if result.is_empty() => {
+                problems.push(format!("{} / {}: no data for {expr}", q.dashboard, q.panel))
+            }
             Ok(result) => {
                 evaluated += 1;
-                let any_nonzero = result.iter().any(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v.is_finite() && v != 0.0));
+                let any_nonzero = result.iter().any(|r| {
+                    r["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v.is_finite() && v != 0.0)
+                });
                 nonzero += any_nonzero as usize;
             }
         }
@@ -612,8 +652,17 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
     let deadline = Instant::now() + T;
     loop {
         let rules = prometheus.api("/api/v1/rules", &[]).await;
-        let list: Vec<Value> = rules["data"]["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
-        let unhealthy: Vec<String> = list.iter().filter(|r| r["health"] != "ok").map(|r| format!("{} {} {}", r["name"], r["health"], r["lastError"])).collect();
+        let list: Vec<Value> = rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let unhealthy: Vec<String> = list
+            .iter()
+            .filter(|r| r["health"] != "ok")
+            .map(|r| format!("{} {} {}", r["name"], r["health"], r["lastError"]))
+            .collect();
         if !list.is_empty() && unhealthy.is_empty() {
             assert!(list.len() >= 5, "alert rules loaded: {}", list.len());
             break;

@@ -130,7 +130,11 @@ async fn typing_reaches_others_not_self() {
     // Sentinel from b: by the time a sees it, any typing to a would have come first.
     b.send("lobby", "sentinel", "s1").await.unwrap();
     a.recv_msg(T).await.unwrap();
-    assert!(!a.pending().iter().any(|f| matches!(f, ServerFrame::Typing { .. })), "typing echoed to self: {:?}", a.pending());
+    assert!(
+        !a.pending().iter().any(|f| matches!(f, ServerFrame::Typing { .. })),
+        "typing echoed to self: {:?}",
+        a.pending()
+    );
     assert_none(&mut outsider, "typing in a room not joined", |f| matches!(f, ServerFrame::Typing { .. })).await;
     // Typing is not stored.
     let page = a.history("lobby", None, None).await.unwrap();
@@ -231,7 +235,9 @@ async fn send_to_a_room_not_joined_is_not_joined() {
     assert_none(&mut b, "msg from a non-member", |f| matches!(f, ServerFrame::Msg(_))).await;
     assert_eq!(b.join("lobby", None).await.unwrap().seq, 0);
     // The error carries the request's ref.
-    a.send_frame(&ClientFrame::Send { req: 555, room: "lobby".into(), body: "x".into(), cid: "c3".into() }).await.unwrap();
+    a.send_frame(&ClientFrame::Send { req: 555, room: "lobby".into(), body: "x".into(), cid: "c3".into() })
+        .await
+        .unwrap();
     match next_frame(&mut a).await {
         ServerFrame::Error { req, code, .. } => assert_eq!((req, code.as_str()), (Some(555), "not_joined")),
         other => panic!("{other:?}"),
@@ -272,7 +278,18 @@ async fn room_names_at_and_past_the_bounds() {
         assert_eq!(page.messages.len(), 1);
     }
     let too_long = "r".repeat(65);
-    let bad = ["", too_long.as_str(), "has space", "slash/no", "ünï", "semi;colon", "dm:", "dm:alice", "dm:bob:alice", "dm:alice:alice"];
+    let bad = [
+        "",
+        too_long.as_str(),
+        "has space",
+        "slash/no",
+        "ünï",
+        "semi;colon",
+        "dm:",
+        "dm:alice",
+        "dm:bob:alice",
+        "dm:alice:alice",
+    ];
     for room in bad {
         assert_eq!(code_of(a.join(room, None).await), "invalid", "join {room:?}");
         assert_eq!(code_of(a.history(room, None, None).await), "invalid", "history {room:?}");
@@ -342,7 +359,12 @@ async fn a_retried_cid_gets_the_original_ack_and_is_not_delivered_again() {
     assert_eq!((other.seq, other.ts), (first.seq, first.ts));
     // Pipelined duplicates (a retry while the first is in flight).
     let frames: Vec<_> = (0..3)
-        .map(|i| viche_client::ClientFrame::Send { req: 100 + i, room: "lobby".into(), body: "twice".into(), cid: "in-flight".into() })
+        .map(|i| viche_client::ClientFrame::Send {
+            req: 100 + i,
+            room: "lobby".into(),
+            body: "twice".into(),
+            cid: "in-flight".into(),
+        })
         .collect();
     a1.send_frames(&frames).await.unwrap();
     let mut in_flight = Vec::new();

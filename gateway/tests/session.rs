@@ -153,7 +153,9 @@ async fn auth_with_a_bad_token_is_refused() {
     let mut conn = server.connect(&token).await;
     let forged = mint_with("some-other-secret-0123456789", "alice", now_s() + 3600);
     match conn.auth(&forged).await {
-        Err(ClientError::Server { code: ErrorCode::Unauthorized, req, .. }) => assert!(req.is_some(), "the error echoes the ref"),
+        Err(ClientError::Server { code: ErrorCode::Unauthorized, req, .. }) => {
+            assert!(req.is_some(), "the error echoes the ref")
+        }
         Err(ClientError::Closed(info)) => assert_eq!(info.code, Some(4001), "{info}"),
         other => panic!("a forged token must not be accepted: {other:?}"),
     }
@@ -231,9 +233,13 @@ async fn bad_frames_are_answered_and_the_connection_stays_open() {
         .await
         .unwrap();
     expect_bad_frame(&mut conn, Some(79), "a field of the wrong type").await;
-    conn.send_raw_binary(msgpack_map(&[("t", MpVal::Str("send")), ("ref", MpVal::Uint(80)), ("room", MpVal::Str("r"))]))
-        .await
-        .unwrap();
+    conn.send_raw_binary(msgpack_map(&[
+        ("t", MpVal::Str("send")),
+        ("ref", MpVal::Uint(80)),
+        ("room", MpVal::Str("r")),
+    ]))
+    .await
+    .unwrap();
     expect_bad_frame(&mut conn, Some(80), "missing fields").await;
 
     // JSON text frames on a MessagePack session are decoded too.
@@ -280,7 +286,9 @@ async fn json_text_mode_end_to_end() {
 
     // A JSON session may send MessagePack frames; answers stay JSON.
     let req = a.alloc_ref();
-    a.send_raw_binary(viche_protocol::encode_client(&ClientFrame::Ping { req }, Encoding::MsgPack).to_vec()).await.unwrap();
+    a.send_raw_binary(viche_protocol::encode_client(&ClientFrame::Ping { req }, Encoding::MsgPack).to_vec())
+        .await
+        .unwrap();
     assert_eq!(a.wait_reply(req, T).await.unwrap(), ServerFrame::Pong { req });
     // And a MessagePack session may send JSON frames; answers stay MessagePack.
     b.send_raw_text(r#"{"t":"ping","ref":9001}"#.into()).await.unwrap();

@@ -68,7 +68,8 @@ async fn start_in(cwd: &Path) -> (Viche, reqwest::Client) {
 
 async fn assert_serves_client(cwd: &Path) {
     let dist = repo_root().join("web/dist");
-    let index = std::fs::read_to_string(dist.join("index.html")).expect("web/dist/index.html is committed (npm run build in web/)");
+    let index = std::fs::read_to_string(dist.join("index.html"))
+        .expect("web/dist/index.html is committed (npm run build in web/)");
     let (viche, http) = start_in(cwd).await;
     let base = format!("http://127.0.0.1:{}", viche.port);
 
@@ -84,7 +85,11 @@ async fn assert_serves_client(cwd: &Path) {
         let resp = http.get(format!("{base}{asset}")).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{asset}");
         let body = resp.bytes().await.unwrap();
-        assert_eq!(body.as_ref(), std::fs::read(dist.join(asset.trim_start_matches('/'))).unwrap().as_slice(), "{asset}");
+        assert_eq!(
+            body.as_ref(),
+            std::fs::read(dist.join(asset.trim_start_matches('/'))).unwrap().as_slice(),
+            "{asset}"
+        );
     }
     // A client-side route falls back to the app.
     let resp = http.get(format!("{base}/rooms/lobby")).send().await.unwrap();

@@ -272,8 +272,11 @@ impl Cmd {
         };
         match self {
             Cmd::Fanout(a) => {
-                if a.rooms == 0 || a.members == 0 || a.senders > a.members || !rate_ok(a.rate) || !body_ok(a.body_bytes) {
-                    return Err("fanout: needs rooms ≥ 1, members ≥ 1, senders ≤ members, 0 < rate, 40 ≤ body-bytes".into());
+                if a.rooms == 0 || a.members == 0 || a.senders > a.members || !rate_ok(a.rate) || !body_ok(a.body_bytes)
+                {
+                    return Err(
+                        "fanout: needs rooms ≥ 1, members ≥ 1, senders ≤ members, 0 < rate, 40 ≤ body-bytes".into()
+                    );
                 }
                 sliced(a.rooms, "rooms")?;
             }
@@ -293,8 +296,16 @@ impl Cmd {
                 if a.clients == 0 || a.rooms == 0 || a.senders == 0 || !rate_ok(a.rate) || !body_ok(a.body_bytes) {
                     return Err("churn: needs clients ≥ 1, rooms ≥ 1, senders ≥ 1, 0 < rate, 40 ≤ body-bytes".into());
                 }
-                if a.storm_every.is_nan() || a.storm_every <= 0.0 || !(0.0..=1.0).contains(&a.storm_fraction) || a.backoff_ms == 0 || a.backoff_max_ms < a.backoff_ms {
-                    return Err("churn: needs storm-every > 0, storm-fraction in [0, 1], 0 < backoff-ms ≤ backoff-max-ms".into());
+                if a.storm_every.is_nan()
+                    || a.storm_every <= 0.0
+                    || !(0.0..=1.0).contains(&a.storm_fraction)
+                    || a.backoff_ms == 0
+                    || a.backoff_max_ms < a.backoff_ms
+                {
+                    return Err(
+                        "churn: needs storm-every > 0, storm-fraction in [0, 1], 0 < backoff-ms ≤ backoff-max-ms"
+                            .into(),
+                    );
                 }
                 sliced(a.rooms, "rooms")?;
             }
@@ -470,7 +481,16 @@ mod tests {
 
     fn fanout(workers: usize) -> Cmd {
         let cli = Cli::parse_from([
-            "viche-load", "fanout", "--rooms", "4", "--members", "3", "--senders", "1", "--workers", &workers.to_string(),
+            "viche-load",
+            "fanout",
+            "--rooms",
+            "4",
+            "--members",
+            "3",
+            "--senders",
+            "1",
+            "--workers",
+            &workers.to_string(),
         ]);
         cli.cmd
     }
@@ -479,7 +499,8 @@ mod tests {
     fn slices_cover_every_session_once() {
         let cmd = fanout(3);
         cmd.validate().unwrap();
-        let mut all: Vec<usize> = (0..3).flat_map(|w| plan(&cmd, "t", w, 3).members.into_iter().map(|m| m.index)).collect();
+        let mut all: Vec<usize> =
+            (0..3).flat_map(|w| plan(&cmd, "t", w, 3).members.into_iter().map(|m| m.index)).collect();
         all.sort();
         assert_eq!(all, (0..12).collect::<Vec<_>>());
         // A room is never split between processes.
@@ -492,8 +513,10 @@ mod tests {
     #[test]
     fn same_seed_same_schedule() {
         let cmd = fanout(1);
-        let a: Vec<_> = plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
-        let b: Vec<_> = plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
+        let a: Vec<_> =
+            plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
+        let b: Vec<_> =
+            plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
         assert_eq!(a, b);
     }
 

@@ -87,9 +87,11 @@ impl Hist {
     }
 
     pub fn from_base64(text: &str) -> Result<Self, String> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("histogram base64: {e}"))?;
-        let h: Histogram<u64> =
-            Deserializer::new().deserialize(&mut std::io::Cursor::new(bytes)).map_err(|e| format!("histogram V2: {e:?}"))?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("histogram base64: {e}"))?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| format!("histogram V2: {e:?}"))?;
         let mut out = Hist::default();
         out.add(&Hist(h));
         Ok(out)

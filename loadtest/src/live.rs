@@ -197,7 +197,8 @@ impl Live {
     /// the point (also kept for the report).
     pub fn tick(&self, t: u64) -> TimelinePoint {
         let second = std::mem::take(&mut self.hists.lock().second);
-        let (sends, deliveries, errors) = (self.get(K::Sends), self.get(K::Deliveries), self.errors_total.load(Ordering::Relaxed));
+        let (sends, deliveries, errors) =
+            (self.get(K::Sends), self.get(K::Deliveries), self.errors_total.load(Ordering::Relaxed));
         let mut last = self.last_tick.lock();
         let point = TimelinePoint {
             t,

@@ -31,7 +31,8 @@ pub async fn run(plan: LoginPlan, http: Vec<HttpClient>, live: Arc<Live>, end_ns
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..plan.concurrency.max(1) {
-            let (users, http, password, live, next) = (users.clone(), http.clone(), password.clone(), live.clone(), next.clone());
+            let (users, http, password, live, next) =
+                (users.clone(), http.clone(), password.clone(), live.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);

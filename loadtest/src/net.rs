@@ -27,16 +27,18 @@ pub fn target(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
     }
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse::<u16>().with_context(|| format!("--url {url}: bad port"))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>().with_context(|| format!("--url {url}: bad port"))?,
+        ),
         _ => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), 80),
     };
     if host.is_empty() {
         bail!("--url {url}: no host");
     }
     if !allow_remote {
-        let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().with_context(|| format!("resolving {host}"))?.collect();
+        let addrs: Vec<_> =
+            (host.as_str(), port).to_socket_addrs().with_context(|| format!("resolving {host}"))?.collect();
         if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
             bail!("--url {url}: {host} is not a loopback address; load goes only to this machine unless --allow-remote is given");
         }
@@ -84,8 +86,12 @@ struct Claims<'a> {
 pub fn mint_token(secret: &str, user: &str, ttl: Duration) -> String {
     let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = Claims { sub: user, iat, exp: iat + ttl.as_secs().max(60) };
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
 }
 
 /// How sessions get their tokens.
@@ -102,7 +108,12 @@ pub enum Tokens {
 /// Registers `user` (a `409` means it exists) and logs in; a `429` is
 /// waited out (its `Retry-After`) until `deadline`. Returns the login's
 /// token.
-pub async fn register_and_login(http: &HttpClient, user: &str, password: &str, deadline: tokio::time::Instant) -> anyhow::Result<String> {
+pub async fn register_and_login(
+    http: &HttpClient,
+    user: &str,
+    password: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<String> {
     retry_429(deadline, || http.register(user, password)).await.or_else(|e| match e.status() {
         Some(409) => Ok(None),
         _ => Err(e),
@@ -112,12 +123,18 @@ pub async fn register_and_login(http: &HttpClient, user: &str, password: &str, d
 }
 
 /// Registers `user` and returns the registration's token (`409`: logs in).
-pub async fn register_only(http: &HttpClient, user: &str, password: &str, deadline: tokio::time::Instant) -> anyhow::Result<String> {
+pub async fn register_only(
+    http: &HttpClient,
+    user: &str,
+    password: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<String> {
     match retry_429(deadline, || http.register(user, password)).await {
         Ok(Some(a)) => Ok(a.token),
-        Err(e) if e.status() == Some(409) => {
-            Ok(retry_429(deadline, || http.login(user, password)).await?.ok_or_else(|| anyhow!("login of {user}: no answer"))?.token)
-        }
+        Err(e) if e.status() == Some(409) => Ok(retry_429(deadline, || http.login(user, password))
+            .await?
+            .ok_or_else(|| anyhow!("login of {user}: no answer"))?
+            .token),
         Ok(None) => Err(anyhow!("register {user}: no answer")),
         Err(e) => Err(e.into()),
     }
@@ -169,7 +186,10 @@ mod tests {
     #[test]
     fn source_ranges() {
         let ips = source_ips("127.0.0.2-127.0.0.4, 127.0.0.9", false).unwrap();
-        assert_eq!(ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(), ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]);
+        assert_eq!(
+            ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
+        );
         assert!(source_ips("192.168.1.1", false).is_err());
         assert!(source_ips("127.0.0.9-127.0.0.2", false).is_err());
     }

@@ -56,7 +56,10 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     }
     if report.warmup_s > 0.0 {
         chart
-            .draw_series(LineSeries::new(vec![(report.warmup_s, y_min), (report.warmup_s, y_max)], MAGENTA.mix(0.6).stroke_width(2)))
+            .draw_series(LineSeries::new(
+                vec![(report.warmup_s, y_min), (report.warmup_s, y_max)],
+                MAGENTA.mix(0.6).stroke_width(2),
+            ))
             .map_err(err)?
             .label("end of warm-up")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MAGENTA.mix(0.6).stroke_width(2)));
@@ -106,7 +109,11 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         .draw()
         .map_err(err)?;
     chart
-        .draw_series(bars.iter().map(|&(lo, hi, n)| Rectangle::new([(lo.max(x_lo), 0.0), (hi, n as f64)], RGBColor(31, 119, 180).filled())))
+        .draw_series(
+            bars.iter().map(|&(lo, hi, n)| {
+                Rectangle::new([(lo.max(x_lo), 0.0), (hi, n as f64)], RGBColor(31, 119, 180).filled())
+            }),
+        )
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())

@@ -304,8 +304,12 @@ impl Report {
         if errors > 0 {
             problems.push(format!("{errors} error frames: {:?}", raw.errors_by_code));
         }
-        let unexpected_closes: BTreeMap<_, _> =
-            raw.closes_by_code.iter().filter(|(k, _)| !exp.expected_closes.contains(k)).map(|(k, v)| (k.clone(), *v)).collect();
+        let unexpected_closes: BTreeMap<_, _> = raw
+            .closes_by_code
+            .iter()
+            .filter(|(k, _)| !exp.expected_closes.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         if !unexpected_closes.is_empty() {
             problems.push(format!("connections closed by the server: {unexpected_closes:?}"));
         }
@@ -353,21 +357,48 @@ impl Report {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         let g = |k: &str| self.counters.get(k).copied().unwrap_or(0);
-        row("scenario", format!("{} ({} process{})", self.scenario, self.processes, if self.processes == 1 { "" } else { "es" }));
+        row(
+            "scenario",
+            format!("{} ({} process{})", self.scenario, self.processes, if self.processes == 1 { "" } else { "es" }),
+        );
         row("window", format!("{:.1} s after {:.1} s warm-up", self.window_s, self.warmup_s));
         if g(c::CONNECTIONS_TARGET) > 0 {
-            row("connections", format!("{} of {} opened, {} failed", g(c::CONNECTIONS_OPENED), g(c::CONNECTIONS_TARGET), g(c::CONNECT_FAILURES)));
+            row(
+                "connections",
+                format!(
+                    "{} of {} opened, {} failed",
+                    g(c::CONNECTIONS_OPENED),
+                    g(c::CONNECTIONS_TARGET),
+                    g(c::CONNECT_FAILURES)
+                ),
+            );
         }
         if g(c::SENDS) > 0 || self.rates.offered_sends_per_s > 0.0 {
             row(
                 "sends/s",
-                format!("offered {:.1}, achieved {:.1} ({} sent, {} acked, {} errors, {} unanswered)",
-                    self.rates.offered_sends_per_s, self.rates.achieved_sends_per_s, g(c::SENDS), g(c::ACKS), g(c::SEND_ERRORS), g(c::SENDS_UNANSWERED)),
+                format!(
+                    "offered {:.1}, achieved {:.1} ({} sent, {} acked, {} errors, {} unanswered)",
+                    self.rates.offered_sends_per_s,
+                    self.rates.achieved_sends_per_s,
+                    g(c::SENDS),
+                    g(c::ACKS),
+                    g(c::SEND_ERRORS),
+                    g(c::SENDS_UNANSWERED)
+                ),
             );
-            row("deliveries/s", format!("offered {:.0}, achieved {:.0}", self.rates.offered_deliveries_per_s, self.rates.deliveries_per_s));
+            row(
+                "deliveries/s",
+                format!(
+                    "offered {:.0}, achieved {:.0}",
+                    self.rates.offered_deliveries_per_s, self.rates.deliveries_per_s
+                ),
+            );
             row(
                 "deliveries",
-                format!("{} of {} expected: {} lost, {} gaps, {} duplicates", self.loss.received, self.loss.expected, self.loss.lost, self.loss.gaps, self.loss.duplicates),
+                format!(
+                    "{} of {} expected: {} lost, {} gaps, {} duplicates",
+                    self.loss.received, self.loss.expected, self.loss.lost, self.loss.gaps, self.loss.duplicates
+                ),
             );
         }
         for (name, label) in [
@@ -384,39 +415,67 @@ impl Report {
             if let Some(s) = self.latency.get(name).filter(|s| s.count > 0) {
                 row(
                     label,
-                    format!("p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n = {})", s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms, s.count),
+                    format!(
+                        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n = {})",
+                        s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms, s.count
+                    ),
                 );
             }
         }
         if g(c::DROPS) + g(c::RECONNECTS) > 0 {
             row(
                 "churn",
-                format!("{} drops, {} reconnects ({} failed attempts), {} replayed, {} unplanned closes",
-                    g(c::DROPS), g(c::RECONNECTS), g(c::RECONNECT_FAILURES), g(c::REPLAYED), g(c::UNPLANNED_CLOSES)),
+                format!(
+                    "{} drops, {} reconnects ({} failed attempts), {} replayed, {} unplanned closes",
+                    g(c::DROPS),
+                    g(c::RECONNECTS),
+                    g(c::RECONNECT_FAILURES),
+                    g(c::REPLAYED),
+                    g(c::UNPLANNED_CLOSES)
+                ),
             );
         }
         if g(c::REGISTRATIONS) + g(c::LOGINS) > 0 || self.latency.contains_key(h::REGISTER) {
             row(
                 "HTTP",
-                format!("{} registrations ({:.1}/s), {} logins ({:.1}/s), {} failed",
-                    g(c::REGISTRATIONS), self.rates.registrations_per_s, g(c::LOGINS), self.rates.logins_per_s, g(c::HTTP_FAILURES)),
+                format!(
+                    "{} registrations ({:.1}/s), {} logins ({:.1}/s), {} failed",
+                    g(c::REGISTRATIONS),
+                    self.rates.registrations_per_s,
+                    g(c::LOGINS),
+                    self.rates.logins_per_s,
+                    g(c::HTTP_FAILURES)
+                ),
             );
         }
-        row("errors by code", if self.errors_by_code.is_empty() { "none".into() } else { format!("{:?}", self.errors_by_code) });
-        row("closes by code", if self.closes_by_code.is_empty() { "none".into() } else { format!("{:?}", self.closes_by_code) });
+        row(
+            "errors by code",
+            if self.errors_by_code.is_empty() { "none".into() } else { format!("{:?}", self.errors_by_code) },
+        );
+        row(
+            "closes by code",
+            if self.closes_by_code.is_empty() { "none".into() } else { format!("{:?}", self.closes_by_code) },
+        );
         let s = &self.server;
-        let opt = |v: Option<f64>, unit: &str, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}{unit}"));
+        let opt =
+            |v: Option<f64>, unit: &str, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}{unit}"));
         if s.cpu_us_per_delivery.is_some() {
             row(
                 "server CPU",
-                format!("{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
-                    opt(s.cpu_seconds, "", 3), opt(s.cpu_s_per_1000_deliveries, " s", 4), opt(s.cpu_us_per_delivery, " µs", 2), s.source),
+                format!(
+                    "{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
+                    opt(s.cpu_seconds, "", 3),
+                    opt(s.cpu_s_per_1000_deliveries, " s", 4),
+                    opt(s.cpu_us_per_delivery, " µs", 2),
+                    s.source
+                ),
             );
         } else {
             row("server CPU", format!("{} s over the window ({})", opt(s.cpu_seconds, "", 3), s.source));
         }
         if !s.send_deliver_within.is_empty() {
-            let mut within: Vec<(f64, f64)> = s.send_deliver_within.iter().filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v))).collect();
+            let mut within: Vec<(f64, f64)> =
+                s.send_deliver_within.iter().filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v))).collect();
             within.sort_by(|a, b| a.0.total_cmp(&b.0));
             let shown: Vec<String> = within
                 .iter()
@@ -428,18 +487,34 @@ impl Report {
         if s.rss_after_bytes.is_some() {
             row(
                 "server RSS",
-                format!("{} → {} KiB{}",
+                format!(
+                    "{} → {} KiB{}",
                     s.rss_before_bytes.map_or("n/a".into(), |b| (b / 1024).to_string()),
                     s.rss_after_bytes.map_or("n/a".into(), |b| (b / 1024).to_string()),
-                    s.rss_per_session_bytes.map_or(String::new(), |b| format!(", {:.0} B ({:.2} KiB) per session over {} sessions", b, b / 1024.0, s.sessions.unwrap_or(0)))),
+                    s.rss_per_session_bytes.map_or(String::new(), |b| format!(
+                        ", {:.0} B ({:.2} KiB) per session over {} sessions",
+                        b,
+                        b / 1024.0,
+                        s.sessions.unwrap_or(0)
+                    ))
+                ),
             );
         }
         if g(c::GENERATOR_CPU_US) > 0 {
-            row("generator CPU", format!("{:.2} s over the window (all its processes)", g(c::GENERATOR_CPU_US) as f64 / 1e6));
+            row(
+                "generator CPU",
+                format!("{:.2} s over the window (all its processes)", g(c::GENERATOR_CPU_US) as f64 / 1e6),
+            );
         }
         if let Some(machine) = s.machine_cpu_seconds {
             let others = machine - s.cpu_seconds.unwrap_or(0.0) - g(c::GENERATOR_CPU_US) as f64 / 1e6;
-            row("machine CPU", format!("{machine:.2} s busy over the window, of which {:.2} s neither server nor generator", others.max(0.0)));
+            row(
+                "machine CPU",
+                format!(
+                    "{machine:.2} s busy over the window, of which {:.2} s neither server nor generator",
+                    others.max(0.0)
+                ),
+            );
         }
         row("problems", if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") });
         let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
@@ -508,7 +583,10 @@ mod tests {
         assert_eq!(lat.0.max(), all.0.max());
         assert_eq!(lat.quantile_ms(0.5), all.quantile_ms(0.5));
         // Timelines join by second.
-        assert_eq!(m.timeline.iter().map(|p| (p.t, p.sends, p.deliveries)).collect::<Vec<_>>(), vec![(1, 5, 50), (2, 7, 70), (3, 2, 20)]);
+        assert_eq!(
+            m.timeline.iter().map(|p| (p.t, p.sends, p.deliveries)).collect::<Vec<_>>(),
+            vec![(1, 5, 50), (2, 7, 70), (3, 2, 20)]
+        );
         assert_eq!(m.timeline[1].latency.len(), 2);
         // Merge order does not matter.
         let m2 = Raw::merged([&b, &a]);
@@ -517,7 +595,11 @@ mod tests {
 
     #[test]
     fn finalize_derives_rates_and_problems() {
-        let mut raw = raw_with(&[1_000_000], &[(c::SENDS_DUE, 200), (c::SENDS_IN_WINDOW, 190), (c::DELIVERIES_IN_WINDOW, 19_000), (c::LOST, 3)], &[]);
+        let mut raw = raw_with(
+            &[1_000_000],
+            &[(c::SENDS_DUE, 200), (c::SENDS_IN_WINDOW, 190), (c::DELIVERIES_IN_WINDOW, 19_000), (c::LOST, 3)],
+            &[],
+        );
         raw.closes_by_code.insert("4008".into(), 2);
         let exp = Expectation { warmup_s: 1.0, window_s: 10.0, deliveries_per_send: 100.0, expected_closes: vec![] };
         let r = Report::finalize("fanout", &raw, &exp, ServerFigures::default());

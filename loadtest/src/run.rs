@@ -54,12 +54,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
 
 fn tokens(cmd: &Cmd) -> anyhow::Result<Tokens> {
     let common = cmd.common();
-    let ttl = Duration::from_secs_f64((common.setup_timeout + common.warmup + common.duration + common.drain).max(86_400.0));
+    let ttl =
+        Duration::from_secs_f64((common.setup_timeout + common.warmup + common.duration + common.drain).max(86_400.0));
     Ok(match (common.login, &common.jwt_secret, cmd) {
         (true, _, _) => Tokens::Login,
         (false, Some(secret), _) => Tokens::Mint { secret: secret.clone(), ttl },
         (false, None, Cmd::Dm(_) | Cmd::Login(_)) => Tokens::Register,
-        (false, None, _) => bail!("give --jwt-secret (the server's, to mint tokens) or --login (register and log in real users)"),
+        (false, None, _) => {
+            bail!("give --jwt-secret (the server's, to mint tokens) or --login (register and log in real users)")
+        }
     })
 }
 
@@ -79,19 +82,33 @@ fn random_tag() -> String {
 fn host() -> Host {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
     Host { nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu_model, kernel }
 }
 
-fn ctx(cmd: &Cmd, target: &Target, source_ips: &[IpAddr], tokens: Tokens, tag: &str, live: Arc<Live>) -> anyhow::Result<Arc<Ctx>> {
+fn ctx(
+    cmd: &Cmd,
+    target: &Target,
+    source_ips: &[IpAddr],
+    tokens: Tokens,
+    tag: &str,
+    live: Arc<Live>,
+) -> anyhow::Result<Arc<Ctx>> {
     let common = cmd.common();
     let timeout = Duration::from_secs(60);
     let http = if source_ips.is_empty() {
         vec![HttpClient::with_timeout(&target.http, timeout)?]
     } else {
-        source_ips.iter().map(|ip| HttpClient::with_local_address(&target.http, timeout, Some(*ip))).collect::<Result<_, _>>()?
+        source_ips
+            .iter()
+            .map(|ip| HttpClient::with_local_address(&target.http, timeout, Some(*ip)))
+            .collect::<Result<_, _>>()?
     };
     Ok(Arc::new(Ctx {
         ws_url: target.ws.clone(),
@@ -166,7 +183,9 @@ impl Progress {
             } else {
                 "draining"
             };
-            bar.set_message(format!("{phase}: {sends} sends/s, {deliveries} deliveries/s, p99 {p99_ms:.2} ms, {errors} errors"));
+            bar.set_message(format!(
+                "{phase}: {sends} sends/s, {deliveries} deliveries/s, p99 {p99_ms:.2} ms, {errors} errors"
+            ));
         }
     }
 
@@ -190,7 +209,10 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     let tag = common.run_tag.clone().unwrap_or_else(random_tag);
     let started_unix_ms = unix_ms();
     let http = HttpClient::with_timeout(&target.http, Duration::from_secs(10))?;
-    let health = http.get_raw("/healthz", None).await.with_context(|| format!("the server at {} does not answer", target.http))?;
+    let health = http
+        .get_raw("/healthz", None)
+        .await
+        .with_context(|| format!("the server at {} does not answer", target.http))?;
     if health.status != 200 {
         bail!("the server at {} answers /healthz with {}", target.http, health.status);
     }
@@ -220,7 +242,11 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
             progress.message("registering, then logging in");
             let before = probe.sample().await;
             sleep_until(instant_at(start.start_ns)).await;
-            let plan = crate::login::LoginPlan { users: cli::login_users(a, &tag, 0, 1), concurrency: a.concurrency, password: common.password.clone() };
+            let plan = crate::login::LoginPlan {
+                users: cli::login_users(a, &tag, 0, 1),
+                concurrency: a.concurrency,
+                password: common.password.clone(),
+            };
             let end_ns = start.start_ns + ((common.warmup + common.duration) * 1e9) as u64;
             let raw = crate::login::run(plan, ctx.http.clone(), live, end_ns).await;
             let window_s = (mono_ns() - start.start_ns) as f64 / 1e9;
@@ -282,12 +308,17 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     if let Cmd::Login(a) = &cmd {
         let done = raw.get(c::REGISTRATIONS) + raw.get(c::LOGINS) + raw.get(c::HTTP_FAILURES);
         if done < 2 * a.users as u64 {
-            report.problems.push(format!("{} of {} requests not made before the time bound", 2 * a.users as u64 - done, 2 * a.users));
+            report.problems.push(format!(
+                "{} of {} requests not made before the time bound",
+                2 * a.users as u64 - done,
+                2 * a.users
+            ));
         }
     }
     print!("{}", report.table());
     if let Some(path) = &common.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report: {}", path.display());
     }
     if let Some(path) = &common.plot {
@@ -460,10 +491,7 @@ impl Workers {
             Some(s) => (s.await.context("server sampler")?, common.duration),
             None => {
                 let after = probe.sample().await;
-                (
-                    (before_login.unwrap_or_default(), after),
-                    (mono_ns() - start.start_ns) as f64 / 1e9,
-                )
+                ((before_login.unwrap_or_default(), after), (mono_ns() - start.start_ns) as f64 / 1e9)
             }
         };
         Ok((raw, start, samples, window_s))
@@ -499,7 +527,8 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let v: Vec<u64> = line.strip_prefix("GO ").unwrap_or("").split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> =
+                line.strip_prefix("GO ").unwrap_or("").split_whitespace().filter_map(|x| x.parse().ok()).collect();
             if v.len() == 3 {
                 let _ = go_tx.send(Start { start_ns: v[0], window_start_ns: v[1], window_end_ns: v[2] });
             }
@@ -514,7 +543,11 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
         say("READY 0 0 0");
         let Some(start) = go_rx.recv().await else { return Ok(4) };
         sleep_until(instant_at(start.start_ns)).await;
-        let plan = crate::login::LoginPlan { users: cli::login_users(a, &tag, index, n), concurrency: a.concurrency, password: common.password.clone() };
+        let plan = crate::login::LoginPlan {
+            users: cli::login_users(a, &tag, index, n),
+            concurrency: a.concurrency,
+            password: common.password.clone(),
+        };
         let end_ns = start.start_ns + ((common.warmup + common.duration) * 1e9) as u64;
         let raw = crate::login::run(plan, ctx.http.clone(), live, end_ns).await;
         reported.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -537,7 +570,14 @@ async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Token
     let Some(start) = go_rx.recv().await else { return Ok(4) };
     let raw = running
         .run(start, drain, |pt: &TimelinePoint| {
-            say(&format!("TICK {} {} {} {} {}", pt.t, pt.sends, pt.deliveries, pt.errors, (pt.latency.quantile_ms(0.99) * 1e6) as u64));
+            say(&format!(
+                "TICK {} {} {} {} {}",
+                pt.t,
+                pt.sends,
+                pt.deliveries,
+                pt.errors,
+                (pt.latency.quantile_ms(0.99) * 1e6) as u64
+            ));
         })
         .await;
     reported.store(true, std::sync::atomic::Ordering::SeqCst);

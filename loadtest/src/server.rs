@@ -124,7 +124,11 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
         _ => (None, None),
     };
     ServerFigures {
-        source: if after.source == before.source { after.source.clone() } else { format!("{} → {}", before.source, after.source) },
+        source: if after.source == before.source {
+            after.source.clone()
+        } else {
+            format!("{} → {}", before.source, after.source)
+        },
         cpu_seconds: cpu,
         deliveries,
         cpu_s_per_1000_deliveries: per_1000,
@@ -244,8 +248,20 @@ mod tests {
 
     #[test]
     fn figures_over_a_window() {
-        let a = Sample { cpu_seconds: Some(1.0), rss_bytes: Some(10), deliveries: Some(1000), source: "metrics".into(), ..Sample::default() };
-        let b = Sample { cpu_seconds: Some(1.5), rss_bytes: Some(20), deliveries: Some(501_000), source: "metrics".into(), ..Sample::default() };
+        let a = Sample {
+            cpu_seconds: Some(1.0),
+            rss_bytes: Some(10),
+            deliveries: Some(1000),
+            source: "metrics".into(),
+            ..Sample::default()
+        };
+        let b = Sample {
+            cpu_seconds: Some(1.5),
+            rss_bytes: Some(20),
+            deliveries: Some(501_000),
+            source: "metrics".into(),
+            ..Sample::default()
+        };
         let f = figures(&a, &b, 0);
         assert_eq!(f.deliveries, Some(500_000));
         assert!((f.cpu_us_per_delivery.unwrap() - 1.0).abs() < 1e-9);

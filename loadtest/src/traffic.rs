@@ -167,8 +167,11 @@ pub struct Running {
 /// Spawns every session of `plan` (each connects, within the connect
 /// concurrency, and then waits for the start while reading).
 pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
-    let rooms: Vec<Arc<RoomShared>> =
-        plan.rooms.iter().map(|name| Arc::new(RoomShared { name: name.clone(), final_seq: AtomicU64::new(0) })).collect();
+    let rooms: Vec<Arc<RoomShared>> = plan
+        .rooms
+        .iter()
+        .map(|name| Arc::new(RoomShared { name: name.clone(), final_seq: AtomicU64::new(0) }))
+        .collect();
     let (start_tx, start_rx) = watch::channel(None);
     let setup_began = mono_ns();
     let mut members = Vec::with_capacity(plan.members.len());
@@ -300,7 +303,10 @@ impl Running {
         // Loss: what each session that ever joined should have seen.
         for m in &self.members {
             if matches!(m.state.load(Ordering::Relaxed), READY | GONE) {
-                let expected = self.rooms[m.room].final_seq.load(Ordering::Relaxed).saturating_sub(m.start_seq.load(Ordering::Relaxed));
+                let expected = self.rooms[m.room]
+                    .final_seq
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(m.start_seq.load(Ordering::Relaxed));
                 let received = m.received.load(Ordering::Relaxed);
                 live.add(K::Expected, expected);
                 live.add(K::Lost, expected.saturating_sub(received));
@@ -370,7 +376,8 @@ impl Member {
 
     /// Connect, hello, and (if it joins) join with `since`.
     async fn open(&self, token: &str, since: Option<u64>) -> Result<(Connection, u64, bool), ClientError> {
-        let mut conn = Connection::connect_from(&self.ctx.ws_url, self.ctx.encoding, self.ctx.source_ip(self.spec.index)).await?;
+        let mut conn =
+            Connection::connect_from(&self.ctx.ws_url, self.ctx.encoding, self.ctx.source_ip(self.spec.index)).await?;
         conn.hello(token).await?;
         if self.spec.join {
             let ok = conn.join(&self.room.name, since).await?;
@@ -607,7 +614,11 @@ impl Member {
             live.record(h::REPLAY_AGE, arrival.saturating_sub(sent));
             return;
         }
-        live.record_delivery(arrival.saturating_sub(sent), arrival.saturating_sub(due), start.is_some_and(|s| s.in_window(due)));
+        live.record_delivery(
+            arrival.saturating_sub(sent),
+            arrival.saturating_sub(due),
+            start.is_some_and(|s| s.in_window(due)),
+        );
     }
 
     /// After a drop or a close: a churning session reconnects with

@@ -118,15 +118,18 @@ fn load(server: &Server, args: &[&str]) -> Report {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_viche-load"));
-    cmd.args(args)
-        .args(["--url", &server.url(), "--no-progress", "--check", "--json"])
-        .arg(&json)
-        .stdin(Stdio::null());
+    cmd.args(args).args(["--url", &server.url(), "--no-progress", "--check", "--json"]).arg(&json).stdin(Stdio::null());
     let started = Instant::now();
     let out = cmd.output().expect("running viche-load");
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "viche-load {args:?} failed ({:?}) after {:?}:\n{text}", out.status, started.elapsed());
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
+    assert!(
+        out.status.success(),
+        "viche-load {args:?} failed ({:?}) after {:?}:\n{text}",
+        out.status,
+        started.elapsed()
+    );
+    let report: Report =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
     assert!(report.problems.is_empty(), "problems: {:?}\n{text}", report.problems);
     assert!(text.contains("problems"), "the summary table is printed:\n{text}");
     report
@@ -146,10 +149,18 @@ fn assert_clean_traffic(r: &Report, connections: u64) {
     assert_eq!(count(r, c::SEND_ERRORS) + count(r, c::SENDS_UNANSWERED), 0);
     assert_eq!((r.loss.lost, r.loss.gaps, r.loss.duplicates), (0, 0, 0), "{:?}", r.loss);
     assert!(r.loss.expected > 0 && r.loss.received == r.loss.expected, "{:?}", r.loss);
-    assert!(r.errors_by_code.is_empty() && r.closes_by_code.is_empty(), "{:?} {:?}", r.errors_by_code, r.closes_by_code);
+    assert!(
+        r.errors_by_code.is_empty() && r.closes_by_code.is_empty(),
+        "{:?} {:?}",
+        r.errors_by_code,
+        r.closes_by_code
+    );
     let lat = &r.latency[h::LATENCY];
     assert!(lat.count > 0);
-    assert!(0.0 < lat.p50_ms && lat.p50_ms <= lat.p99_ms && lat.p99_ms <= lat.max_ms && lat.max_ms < 10_000.0, "{lat:?}");
+    assert!(
+        0.0 < lat.p50_ms && lat.p50_ms <= lat.p99_ms && lat.p99_ms <= lat.max_ms && lat.max_ms < 10_000.0,
+        "{lat:?}"
+    );
     assert!(r.latency[h::LATENCY_FROM_DUE].p50_ms >= lat.p50_ms, "due→deliver includes the send's lateness");
     assert_eq!(r.histograms[h::LATENCY].len(), lat.count, "the histogram travels with the report");
     // Open loop at the asked rate: everything due in the window went out.
@@ -176,8 +187,25 @@ fn fanout_small_run_is_clean_and_plots() {
     let r = load(
         &server,
         &[
-            "fanout", "--jwt-secret", SECRET, "--rooms", "2", "--members", "4", "--senders", "2", "--rate", "10",
-            "--duration", "2", "--warmup", "0.5", "--seed", "7", "--plot", svg.to_str().unwrap(),
+            "fanout",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "4",
+            "--senders",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--seed",
+            "7",
+            "--plot",
+            svg.to_str().unwrap(),
         ],
     );
     assert_eq!(r.scenario, "fanout");
@@ -197,8 +225,25 @@ fn fanout_over_two_workers_and_source_addresses_merges() {
     let r = load(
         &server,
         &[
-            "fanout", "--jwt-secret", SECRET, "--rooms", "3", "--members", "3", "--senders", "1", "--rate", "10",
-            "--duration", "2", "--warmup", "0.5", "--workers", "2", "--source-ips", "127.0.0.2-127.0.0.3",
+            "fanout",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "3",
+            "--members",
+            "3",
+            "--senders",
+            "1",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--workers",
+            "2",
+            "--source-ips",
+            "127.0.0.2-127.0.0.3",
         ],
     );
     assert_eq!(r.processes, 2, "two worker reports merged");
@@ -219,7 +264,22 @@ fn dm_pairs_deliver_to_both_sides() {
 #[test]
 fn connections_report_memory_per_session() {
     let server = Server::start(&[]);
-    let r = load(&server, &["connections", "--jwt-secret", SECRET, "--sessions", "200", "--rooms", "4", "--duration", "1", "--warmup", "0.5"]);
+    let r = load(
+        &server,
+        &[
+            "connections",
+            "--jwt-secret",
+            SECRET,
+            "--sessions",
+            "200",
+            "--rooms",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+        ],
+    );
     assert_eq!(count(&r, c::CONNECTIONS_OPENED), 200);
     assert_eq!(count(&r, c::CONNECT_FAILURES), 0);
     assert_eq!(r.latency[h::CONNECT].count, 200);
@@ -235,8 +295,27 @@ fn churn_resumes_without_gaps_or_duplicates() {
     let r = load(
         &server,
         &[
-            "churn", "--jwt-secret", SECRET, "--clients", "30", "--rooms", "2", "--senders", "1", "--rate", "10",
-            "--storm-every", "0.8", "--backoff-ms", "50", "--backoff-max-ms", "400", "--duration", "2.5", "--warmup", "0.3",
+            "churn",
+            "--jwt-secret",
+            SECRET,
+            "--clients",
+            "30",
+            "--rooms",
+            "2",
+            "--senders",
+            "1",
+            "--rate",
+            "10",
+            "--storm-every",
+            "0.8",
+            "--backoff-ms",
+            "50",
+            "--backoff-max-ms",
+            "400",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.3",
         ],
     );
     assert_clean_traffic(&r, 32);

@@ -132,11 +132,9 @@ mod tests {
 
     #[test]
     fn error_echoes_ref_and_omits_it_when_absent() {
-        let v: serde_json::Value = serde_json::from_slice(&encode_server(
-            &ServerFrame::error(None, ErrorCode::BadFrame, "x"),
-            Encoding::Json,
-        ))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_server(&ServerFrame::error(None, ErrorCode::BadFrame, "x"), Encoding::Json))
+                .unwrap();
         assert!(v.get("ref").is_none());
         assert_eq!(v["code"], "bad_frame");
     }

@@ -22,8 +22,30 @@ const ENCODINGS: [Encoding; 2] = [Encoding::MsgPack, Encoding::Json];
 
 /// Every key a frame of §3 or §4 may carry.
 const KNOWN_KEYS: &[&str] = &[
-    "t", "ref", "v", "token", "room", "since", "body", "cid", "to", "before", "limit", "session", "user",
-    "heartbeat_ms", "max_frame", "max_body", "seq", "members", "more", "ts", "from", "online", "messages", "code",
+    "t",
+    "ref",
+    "v",
+    "token",
+    "room",
+    "since",
+    "body",
+    "cid",
+    "to",
+    "before",
+    "limit",
+    "session",
+    "user",
+    "heartbeat_ms",
+    "max_frame",
+    "max_body",
+    "seq",
+    "members",
+    "more",
+    "ts",
+    "from",
+    "online",
+    "messages",
+    "code",
     "message",
 ];
 
@@ -79,7 +101,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 fn msg() -> BoxedStrategy<Msg> {
     (text(), int(), text(), text(), text(), int())
         .prop_map(|(room, seq, from, body, cid, ts)| Msg { room, seq, from, body, cid, ts })
-    .boxed()
+        .boxed()
 }
 
 fn client_frame() -> BoxedStrategy<ClientFrame> {
@@ -91,8 +113,12 @@ fn client_frame() -> BoxedStrategy<ClientFrame> {
         (int(), text(), text(), text()).prop_map(|(req, room, body, cid)| ClientFrame::Send { req, room, body, cid }),
         (int(), text(), text(), text()).prop_map(|(req, to, body, cid)| ClientFrame::Dm { req, to, body, cid }),
         text().prop_map(|room| ClientFrame::Typing { room }),
-        (int(), text(), opt_int(), opt_int())
-            .prop_map(|(req, room, before, limit)| ClientFrame::History { req, room, before, limit }),
+        (int(), text(), opt_int(), opt_int()).prop_map(|(req, room, before, limit)| ClientFrame::History {
+            req,
+            room,
+            before,
+            limit
+        }),
         int().prop_map(|req| ClientFrame::Ping { req }),
     ]
     .boxed()
@@ -111,16 +137,31 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
             }
         ),
         // Every combination of the optional fields of `ok`: plain, and for `join`.
-        (int(), prop::option::of(text()), opt_int(), prop::option::of(vec(text(), 0..5)), prop::option::of(any::<bool>()))
+        (
+            int(),
+            prop::option::of(text()),
+            opt_int(),
+            prop::option::of(vec(text(), 0..5)),
+            prop::option::of(any::<bool>())
+        )
             .prop_map(|(req, room, seq, members, more)| ServerFrame::Ok { req, room, seq, members, more }),
-        (int(), text(), int(), text(), int())
-            .prop_map(|(req, room, seq, cid, ts)| ServerFrame::Ack { req, room, seq, cid, ts }),
+        (int(), text(), int(), text(), int()).prop_map(|(req, room, seq, cid, ts)| ServerFrame::Ack {
+            req,
+            room,
+            seq,
+            cid,
+            ts
+        }),
         msg().prop_map(ServerFrame::Msg),
         (text(), text(), any::<bool>()).prop_map(|(room, user, online)| ServerFrame::Presence { room, user, online }),
         (text(), text()).prop_map(|(room, user)| ServerFrame::Typing { room, user }),
         // Empty pages too.
-        (int(), text(), vec(msg(), 0..5), any::<bool>())
-            .prop_map(|(req, room, messages, more)| ServerFrame::History { req, room, messages, more }),
+        (int(), text(), vec(msg(), 0..5), any::<bool>()).prop_map(|(req, room, messages, more)| ServerFrame::History {
+            req,
+            room,
+            messages,
+            more
+        }),
         // `error` with and without `ref`.
         (opt_int(), error_code(), text()).prop_map(|(req, code, message)| ServerFrame::Error { req, code, message }),
         (error_code(), text()).prop_map(|(code, message)| ServerFrame::Error { req: None, code, message }),
@@ -161,20 +202,24 @@ fn leaf() -> impl Strategy<Value = V> {
         text().prop_map(V::Str),
         vec(any::<u8>(), 0..12).prop_map(V::RawStr),
         vec(any::<u8>(), 0..12).prop_map(V::Bin),
-        (any::<i8>(), prop::sample::select(vec![1usize, 2, 4, 8, 16, 0, 3, 17, 300]))
-            .prop_flat_map(|(ty, n)| vec(any::<u8>(), n).prop_map(move |d| V::Ext(ty, d))),
+        (any::<i8>(), prop::sample::select(vec![1usize, 2, 4, 8, 16, 0, 3, 17, 300])).prop_flat_map(|(ty, n)| vec(
+            any::<u8>(),
+            n
+        )
+        .prop_map(move |d| V::Ext(ty, d))),
     ]
 }
 
 /// Any value, nested a few levels.
 fn value() -> BoxedStrategy<V> {
-    leaf().prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..6).prop_map(V::Arr),
-            vec((prop_oneof![3 => text().prop_map(V::Str), 1 => inner.clone()], inner), 0..6).prop_map(V::Map),
-        ]
-    })
-    .boxed()
+    leaf()
+        .prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..6).prop_map(V::Arr),
+                vec((prop_oneof![3 => text().prop_map(V::Str), 1 => inner.clone()], inner), 0..6).prop_map(V::Map),
+            ]
+        })
+        .boxed()
 }
 
 /// A value of a type some field of some frame has (so decoding sometimes succeeds).
@@ -426,22 +471,21 @@ fn frame_like_map() -> BoxedStrategy<V> {
         0..8,
     );
     let unknown = vec((unknown_key().prop_map(V::Str), value()), 0..3);
-    (prop::option::of(t), known, unknown).prop_flat_map(|(t, known, unknown)| {
-        let mut entries: Vec<(V, V)> = t.into_iter().map(|t| (V::Str("t".into()), t)).collect();
-        entries.extend(known);
-        entries.extend(unknown);
-        Just(entries).prop_shuffle().prop_map(V::Map)
-    })
-    .boxed()
+    (prop::option::of(t), known, unknown)
+        .prop_flat_map(|(t, known, unknown)| {
+            let mut entries: Vec<(V, V)> = t.into_iter().map(|t| (V::Str("t".into()), t)).collect();
+            entries.extend(known);
+            entries.extend(unknown);
+            Just(entries).prop_shuffle().prop_map(V::Map)
+        })
+        .boxed()
 }
 
 /// A real frame's map, damaged: entries dropped or given other values, `t`
 /// swapped for another real type, known keys added, order shuffled.
 fn mutated_frame_map() -> BoxedStrategy<V> {
-    let entries = prop_oneof![
-        client_frame().prop_map(|f| entries_of(&f)),
-        server_frame().prop_map(|f| entries_of(&f)),
-    ];
+    let entries =
+        prop_oneof![client_frame().prop_map(|f| entries_of(&f)), server_frame().prop_map(|f| entries_of(&f)),];
     let t = prop::sample::select([CLIENT_TYPES, SERVER_TYPES].concat());
     (entries, prop::option::of(t), vec((0u8..10, prop_oneof![plausible_value(), value()]), 8), frame_like_map())
         .prop_flat_map(|(entries, t, edits, added)| {
@@ -460,7 +504,7 @@ fn mutated_frame_map() -> BoxedStrategy<V> {
             }
             Just(out).prop_shuffle().prop_map(V::Map)
         })
-    .boxed()
+        .boxed()
 }
 
 /// Decodes in every way; whatever decodes must survive a round trip.

@@ -96,7 +96,18 @@ async fn main() -> anyhow::Result<()> {
         let sender = member < args.senders;
         let (totals, stop, pad) = (totals.clone(), stop_sending.clone(), body_pad.clone());
         let room_name = format!("bench{run_id}-{room}");
-        tasks.push(tokio::spawn(run_member(conn, room_name, sender, interval, end, measure_from_ns, start_seq, totals, stop, pad)));
+        tasks.push(tokio::spawn(run_member(
+            conn,
+            room_name,
+            sender,
+            interval,
+            end,
+            measure_from_ns,
+            start_seq,
+            totals,
+            stop,
+            pad,
+        )));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     for t in tasks {
@@ -107,8 +118,17 @@ async fn main() -> anyhow::Result<()> {
     let received = totals.received.load(Ordering::Relaxed);
     let secs = args.duration_s as f64;
     println!("sends: {sent} total, {:.0}/s measured", totals.sent_measured.load(Ordering::Relaxed) as f64 / secs);
-    println!("deliveries: {received} of {expected} expected ({} lost), {:.0}/s measured", expected.saturating_sub(received), histogram.len() as f64 / secs);
-    println!("gaps: {}, duplicates: {}, errors: {}", totals.gaps.load(Ordering::Relaxed), totals.duplicates.load(Ordering::Relaxed), totals.errors.load(Ordering::Relaxed));
+    println!(
+        "deliveries: {received} of {expected} expected ({} lost), {:.0}/s measured",
+        expected.saturating_sub(received),
+        histogram.len() as f64 / secs
+    );
+    println!(
+        "gaps: {}, duplicates: {}, errors: {}",
+        totals.gaps.load(Ordering::Relaxed),
+        totals.duplicates.load(Ordering::Relaxed),
+        totals.errors.load(Ordering::Relaxed)
+    );
     let ms = |ns: u64| ns as f64 / 1e6;
     println!(
         "send→deliver latency (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n = {})",

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use viche_client::{Connection, Encoding};
 use viche_benches::{mint_token, rss_kib};
+use viche_client::{Connection, Encoding};
 
 #[derive(Parser)]
 struct Args {
@@ -46,7 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let sem = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency));
     let mut joins = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
-        let (url, secret, sem, rooms, stage) = (args.url.clone(), args.secret.clone(), sem.clone(), args.rooms, args.stage.clone());
+        let (url, secret, sem, rooms, stage) =
+            (args.url.clone(), args.secret.clone(), sem.clone(), args.rooms, args.stage.clone());
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire().await?;
             let mut conn = Connection::connect(&url, Encoding::MsgPack).await?;
@@ -67,7 +68,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
     let after_kib = rss_kib(args.server_pid)?;
     let per_session_b = (after_kib.saturating_sub(before_kib) * 1024) as f64 / args.sessions as f64;
-    println!("server RSS: before {before_kib} KiB, after {after_kib} KiB, {per_session_b:.0} B per session ({:.2} KiB)", per_session_b / 1024.0);
+    println!(
+        "server RSS: before {before_kib} KiB, after {after_kib} KiB, {per_session_b:.0} B per session ({:.2} KiB)",
+        per_session_b / 1024.0
+    );
     drop(conns);
     Ok(())
 }

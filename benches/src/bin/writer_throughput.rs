@@ -25,7 +25,6 @@ use viche_engine::{Engine, EngineConfig, Flow};
 use viche_protocol::limits::Rate;
 use viche_protocol::{decode_server, ClientFrame, Encoding, Msg, ServerFrame};
 
-
 #[derive(Parser)]
 struct Args {
     /// MongoDB to write to; without it, the embedded store in a temp dir.
@@ -88,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
     let run = std::process::id();
     let _tmp;
     let inner: Arc<dyn Store> = match &args.mongo_uri {
-        Some(uri) => Arc::new(MongoStore::connect(uri, &format!("writer_bench_{run}"), &MongoWriteConcern::default()).await?),
+        Some(uri) => {
+            Arc::new(MongoStore::connect(uri, &format!("writer_bench_{run}"), &MongoWriteConcern::default()).await?)
+        }
         None => {
             _tmp = tempfile_dir()?;
             Arc::new(EmbeddedStore::open(&_tmp)?)
@@ -113,11 +114,15 @@ async fn main() -> anyhow::Result<()> {
             let mut session = engine.open_session(&format!("w{s}"), Encoding::MsgPack, now_ms() + 3_600_000);
             // Ten senders share a room, so batches mix rooms and rooms mix senders.
             let room = format!("wb{}", s / 10);
-            assert_eq!(session.handle(ClientFrame::Join { req: 0, room: room.clone(), since: None }).await, Flow::Continue);
+            assert_eq!(
+                session.handle(ClientFrame::Join { req: 0, room: room.clone(), since: None }).await,
+                Flow::Continue
+            );
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
-                let frame = ClientFrame::Send { req: sent, room: room.clone(), body: pad.clone(), cid: format!("{s}-{sent}") };
+                let frame =
+                    ClientFrame::Send { req: sent, room: room.clone(), body: pad.clone(), cid: format!("{s}-{sent}") };
                 assert_eq!(session.handle(frame).await, Flow::Continue);
                 wait_for_ack(&session, sent).await;
             }

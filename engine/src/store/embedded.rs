@@ -16,8 +16,7 @@ use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
 const FILE_NAME: &str = "viche.redb";
 
 /// (room, seq) → (from, cid, body, ts_ms).
-const MESSAGES: TableDefinition<(&str, u64), (&str, &str, &str, u64)> =
-    TableDefinition::new("messages");
+const MESSAGES: TableDefinition<(&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
 /// room → the room's last stored seq.
 const ROOM_LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("room_last_seq");
 /// (from, cid) → (room, seq): the dedupe index.
@@ -48,30 +47,20 @@ impl EmbeddedStore {
     /// Opens (or creates) `dir/viche.redb`, creating `dir` if missing, and
     /// makes sure every table exists. Blocking: call it at startup.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .with_context(|| format!("opening the embedded store {}", path.display()))?;
+        let db = Database::create(&path).with_context(|| format!("opening the embedded store {}", path.display()))?;
 
         // Create the tables once, so read transactions never meet a missing one.
-        let txn = db
-            .begin_write()
-            .context("embedded store: beginning the setup transaction")?;
+        let txn = db.begin_write().context("embedded store: beginning the setup transaction")?;
         {
-            txn.open_table(MESSAGES)
-                .context("embedded store: creating table messages")?;
-            txn.open_table(ROOM_LAST_SEQ)
-                .context("embedded store: creating table room_last_seq")?;
-            txn.open_table(CIDS)
-                .context("embedded store: creating table cids")?;
-            txn.open_table(USERS)
-                .context("embedded store: creating table users")?;
-            txn.open_table(META)
-                .context("embedded store: creating table meta")?;
+            txn.open_table(MESSAGES).context("embedded store: creating table messages")?;
+            txn.open_table(ROOM_LAST_SEQ).context("embedded store: creating table room_last_seq")?;
+            txn.open_table(CIDS).context("embedded store: creating table cids")?;
+            txn.open_table(USERS).context("embedded store: creating table users")?;
+            txn.open_table(META).context("embedded store: creating table meta")?;
         }
-        txn.commit()
-            .context("embedded store: committing the setup transaction")?;
+        txn.commit().context("embedded store: committing the setup transaction")?;
 
         tracing::debug!(path = %path.display(), "embedded store opened");
         Ok(Self { db: Arc::new(db) })
@@ -120,39 +109,25 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
     for m in batch {
         // The cid index already holds this batch's earlier inserts (same
         // transaction), so one lookup covers both stored and in-batch repeats.
-        let original = cids
-            .get((&*m.from, m.cid.as_str()))
-            .map_err(redb_err(OP))?
-            .map(|guard| {
-                let (room, seq) = guard.value();
-                (room.to_owned(), seq)
-            });
+        let original = cids.get((&*m.from, m.cid.as_str())).map_err(redb_err(OP))?.map(|guard| {
+            let (room, seq) = guard.value();
+            (room.to_owned(), seq)
+        });
         if let Some((room, seq)) = original {
             let msg = read_msg(&messages, OP, &room, seq)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "{OP}: cid index points at ({room}, {seq}), which is not stored"
-                ))
+                StoreError::Corrupt(format!("{OP}: cid index points at ({room}, {seq}), which is not stored"))
             })?;
             outcomes.push(Appended::Duplicate(msg));
             continue;
         }
 
-        let last = last_seqs
-            .get(&*m.room)
-            .map_err(redb_err(OP))?
-            .map_or(0, |g| g.value());
-        let seq = last.checked_add(1).ok_or_else(|| {
-            StoreError::Corrupt(format!("{OP}: seq of room {} would overflow", m.room))
-        })?;
-        messages
-            .insert(
-                (&*m.room, seq),
-                (&*m.from, m.cid.as_str(), m.body.as_str(), m.ts_ms),
-            )
-            .map_err(redb_err(OP))?;
+        let last = last_seqs.get(&*m.room).map_err(redb_err(OP))?.map_or(0, |g| g.value());
+        let seq = last
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("{OP}: seq of room {} would overflow", m.room)))?;
+        messages.insert((&*m.room, seq), (&*m.from, m.cid.as_str(), m.body.as_str(), m.ts_ms)).map_err(redb_err(OP))?;
         last_seqs.insert(&*m.room, seq).map_err(redb_err(OP))?;
-        cids.insert((&*m.from, m.cid.as_str()), (&*m.room, seq))
-            .map_err(redb_err(OP))?;
+        cids.insert((&*m.from, m.cid.as_str()), (&*m.room, seq)).map_err(redb_err(OP))?;
 
         outcomes.push(Appended::Stored(Msg {
             room: m.room.to_string(),
@@ -190,22 +165,13 @@ impl Store for EmbeddedStore {
         self.blocking(OP, move |db| {
             let txn = db.begin_read().map_err(redb_err(OP))?;
             let table = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
-            let last = table
-                .get(room.as_str())
-                .map_err(redb_err(OP))?
-                .map_or(0, |g| g.value());
+            let last = table.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value());
             Ok(last)
         })
         .await
     }
 
-    async fn range(
-        &self,
-        room: &str,
-        after: u64,
-        upto: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<Msg>> {
+    async fn range(&self, room: &str, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<Msg>> {
         const OP: &str = "range";
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -217,9 +183,7 @@ impl Store for EmbeddedStore {
         self.blocking(OP, move |db| {
             let txn = db.begin_read().map_err(redb_err(OP))?;
             let table = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
-            let rows = table
-                .range((room.as_str(), first)..=(room.as_str(), upto))
-                .map_err(redb_err(OP))?;
+            let rows = table.range((room.as_str(), first)..=(room.as_str(), upto)).map_err(redb_err(OP))?;
             let mut page = Vec::with_capacity(limit.min(1024));
             for row in rows.take(limit) {
                 let (key, value) = row.map_err(redb_err(OP))?;
@@ -230,12 +194,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn history(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<(Vec<Msg>, bool)> {
+    async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
         const OP: &str = "history";
         let room = room.to_owned();
         self.blocking(OP, move |db| {
@@ -269,19 +228,12 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(redb_err(OP))?;
             {
                 let mut users = txn.open_table(USERS).map_err(redb_err(OP))?;
-                if users
-                    .get(user.username.as_str())
-                    .map_err(redb_err(OP))?
-                    .is_some()
-                {
+                if users.get(user.username.as_str()).map_err(redb_err(OP))?.is_some() {
                     // Dropping the transaction uncommitted changes nothing.
                     return Ok(false);
                 }
                 users
-                    .insert(
-                        user.username.as_str(),
-                        (user.password_hash.as_str(), user.created_ms),
-                    )
+                    .insert(user.username.as_str(), (user.password_hash.as_str(), user.created_ms))
                     .map_err(redb_err(OP))?;
             }
             txn.commit().map_err(redb_err(OP))?;
@@ -296,17 +248,10 @@ impl Store for EmbeddedStore {
         self.blocking(OP, move |db| {
             let txn = db.begin_read().map_err(redb_err(OP))?;
             let users = txn.open_table(USERS).map_err(redb_err(OP))?;
-            let user = users
-                .get(username.as_str())
-                .map_err(redb_err(OP))?
-                .map(|guard| {
-                    let (password_hash, created_ms) = guard.value();
-                    UserRecord {
-                        username: username.clone(),
-                        password_hash: password_hash.to_owned(),
-                        created_ms,
-                    }
-                });
+            let user = users.get(username.as_str()).map_err(redb_err(OP))?.map(|guard| {
+                let (password_hash, created_ms) = guard.value();
+                UserRecord { username: username.clone(), password_hash: password_hash.to_owned(), created_ms }
+            });
             Ok(user)
         })
         .await
@@ -318,12 +263,8 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(redb_err(OP))?;
             {
                 let mut meta = txn.open_table(META).map_err(redb_err(OP))?;
-                let probes = meta
-                    .get(READY_PROBES_KEY)
-                    .map_err(redb_err(OP))?
-                    .map_or(0, |g| g.value());
-                meta.insert(READY_PROBES_KEY, probes.wrapping_add(1))
-                    .map_err(redb_err(OP))?;
+                let probes = meta.get(READY_PROBES_KEY).map_err(redb_err(OP))?.map_or(0, |g| g.value());
+                meta.insert(READY_PROBES_KEY, probes.wrapping_add(1)).map_err(redb_err(OP))?;
             }
             txn.commit().map_err(redb_err(OP))?;
             Ok(())
@@ -333,12 +274,5 @@ impl Store for EmbeddedStore {
 }
 
 fn row_to_msg(room: &str, seq: u64, (from, cid, body, ts_ms): (&str, &str, &str, u64)) -> Msg {
-    Msg {
-        room: room.to_owned(),
-        seq,
-        from: from.to_owned(),
-        body: body.to_owned(),
-        cid: cid.to_owned(),
-        ts: ts_ms,
-    }
+    Msg { room: room.to_owned(), seq, from: from.to_owned(), body: body.to_owned(), cid: cid.to_owned(), ts: ts_ms }
 }

@@ -85,7 +85,10 @@ impl MongoWriteConcern {
         let mut wc = if self.w == "majority" {
             WriteConcern::majority()
         } else {
-            let n: u32 = self.w.parse().map_err(|_| format!("write concern w must be \"majority\" or a number, not {:?}", self.w))?;
+            let n: u32 = self
+                .w
+                .parse()
+                .map_err(|_| format!("write concern w must be \"majority\" or a number, not {:?}", self.w))?;
             if n == 0 {
                 return Err("write concern w=0 would acknowledge messages that may not be stored".into());
             }
@@ -132,7 +135,8 @@ impl MongoStore {
     /// Connects, checks the server answers, and creates the indexes.
     pub async fn connect(uri: &str, db_name: &str, write_concern: &MongoWriteConcern) -> anyhow::Result<Self> {
         let write_concern = write_concern.to_driver().map_err(|e| anyhow::anyhow!(e))?;
-        let mut options = ClientOptions::parse(uri).await.map_err(|e| anyhow::anyhow!("parsing the MongoDB URI: {e}"))?;
+        let mut options =
+            ClientOptions::parse(uri).await.map_err(|e| anyhow::anyhow!("parsing the MongoDB URI: {e}"))?;
         // Fail fast while the database is away, so the writer's own retry
         // (with backoff) is what paces attempts, and /readyz answers quickly.
         options.server_selection_timeout.get_or_insert(Duration::from_secs(2));
@@ -140,7 +144,9 @@ impl MongoStore {
         options.app_name.get_or_insert_with(|| "viche".to_string());
         let client = Client::with_options(options).map_err(|e| anyhow::anyhow!("creating the MongoDB client: {e}"))?;
         let db = client.database(db_name);
-        db.run_command(doc! { "ping": 1 }).await.map_err(|e| anyhow::anyhow!("MongoDB at {uri} does not answer: {e}"))?;
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|e| anyhow::anyhow!("MongoDB at {uri} does not answer: {e}"))?;
         let store = Self {
             users: db.collection("users"),
             messages: db.collection("messages"),
@@ -155,9 +161,15 @@ impl MongoStore {
 
     async fn create_indexes(&self) -> anyhow::Result<()> {
         let unique = |keys: Document, name: &str| {
-            IndexModel::builder().keys(keys).options(IndexOptions::builder().unique(true).name(name.to_string()).build()).build()
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).name(name.to_string()).build())
+                .build()
         };
-        self.users.create_index(unique(doc! { "username": 1 }, "username_unique")).await.map_err(|e| anyhow::anyhow!("creating users index: {e}"))?;
+        self.users
+            .create_index(unique(doc! { "username": 1 }, "username_unique"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating users index: {e}"))?;
         self.messages
             .create_index(unique(doc! { "room": 1, "seq": 1 }, "room_seq_unique"))
             .await
@@ -171,7 +183,11 @@ impl MongoStore {
 
     /// The names of the indexes of a collection (for tests and operators).
     pub async fn index_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        self.db.collection::<Document>(collection).list_index_names().await.map_err(|e| unavailable("listing indexes", e))
+        self.db
+            .collection::<Document>(collection)
+            .list_index_names()
+            .await
+            .map_err(|e| unavailable("listing indexes", e))
     }
 
     async fn stored_last_seq(&self, room: &str) -> StoreResult<u64> {
@@ -239,14 +255,31 @@ impl MongoStore {
             }
             let seq = next.get_mut(&*m.room).expect("every room was looked up above");
             *seq += 1;
-            let msg = Msg { room: m.room.to_string(), seq: *seq, from: m.from.to_string(), body: m.body.clone(), cid: m.cid.clone(), ts: m.ts_ms };
-            docs.push(MessageDoc { id: id.clone(), room: msg.room.clone(), seq: msg.seq as i64, from: msg.from.clone(), cid: msg.cid.clone(), body: msg.body.clone(), ts: msg.ts as i64 });
+            let msg = Msg {
+                room: m.room.to_string(),
+                seq: *seq,
+                from: m.from.to_string(),
+                body: m.body.clone(),
+                cid: m.cid.clone(),
+                ts: m.ts_ms,
+            };
+            docs.push(MessageDoc {
+                id: id.clone(),
+                room: msg.room.clone(),
+                seq: msg.seq as i64,
+                from: msg.from.clone(),
+                cid: msg.cid.clone(),
+                body: msg.body.clone(),
+                ts: msg.ts as i64,
+            });
             originals.insert(id, msg.clone());
             outcomes.push(Appended::Stored(msg));
         }
 
         if !docs.is_empty() {
-            if let Err(e) = self.messages.insert_many(&docs).ordered(false).write_concern(self.write_concern.clone()).await {
+            if let Err(e) =
+                self.messages.insert_many(&docs).ordered(false).write_concern(self.write_concern.clone()).await
+            {
                 self.forget_rooms(batch.iter().map(|m| &*m.room));
                 let failed: Option<HashSet<usize>> = match &*e.kind {
                     mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => ime
@@ -261,7 +294,8 @@ impl MongoStore {
                 };
                 // Only duplicate keys: undo this attempt (nothing of it was
                 // acknowledged), so the slow path starts from a clean slate.
-                let inserted: Vec<&str> = docs.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, d)| d.id.as_str()).collect();
+                let inserted: Vec<&str> =
+                    docs.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, d)| d.id.as_str()).collect();
                 if !inserted.is_empty() {
                     self.messages
                         .delete_many(doc! { "_id": { "$in": inserted } })
@@ -306,7 +340,9 @@ impl Store for MongoStore {
                 self.forget_rooms(batch.iter().map(|m| &*m.room));
                 match self.try_append(batch, originals).await? {
                     Attempt::Done(outcomes) => Ok(outcomes),
-                    Attempt::Duplicates => Err(StoreError::Unavailable("insert_many: duplicate keys again after the lookup (another writer?)".into())),
+                    Attempt::Duplicates => Err(StoreError::Unavailable(
+                        "insert_many: duplicate keys again after the lookup (another writer?)".into(),
+                    )),
                 }
             }
         }
@@ -357,19 +393,32 @@ impl Store for MongoStore {
     }
 
     async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
-        let doc = UserDoc { username: user.username.clone(), password_hash: user.password_hash.clone(), created_ms: user.created_ms as i64 };
+        let doc = UserDoc {
+            username: user.username.clone(),
+            password_hash: user.password_hash.clone(),
+            created_ms: user.created_ms as i64,
+        };
         match self.users.insert_one(doc).write_concern(self.write_concern.clone()).await {
             Ok(_) => Ok(true),
             Err(e) => match &*e.kind {
-                mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => Ok(false),
+                mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we))
+                    if we.code == DUPLICATE_KEY =>
+                {
+                    Ok(false)
+                }
                 _ => Err(unavailable("creating a user", e)),
             },
         }
     }
 
     async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let user = self.users.find_one(doc! { "username": username }).await.map_err(|e| unavailable("reading a user", e))?;
-        Ok(user.map(|u| UserRecord { username: u.username, password_hash: u.password_hash, created_ms: u.created_ms.max(0) as u64 }))
+        let user =
+            self.users.find_one(doc! { "username": username }).await.map_err(|e| unavailable("reading a user", e))?;
+        Ok(user.map(|u| UserRecord {
+            username: u.username,
+            password_hash: u.password_hash,
+            created_ms: u.created_ms.max(0) as u64,
+        }))
     }
 
     async fn check_ready(&self) -> StoreResult<()> {

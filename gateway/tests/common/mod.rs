@@ -172,7 +172,8 @@ impl Server {
     }
 
     fn spawn(&self, port: u16) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the server log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the server log");
         let log2 = log.try_clone().expect("cloning the log handle");
         let mut cmd = match self.opts.max_open_files {
             None => Command::new(env!("CARGO_BIN_EXE_viche")),
@@ -199,7 +200,11 @@ impl Server {
             .arg("--web-dir")
             .arg(self.dir.path().join("web"))
             .args(self.opts.args())
-            .args(self.mongo.iter().flat_map(|(uri, db)| ["--mongo-uri".to_string(), uri.clone(), "--mongo-db".to_string(), db.clone()]))
+            .args(
+                self.mongo.iter().flat_map(|(uri, db)| {
+                    ["--mongo-uri".to_string(), uri.clone(), "--mongo-db".to_string(), db.clone()]
+                }),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -448,7 +453,9 @@ pub async fn send_retrying(conn: &mut Connection, room: &str, body: &str, cid: &
     loop {
         match conn.send(room, body, cid).await {
             Ok(ack) => return ack,
-            Err(ClientError::Server { code: viche_client::ErrorCode::RateLimited, .. }) if Instant::now() < deadline => {
+            Err(ClientError::Server { code: viche_client::ErrorCode::RateLimited, .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("send {cid} to {room}: {e}"),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a machine with Rust and Go:
+#   0. the gates: `cargo fmt --check` and clippy with -D warnings;
 #   1. every crate's tests, the end-to-end suite on the embedded store, and
 #      the MongoDB-specific tests, against FerretDB started here;
 #   2. the end-to-end suite again, with every test server on MongoDB.
@@ -8,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+
+echo "== gates: formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 ferretdb_bin=${VICHE_FERRETDB_BIN:-$root/target/tools/ferretdb}
 if [ ! -x "$ferretdb_bin" ]; then

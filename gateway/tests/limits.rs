@@ -357,7 +357,8 @@ async fn connections_past_max_connections_get_503_until_one_closes() {
     let b = server.session("bob").await;
 
     let refused = viche_client::Connection::connect(&server.ws_url(), Encoding::MsgPack).await;
-    let err = refused.err().expect("a third connection is refused").to_string();
+    let Err(err) = refused else { panic!("a third connection is refused") };
+    let err = err.to_string();
     assert!(err.contains("503"), "refused with HTTP 503: {err}");
     a.ping().await.expect("an open session keeps working at the limit");
 

@@ -163,6 +163,7 @@ fn shares(before: &[(f64, f64)], after: &[(f64, f64)]) -> std::collections::BTre
 
 /// Busy CPU seconds of the machine since boot: every state of /proc/stat's
 /// `cpu` line but idle and iowait.
+#[allow(unsafe_code)] // sysconf
 fn machine_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
@@ -175,6 +176,7 @@ fn machine_busy_seconds() -> Option<f64> {
     Some(busy as f64 / hz)
 }
 
+#[allow(unsafe_code)] // sysconf
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command (which may hold spaces) start after ") ".

@@ -16,15 +16,15 @@ use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
 const FILE_NAME: &str = "viche.redb";
 
 /// (room, seq) → (from, cid, body, ts_ms).
-const MESSAGES: TableDefinition<(&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
+const MESSAGES: TableDefinition<'static, (&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
 /// room → the room's last stored seq.
-const ROOM_LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("room_last_seq");
+const ROOM_LAST_SEQ: TableDefinition<'static, &str, u64> = TableDefinition::new("room_last_seq");
 /// (from, cid) → (room, seq): the dedupe index.
-const CIDS: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("cids");
+const CIDS: TableDefinition<'static, (&str, &str), (&str, u64)> = TableDefinition::new("cids");
 /// username → (password_hash, created_ms).
-const USERS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("users");
+const USERS: TableDefinition<'static, &str, (&str, u64)> = TableDefinition::new("users");
 /// Bookkeeping; `check_ready` writes a probe counter here.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const READY_PROBES_KEY: &str = "ready_probes";
 
 /// The default `Store`: one redb file in the data directory.

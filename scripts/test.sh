@@ -10,9 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+# Test-only hooks (a room actor that panics on request) are compiled in for
+# the tests, never into a normal build; every cargo command below uses the
+# same features, so nothing is built twice.
+features=(--features viche-engine/test-hooks)
+
 echo "== gates: formatting and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 
 ferretdb_bin=${VICHE_FERRETDB_BIN:-$root/target/tools/ferretdb}
 if [ ! -x "$ferretdb_bin" ]; then
@@ -40,7 +45,7 @@ export VICHE_TEST_MONGO_URI="mongodb://127.0.0.1:$ferret_port/"
 export VICHE_FERRETDB_BIN="$ferretdb_bin"
 
 echo "== pass 1: all tests (end-to-end on the embedded store; MongoDB-specific tests on FerretDB)"
-cargo test --workspace --locked
+cargo test --workspace --locked "${features[@]}"
 
 echo "== pass 2: the end-to-end suite with every server on MongoDB (FerretDB)"
 # Its test targets, chosen with --workspace so that features resolve as in
@@ -51,7 +56,7 @@ for f in gateway/tests/*.rs; do
   name=$(basename "$f" .rs)
   case "$name" in mongo | prometheus) ;; *) e2e+=(--test "$name") ;; esac
 done
-VICHE_TEST_STORE=mongo cargo test --workspace --locked "${e2e[@]}"
+VICHE_TEST_STORE=mongo cargo test --workspace --locked "${features[@]}" "${e2e[@]}"
 
 echo "== pass 3: the web client (Vitest, committed dist up to date, browser end-to-end)"
 (

@@ -1,6 +1,6 @@
 //! Room fan-out: what a room does per published message. One `msg` frame
 //! (100-byte body) is encoded once into an `EncodedFrame` (shared `Bytes`),
-//! then pushed into every member's outbox with `Peer::send_shared`, exactly
+//! then pushed into every member's outbox with `SessionHandle::send_shared`, exactly
 //! as `room.rs`'s `broadcast` does. Encoding is measured by `codec.rs`, not
 //! here.
 //!
@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use viche_engine::outbox::{OutItem, Outbox};
-use viche_engine::peer::{EncodedFrame, Peer};
-use viche_protocol::limits::{DEFAULT_OUTBOX_MAX_BYTES, DEFAULT_OUTBOX_MAX_FRAMES};
+use viche_engine::delivery::{EncodedFrame, OutItem, Outbox, SessionHandle};
+use viche_protocol::limits::{OUTBOX_BYTES_MAX_DEFAULT, OUTBOX_FRAMES_MAX_DEFAULT};
 use viche_protocol::{Encoding, Msg, ServerFrame};
 
 fn msg_frame() -> ServerFrame {
@@ -33,16 +32,16 @@ fn msg_frame() -> ServerFrame {
     })
 }
 
-fn members(n: usize) -> Vec<Arc<Peer>> {
+fn members(n: usize) -> Vec<Arc<SessionHandle>> {
     (0..n)
         .map(|i| {
-            Arc::new(Peer {
+            Arc::new(SessionHandle {
                 id: i as u64,
                 user: format!("user{i}").into(),
                 encoding: Encoding::MsgPack,
                 // The server's default bounds: the untimed drains keep every
                 // outbox far below them.
-                outbox: Outbox::new(DEFAULT_OUTBOX_MAX_FRAMES, DEFAULT_OUTBOX_MAX_BYTES),
+                outbox: Outbox::new(OUTBOX_FRAMES_MAX_DEFAULT, OUTBOX_BYTES_MAX_DEFAULT),
             })
         })
         .collect()
@@ -58,7 +57,7 @@ fn fanout(c: &mut Criterion) {
         // Rounds per timed block: enough that one block is well above the
         // cost of reading the clock, few enough to stay under the bound.
         let rounds = (32 / n).max(1) as u64;
-        assert!((rounds as usize) < DEFAULT_OUTBOX_MAX_FRAMES);
+        assert!((rounds as usize) < OUTBOX_FRAMES_MAX_DEFAULT);
         let mut drained: Vec<OutItem> = Vec::with_capacity(rounds as usize);
 
         g.throughput(Throughput::Elements(n as u64));

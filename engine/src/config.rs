@@ -1,46 +1,88 @@
-//! Every bound the engine enforces, in one struct, with units in the names.
+//! Every bound the engine enforces, in one struct, with the unit last in
+//! each name; and each default, spelled once.
 //!
-//! Defaults are PROTOCOL.md §7; the gateway maps its flags onto this.
+//! The contract's defaults (docs/protocol.md, "Limits") come from
+//! `viche_protocol::limits`; the engine's own are the constants below. The
+//! gateway's flags use these same constants as their defaults.
 
 use viche_protocol::limits::{self, Rate};
 
+/// Messages waiting for the writer; past it, senders get `overloaded`.
+pub const WRITER_QUEUE_MAX_DEFAULT: usize = 65_536;
+/// Messages in one store commit, at most.
+pub const WRITER_BATCH_MAX_DEFAULT: usize = 4096;
+/// An empty room with nothing in flight stops after this long.
+pub const ROOM_IDLE_MS_DEFAULT: u64 = 30_000;
+/// Rooms one session may have joined at once.
+pub const SESSION_ROOMS_MAX_DEFAULT: usize = 1024;
+/// Rooms one process keeps active at once; past it, joins get `overloaded`.
+pub const ROOMS_MAX_DEFAULT: usize = 1_000_000;
+/// Lifetime of an issued token.
+pub const TOKEN_TTL_S_DEFAULT: u64 = 86_400;
+/// argon2id hashes computed at once (each takes ~19 MiB and a core).
+pub const ARGON2_CONCURRENCY_DEFAULT: usize = 2;
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub max_frame_bytes: usize,
-    pub max_body_bytes: usize,
+    pub frame_bytes_max: usize,
+    pub body_bytes_max: usize,
     pub heartbeat_ms: u64,
     pub hello_timeout_ms: u64,
-    pub outbox_max_frames: usize,
-    pub outbox_max_bytes: usize,
+    pub outbox_frames_max: usize,
+    pub outbox_bytes_max: usize,
     pub send_rate: Rate,
     pub typing_rate: Rate,
     pub join_rate: Rate,
-    /// Messages waiting for the writer; past it, senders get `overloaded`.
     pub writer_queue_max: usize,
-    /// Messages in one store commit.
     pub writer_batch_max: usize,
-    /// A room with no members and nothing in flight stops after this long.
     pub room_idle_ms: u64,
-    /// Rooms one session may have joined at once.
-    pub session_max_rooms: usize,
+    pub session_rooms_max: usize,
+    pub rooms_max: usize,
+    pub token_ttl_s: u64,
+    pub argon2_concurrency: usize,
+    /// Failed logins, per username and per client address.
+    pub failed_login_rate: Rate,
+    /// Registrations per client address.
+    pub register_rate: Rate,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
-            max_body_bytes: limits::DEFAULT_MAX_BODY_BYTES,
-            heartbeat_ms: limits::DEFAULT_HEARTBEAT_MS,
+            frame_bytes_max: limits::FRAME_BYTES_MAX_DEFAULT,
+            body_bytes_max: limits::BODY_BYTES_MAX_DEFAULT,
+            heartbeat_ms: limits::HEARTBEAT_MS_DEFAULT,
             hello_timeout_ms: limits::HELLO_TIMEOUT_MS,
-            outbox_max_frames: limits::DEFAULT_OUTBOX_MAX_FRAMES,
-            outbox_max_bytes: limits::DEFAULT_OUTBOX_MAX_BYTES,
-            send_rate: limits::DEFAULT_SEND_RATE,
-            typing_rate: limits::DEFAULT_TYPING_RATE,
-            join_rate: limits::DEFAULT_JOIN_RATE,
-            writer_queue_max: 65_536,
-            writer_batch_max: 4096,
-            room_idle_ms: 30_000,
-            session_max_rooms: 1024,
+            outbox_frames_max: limits::OUTBOX_FRAMES_MAX_DEFAULT,
+            outbox_bytes_max: limits::OUTBOX_BYTES_MAX_DEFAULT,
+            send_rate: limits::SEND_RATE_DEFAULT,
+            typing_rate: limits::TYPING_RATE_DEFAULT,
+            join_rate: limits::JOIN_RATE_DEFAULT,
+            writer_queue_max: WRITER_QUEUE_MAX_DEFAULT,
+            writer_batch_max: WRITER_BATCH_MAX_DEFAULT,
+            room_idle_ms: ROOM_IDLE_MS_DEFAULT,
+            session_rooms_max: SESSION_ROOMS_MAX_DEFAULT,
+            rooms_max: ROOMS_MAX_DEFAULT,
+            token_ttl_s: TOKEN_TTL_S_DEFAULT,
+            argon2_concurrency: ARGON2_CONCURRENCY_DEFAULT,
+            failed_login_rate: limits::FAILED_LOGIN_RATE_DEFAULT,
+            register_rate: limits::REGISTER_RATE_DEFAULT,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Asserts what every part of the engine relies on (the gateway checks
+    /// flags with clear messages before this).
+    pub fn assert_valid(&self) {
+        assert!(self.frame_bytes_max > 0 && self.body_bytes_max > 0);
+        assert!(self.heartbeat_ms > 0 && self.hello_timeout_ms > 0);
+        assert!(self.outbox_frames_max > 0 && self.outbox_bytes_max > 0);
+        assert!(self.writer_queue_max > 0 && self.writer_batch_max > 0);
+        assert!(self.session_rooms_max > 0 && self.rooms_max > 0);
+        assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0);
+        for rate in [self.send_rate, self.typing_rate, self.join_rate, self.failed_login_rate, self.register_rate] {
+            assert!(rate.per_second > 0.0 && rate.burst > 0, "a rate of zero would refuse everything");
         }
     }
 }

@@ -1,91 +1,147 @@
-//! The engine: the parts wired together, and the entry points the gateway
-//! uses (open a session, find a room, shut down in order).
+//! The engine's front door: every transport goes through [`Engine`] to
+//! open a session, register, log in, authenticate a token, read history,
+//! page a replay, ask for readiness, and shut down in order. Nothing
+//! outside the engine names the store, the writer or the room actors.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
-use viche_protocol::{Encoding, ErrorCode};
+use viche_protocol::{Close, Encoding, Msg};
 
-use crate::auth::Jwt;
+use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, VerifiedToken};
 use crate::config::EngineConfig;
-use crate::directory::Directory;
-use crate::outbox::Outbox;
-use crate::peer::Peer;
-use crate::room::RoomHandle;
-use crate::rooms::{RoomSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::delivery::{Directory, Outbox, SessionHandle};
+use crate::history;
+pub use crate::history::HistoryPage;
+use crate::refusal::Refusal;
+use crate::room::Rooms;
+use crate::services::Services;
 use crate::session::Session;
-use crate::store::Store;
-use crate::writer::{spawn_writer, WriterHandle};
+use crate::store::{Store, StoreError};
+use crate::writer::spawn_writer;
 
 pub struct Engine {
-    pub config: EngineConfig,
-    pub store: Arc<dyn Store>,
-    pub writer: WriterHandle,
-    pub directory: Arc<Directory>,
-    pub jwt: Jwt,
-    rooms: ActorRef<SupervisorMsg>,
+    services: Arc<Services>,
     next_session_id: AtomicU64,
 }
 
-/// Rooms one process keeps active at once; past it, joins get `overloaded`.
-pub const ROOMS_MAX: usize = 1_000_000;
-const ROOM_LOOKUP_TIMEOUT_MS: u64 = 10_000;
-
 impl Engine {
-    pub async fn start(config: EngineConfig, store: Arc<dyn Store>, jwt: Jwt) -> anyhow::Result<Arc<Self>> {
+    /// Starts the writer and the room supervisor on `store`; tokens are
+    /// signed with `jwt_secret` (HS256).
+    pub async fn start(config: EngineConfig, store: Arc<dyn Store>, jwt_secret: &[u8]) -> anyhow::Result<Arc<Self>> {
+        config.assert_valid();
         let directory = Arc::new(Directory::default());
         let (writer, _writer_task) = spawn_writer(store.clone(), config.writer_queue_max, config.writer_batch_max);
-        let args = SupervisorArgs {
+        let rooms = Rooms::start(crate::room::SupervisorArgs {
             store: store.clone(),
             directory: directory.clone(),
             room_idle_ms: config.room_idle_ms,
-            rooms_max: ROOMS_MAX,
-        };
-        let (rooms, _) =
-            Actor::spawn(None, RoomSupervisor, args).await.map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Arc::new(Self { config, store, writer, directory, jwt, rooms, next_session_id: AtomicU64::new(1) }))
+            rooms_max: config.rooms_max,
+        })
+        .await?;
+        let accounts = Accounts::new(&config, Jwt::new(jwt_secret, config.token_ttl_s));
+        let services = Arc::new(Services { config, store, writer, directory, rooms, accounts });
+        Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1) }))
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.services.config
+    }
+
+    /// A token's owner and expiry, if its signature, algorithm and `exp` hold.
+    pub fn authenticate(&self, token: &str) -> Result<VerifiedToken, Refusal> {
+        self.services.accounts.authenticate(token)
+    }
+
+    /// Charges a registration attempt to `client` (before its body is read).
+    pub fn admit_registration(&self, client: IpAddr) -> Result<(), Refusal> {
+        self.services.accounts.admit_registration(client)
+    }
+
+    pub async fn register(&self, creds: Credentials) -> Result<IssuedToken, Refusal> {
+        self.services.accounts.register(self.services.store.as_ref(), creds).await
+    }
+
+    pub async fn login(&self, client: IpAddr, creds: Credentials) -> Result<IssuedToken, Refusal> {
+        self.services.accounts.login(self.services.store.as_ref(), client, creds).await
     }
 
     /// Registers an authenticated connection and returns its session.
-    pub fn open_session(self: &Arc<Self>, user: &str, encoding: Encoding, token_exp_ms: u64) -> Session {
-        let peer = Arc::new(Peer {
+    pub fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Session {
+        let config = &self.services.config;
+        let handle = Arc::new(SessionHandle {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
             user: user.into(),
             encoding,
-            outbox: Outbox::new(self.config.outbox_max_frames, self.config.outbox_max_bytes),
+            outbox: Outbox::new(config.outbox_frames_max, config.outbox_bytes_max),
         });
-        self.directory.register(peer.clone());
-        Session::new(self.clone(), peer, token_exp_ms)
+        self.services.directory.register(handle.clone());
+        Session::new(self.services.clone(), handle, token_exp_ms)
     }
 
-    /// The live handle of a room (spawned on first use).
-    pub async fn room(&self, name: &str) -> Result<Arc<RoomHandle>, (ErrorCode, String)> {
-        let result = ractor::call_t!(self.rooms, SupervisorMsg::GetOrSpawn, ROOM_LOOKUP_TIMEOUT_MS, name.into());
-        match result {
-            Ok(Ok(handle)) => Ok(handle),
-            Ok(Err(ErrorCode::NotFound)) => Err((ErrorCode::NotFound, "no such user".into())),
-            Ok(Err(code)) => Err((code, "room unavailable".into())),
-            Err(e) => {
-                tracing::error!(error = %e, room = name, "room supervisor did not answer");
-                Err((ErrorCode::Overloaded, "room unavailable; retry".into()))
-            }
-        }
+    /// A page of `room`'s history as `user` may read it (no join needed).
+    pub async fn history(
+        &self,
+        user: &str,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<HistoryPage, Refusal> {
+        history::page(self.services.store.as_ref(), user, room, before, limit).await
+    }
+
+    /// Whether `user` may use `room` (and the id is valid): the rule every
+    /// room request is checked against.
+    pub fn check_access(&self, user: &str, room: &str) -> Result<(), Refusal> {
+        crate::room::check_access(user, room).map(|_| ())
+    }
+
+    /// The next page of a replay: messages `after < seq <= upto`, oldest first.
+    pub async fn replay_page(&self, room: &str, after: u64, upto: u64) -> Result<Vec<Msg>, StoreError> {
+        history::replay_page(self.services.store.as_ref(), room, after, upto).await
+    }
+
+    /// Probes the store (a small durable write); `Err` says why it failed.
+    pub async fn probe_store(&self) -> Result<(), StoreError> {
+        self.services.store.check_ready().await
+    }
+
+    /// False while the writer's last commit failed.
+    pub fn writer_healthy(&self) -> bool {
+        self.services.writer.is_healthy()
+    }
+
+    /// The writer queue's bound (`--writer-queue-max`).
+    pub fn writer_queue_capacity(&self) -> usize {
+        self.services.writer.queue_capacity()
+    }
+
+    /// Refreshes the gauges that are sampled at scrape time.
+    pub fn sample_metrics(&self) {
+        crate::metrics::sample(&self.services.writer);
     }
 
     /// Shutdown, in order: wait (bounded) until the writer has committed
     /// and published everything queued, then ask every session to close
     /// with 1001 once its outbox is written.
-    pub async fn shutdown(&self, max_wait: Duration) {
-        let deadline = tokio::time::Instant::now() + max_wait;
-        while self.writer.pending() > 0 && tokio::time::Instant::now() < deadline {
+    pub async fn shutdown(&self, wait_max: Duration) {
+        let deadline = tokio::time::Instant::now() + wait_max;
+        while self.services.writer.pending() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Let rooms publish what the writer just handed them.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        for peer in self.directory.all() {
-            peer.outbox.close(viche_protocol::close_code::GOING_AWAY, "server shutting down", true);
+        for session in self.services.directory.all() {
+            session.outbox.close(Close::SHUTDOWN, true);
         }
+    }
+
+    /// Test hook: makes the room's actor panic (it is restarted).
+    #[cfg(feature = "test-hooks")]
+    pub async fn inject_room_panic(&self, room: &str) -> Result<(), Refusal> {
+        self.services.rooms.get(room).await?.inject_panic();
+        Ok(())
     }
 }

@@ -1,23 +1,36 @@
-//! The Viche engine: actors and domain, no HTTP.
+//! The Viche engine: the domain and its actors, no HTTP.
 //!
-//! Read in this order: `engine` (wiring), `session` (a connection's
-//! frames), `room` and `rooms` (fan-out and supervision), `writer` (group
-//! commit), `store` (durability), `outbox` (bounded delivery).
+//! [`Engine`] (`engine.rs`) is the one front door: every transport (the
+//! gateway's HTTP API and WebSocket loop, the tests, the benches) goes
+//! through it, and none reaches past it into the store or the actors.
+//!
+//! Read in this order:
+//! - `engine.rs`: the front door; `services.rs`: the parts it wires up.
+//! - `accounts/`: register, login, tokens, passwords, login limits.
+//! - `session/`: one connection's frames, after `welcome`.
+//! - `room/`: a room's handle, its actor, and their supervisor.
+//! - `writer.rs`: group commit into the store, then publish and ack.
+//! - `store/`: the `Store` trait and its two implementations.
+//! - `delivery/`: how frames reach a session (handle, outbox, directory).
+//! - `history.rs`: who may read a room, and its pages.
+//! - `metrics.rs`: every metric, declared once.
 
-pub mod auth;
+pub mod accounts;
+pub mod clock;
 pub mod config;
-pub mod directory;
-pub mod engine;
+pub mod delivery;
+mod engine;
+mod history;
 pub mod metrics;
-pub mod outbox;
-pub mod peer;
-pub mod ratelimit;
-pub mod room;
-pub mod rooms;
+pub mod refusal;
+mod room;
+mod services;
 pub mod session;
 pub mod store;
-pub mod writer;
+mod writer;
 
+pub use accounts::{Credentials, IssuedToken, VerifiedToken};
 pub use config::EngineConfig;
-pub use engine::Engine;
+pub use engine::{Engine, HistoryPage};
+pub use refusal::Refusal;
 pub use session::{Flow, Session};

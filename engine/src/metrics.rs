@@ -1,21 +1,114 @@
-//! Metric handles for the hot path, registered once, and the gauges that
-//! are sampled when `/metrics` is scraped.
+//! Every metric Viche exports, declared once: name, kind, unit, help and
+//! labels. The gateway's exporter describes and pre-registers from this
+//! table, `docs/operations.md` must list exactly these (a test compares
+//! them), and code records through the entries (`CONNECTIONS_OPEN.gauge()`)
+//! instead of spelling names.
 //!
 //! `metrics::counter!(name, labels…)` looks its key up in the recorder's
 //! registry on every call (a hash and a read lock). That is fine for a
 //! login, not for something done per message or per flush: those use the
-//! handles here, obtained once. The first call to [`hot`] registers them
+//! [`Hot`] handles, obtained once. The first call to [`hot`] registers them
 //! with whatever recorder is installed at that moment, so the gateway calls
 //! it right after installing its recorder; with no recorder (`--no-metrics`,
 //! unit tests, benches) every handle is a no-op.
-//!
-//! Names and meanings: `docs/operations.md`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
 use viche_protocol::{ClientFrame, ServerFrame};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// As `docs/operations.md` and Prometheus's `# TYPE` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One label of a metric, with its values when they are known in advance
+/// (those series are exported at zero from the start); empty when open.
+#[derive(Debug, Clone, Copy)]
+pub struct Label {
+    pub key: &'static str,
+    pub values: &'static [&'static str],
+}
+
+/// Who keeps a metric up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Recorded by Viche's code as things happen.
+    Live,
+    /// A gauge computed when `/metrics` is scraped.
+    Sampled,
+    /// Described and kept by the `metrics-process` collector (listed here
+    /// so that the documentation check covers it).
+    Process,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+    pub labels: &'static [Label],
+    pub source: Source,
+}
+
+impl Metric {
+    fn check(&self, kind: Kind, labels: usize) {
+        debug_assert_eq!(self.kind, kind, "{} is a {:?}", self.name, self.kind);
+        debug_assert_eq!(self.labels.len(), labels, "{} has labels {:?}", self.name, self.labels);
+    }
+
+    pub fn counter(&'static self) -> Counter {
+        self.check(Kind::Counter, 0);
+        metrics::counter!(self.name)
+    }
+
+    /// The counter of one value of its only label.
+    pub fn counter_with(&'static self, value: impl Into<SharedString>) -> Counter {
+        self.check(Kind::Counter, 1);
+        metrics::counter!(self.name, self.labels[0].key => value.into())
+    }
+
+    /// The counter of one value of each of its two labels.
+    pub fn counter_with2(&'static self, a: impl Into<SharedString>, b: impl Into<SharedString>) -> Counter {
+        self.check(Kind::Counter, 2);
+        metrics::counter!(self.name, self.labels[0].key => a.into(), self.labels[1].key => b.into())
+    }
+
+    pub fn gauge(&'static self) -> Gauge {
+        self.check(Kind::Gauge, 0);
+        metrics::gauge!(self.name)
+    }
+
+    pub fn gauge_with(&'static self, value: impl Into<SharedString>) -> Gauge {
+        self.check(Kind::Gauge, 1);
+        metrics::gauge!(self.name, self.labels[0].key => value.into())
+    }
+
+    pub fn histogram(&'static self) -> Histogram {
+        self.check(Kind::Histogram, 0);
+        metrics::histogram!(self.name)
+    }
+
+    pub fn histogram_with(&'static self, value: impl Into<SharedString>) -> Histogram {
+        self.check(Kind::Histogram, 1);
+        metrics::histogram!(self.name, self.labels[0].key => value.into())
+    }
+}
 
 /// `type` label values of `viche_frames_in_total`, in [`client_index`]
 /// order; `bad_frame` counts frames that did not decode.
@@ -26,6 +119,408 @@ const BAD_FRAME: usize = 9;
 /// `type` label values of `viche_frames_out_total`, in [`server_index`] order.
 pub const SERVER_FRAME_TYPES: [&str; 9] =
     ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong"];
+
+/// `code` label values of `viche_connections_closed_total`: every
+/// `CloseCode` (a test checks), and `none` for a connection that ended
+/// without a close frame from us.
+pub const CLOSE_CODE_LABELS: [&str; 10] =
+    ["1000", "1001", "1002", "1009", "1011", "4001", "4002", "4008", "4029", "none"];
+
+/// `kind` label values of `viche_rate_limited_total`.
+pub const RATE_LIMITED_KINDS: [&str; 5] = ["send", "typing", "join", "login", "register"];
+/// `reason` label values of `viche_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 4] = ["wrong_password", "unknown_user", "bad_token", "no_hello"];
+/// `route` label values of the HTTP metrics (the gateway's route table; a
+/// gateway test checks they agree).
+pub const HTTP_ROUTES: [&str; 9] =
+    ["register", "login", "history", "healthz", "readyz", "metrics", "ws", "api_other", "static"];
+
+const NO_LABELS: &[Label] = &[];
+
+macro_rules! metric {
+    ($id:ident, $name:literal, $kind:ident, $unit:ident, $source:ident, $labels:expr, $help:literal) => {
+        pub const $id: Metric = Metric {
+            name: $name,
+            kind: Kind::$kind,
+            unit: Unit::$unit,
+            help: $help,
+            labels: $labels,
+            source: Source::$source,
+        };
+    };
+}
+
+// Connections and sessions.
+metric!(
+    CONNECTIONS_OPEN,
+    "viche_connections_open",
+    Gauge,
+    Count,
+    Live,
+    NO_LABELS,
+    "WebSocket connections open now (before and after hello)."
+);
+metric!(
+    CONNECTIONS_ACCEPTED,
+    "viche_connections_accepted_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "WebSocket upgrades accepted."
+);
+metric!(
+    CONNECTIONS_CLOSED,
+    "viche_connections_closed_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "code", values: &CLOSE_CODE_LABELS }],
+    "WebSocket connections ended, by the close code the server sent (none: the peer went away or the socket failed)."
+);
+metric!(
+    CONNECTIONS_REFUSED,
+    "viche_connections_refused_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "reason", values: &["max_connections"] }],
+    "WebSocket upgrades refused, by reason (max_connections: HTTP 503)."
+);
+metric!(SESSIONS, "viche_sessions", Gauge, Count, Live, NO_LABELS, "Authenticated sessions (past hello) now.");
+metric!(ROOMS_ACTIVE, "viche_rooms_active", Gauge, Count, Live, NO_LABELS, "Room actors running now.");
+metric!(
+    ROOM_RESTARTS,
+    "viche_room_restarts_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Room actors restarted by the supervisor after a crash."
+);
+
+// Traffic.
+metric!(
+    FRAMES_IN,
+    "viche_frames_in_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "type", values: &CLIENT_FRAME_TYPES }],
+    "Client frames received, by type (bad_frame: did not decode)."
+);
+metric!(
+    FRAMES_IN_BYTES,
+    "viche_frames_in_bytes_total",
+    Counter,
+    Bytes,
+    Live,
+    NO_LABELS,
+    "Bytes of client frame payloads received."
+);
+metric!(
+    FRAMES_OUT,
+    "viche_frames_out_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "type", values: &SERVER_FRAME_TYPES }],
+    "Server frames queued for clients (or written directly, for replays), by type."
+);
+metric!(
+    FRAMES_OUT_BYTES,
+    "viche_frames_out_bytes_total",
+    Counter,
+    Bytes,
+    Live,
+    NO_LABELS,
+    "Bytes written to WebSockets, frame headers included."
+);
+metric!(
+    MESSAGES_STORED,
+    "viche_messages_stored_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Messages durably stored (duplicates by cid excluded)."
+);
+metric!(
+    DELIVERIES,
+    "viche_deliveries_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "msg frames queued to recipients' outboxes (one per recipient session)."
+);
+metric!(
+    SEND_DELIVER_LATENCY,
+    "viche_send_deliver_latency_seconds",
+    Histogram,
+    Seconds,
+    Live,
+    NO_LABELS,
+    "From decoding a send to queueing its msg in the last recipient's outbox."
+);
+metric!(
+    REPLAYED_MESSAGES,
+    "viche_replayed_messages_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Stored messages written to clients as a replay (join with since, restart)."
+);
+
+// The writer and the store.
+metric!(
+    STORE_COMMIT_DURATION,
+    "viche_store_commit_duration_seconds",
+    Histogram,
+    Seconds,
+    Live,
+    NO_LABELS,
+    "Duration of one successful store commit (a batch, fsync included)."
+);
+metric!(WRITER_BATCH_SIZE, "viche_writer_batch_size", Histogram, Count, Live, NO_LABELS, "Messages per store commit.");
+metric!(
+    STORE_COMMIT_FAILURES,
+    "viche_store_commit_failures_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Failed store commits (each is retried with backoff)."
+);
+metric!(
+    WRITER_QUEUE_DEPTH,
+    "viche_writer_queue_depth",
+    Gauge,
+    Count,
+    Sampled,
+    NO_LABELS,
+    "Messages waiting in the writer's queue, sampled at scrape."
+);
+metric!(
+    WRITER_QUEUE_CAPACITY,
+    "viche_writer_queue_capacity",
+    Gauge,
+    Count,
+    Live,
+    NO_LABELS,
+    "The writer queue's bound (--writer-queue-max); full means senders get overloaded."
+);
+metric!(
+    WRITER_PENDING,
+    "viche_writer_pending",
+    Gauge,
+    Count,
+    Sampled,
+    NO_LABELS,
+    "Messages submitted and not yet acknowledged, sampled at scrape."
+);
+metric!(
+    WRITER_REJECTED,
+    "viche_writer_rejected_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Sends refused with overloaded because the writer's queue was full."
+);
+metric!(
+    STORE_READY,
+    "viche_store_ready",
+    Gauge,
+    Count,
+    Live,
+    NO_LABELS,
+    "1 when the store answers its readiness probe and the writer's last commit succeeded (as /readyz), else 0."
+);
+
+// Delivery and abuse.
+metric!(
+    OUTBOX_DEPTH_MAX,
+    "viche_outbox_depth_max",
+    Gauge,
+    Count,
+    Sampled,
+    NO_LABELS,
+    "The deepest any session's outbox got (frames) since the previous scrape."
+);
+metric!(
+    SLOW_CONSUMER_CLOSES,
+    "viche_slow_consumer_closes_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "Sessions closed with 4008 because their outbox was full."
+);
+metric!(
+    TYPING_DROPPED,
+    "viche_typing_dropped_total",
+    Counter,
+    Count,
+    Live,
+    NO_LABELS,
+    "typing notices dropped because a room's actor had 256 of them queued."
+);
+metric!(
+    RATE_LIMITED,
+    "viche_rate_limited_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "kind", values: &RATE_LIMITED_KINDS }],
+    "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429)."
+);
+metric!(
+    AUTH_FAILURES,
+    "viche_auth_failures_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "reason", values: &AUTH_FAILURE_REASONS }],
+    "Authentication failures, by reason."
+);
+metric!(LOGINS, "viche_logins_total", Counter, Count, Live, NO_LABELS, "Successful logins.");
+metric!(REGISTRATIONS, "viche_registrations_total", Counter, Count, Live, NO_LABELS, "Users registered.");
+metric!(
+    ARGON2_DURATION,
+    "viche_argon2_duration_seconds",
+    Histogram,
+    Seconds,
+    Live,
+    NO_LABELS,
+    "Duration of one argon2id hash or verify, permit wait excluded."
+);
+
+// HTTP and the process.
+metric!(
+    HTTP_REQUESTS,
+    "viche_http_requests_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "route", values: &HTTP_ROUTES }, Label { key: "status", values: &[] }],
+    "HTTP requests answered, by route and status."
+);
+metric!(
+    HTTP_REQUEST_DURATION,
+    "viche_http_request_duration_seconds",
+    Histogram,
+    Seconds,
+    Live,
+    &[Label { key: "route", values: &HTTP_ROUTES }],
+    "HTTP request duration by route (a ws upgrade: until the 101)."
+);
+metric!(
+    ACCEPT_ERRORS,
+    "viche_accept_errors_total",
+    Counter,
+    Count,
+    Live,
+    &[Label { key: "kind", values: &["emfile", "other"] }],
+    "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms)."
+);
+metric!(
+    BUILD_INFO,
+    "viche_build_info",
+    Gauge,
+    Count,
+    Live,
+    &[Label { key: "version", values: &[] }],
+    "Always 1; the version label is the server's version."
+);
+metric!(
+    PROCESS_CPU,
+    "viche_process_cpu_seconds_total",
+    Counter,
+    Seconds,
+    Process,
+    NO_LABELS,
+    "CPU time, user and system."
+);
+metric!(PROCESS_RSS, "viche_process_resident_memory_bytes", Gauge, Bytes, Process, NO_LABELS, "Resident set size.");
+metric!(
+    PROCESS_VIRTUAL,
+    "viche_process_virtual_memory_bytes",
+    Gauge,
+    Bytes,
+    Process,
+    NO_LABELS,
+    "Virtual memory size."
+);
+metric!(
+    PROCESS_VIRTUAL_MAX,
+    "viche_process_virtual_memory_max_bytes",
+    Gauge,
+    Bytes,
+    Process,
+    NO_LABELS,
+    "The address-space limit."
+);
+metric!(PROCESS_OPEN_FDS, "viche_process_open_fds", Gauge, Count, Process, NO_LABELS, "Open file descriptors.");
+metric!(PROCESS_MAX_FDS, "viche_process_max_fds", Gauge, Count, Process, NO_LABELS, "The process's open-file limit.");
+metric!(PROCESS_THREADS, "viche_process_threads", Gauge, Count, Process, NO_LABELS, "OS threads.");
+metric!(
+    PROCESS_START_TIME,
+    "viche_process_start_time_seconds",
+    Gauge,
+    Seconds,
+    Process,
+    NO_LABELS,
+    "Start time, seconds since the epoch."
+);
+
+/// The table: every metric, in the order `docs/operations.md` lists them.
+pub const ALL: &[Metric] = &[
+    CONNECTIONS_OPEN,
+    CONNECTIONS_ACCEPTED,
+    CONNECTIONS_CLOSED,
+    CONNECTIONS_REFUSED,
+    SESSIONS,
+    ROOMS_ACTIVE,
+    ROOM_RESTARTS,
+    FRAMES_IN,
+    FRAMES_IN_BYTES,
+    FRAMES_OUT,
+    FRAMES_OUT_BYTES,
+    MESSAGES_STORED,
+    DELIVERIES,
+    SEND_DELIVER_LATENCY,
+    REPLAYED_MESSAGES,
+    STORE_COMMIT_DURATION,
+    WRITER_BATCH_SIZE,
+    STORE_COMMIT_FAILURES,
+    WRITER_QUEUE_DEPTH,
+    WRITER_QUEUE_CAPACITY,
+    WRITER_PENDING,
+    WRITER_REJECTED,
+    STORE_READY,
+    OUTBOX_DEPTH_MAX,
+    SLOW_CONSUMER_CLOSES,
+    TYPING_DROPPED,
+    RATE_LIMITED,
+    AUTH_FAILURES,
+    LOGINS,
+    REGISTRATIONS,
+    ARGON2_DURATION,
+    HTTP_REQUESTS,
+    HTTP_REQUEST_DURATION,
+    ACCEPT_ERRORS,
+    BUILD_INFO,
+    PROCESS_CPU,
+    PROCESS_RSS,
+    PROCESS_VIRTUAL,
+    PROCESS_VIRTUAL_MAX,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_THREADS,
+    PROCESS_START_TIME,
+];
 
 fn client_index(frame: &ClientFrame) -> usize {
     match frame {
@@ -69,13 +564,13 @@ pub struct Hot {
 impl Hot {
     fn register() -> Self {
         Self {
-            deliveries: metrics::counter!("viche_deliveries_total"),
-            send_deliver_latency: metrics::histogram!("viche_send_deliver_latency_seconds"),
-            messages_stored: metrics::counter!("viche_messages_stored_total"),
-            frames_in_bytes: metrics::counter!("viche_frames_in_bytes_total"),
-            frames_out_bytes: metrics::counter!("viche_frames_out_bytes_total"),
-            frames_in: CLIENT_FRAME_TYPES.map(|t| metrics::counter!("viche_frames_in_total", "type" => t)),
-            frames_out: SERVER_FRAME_TYPES.map(|t| metrics::counter!("viche_frames_out_total", "type" => t)),
+            deliveries: DELIVERIES.counter(),
+            send_deliver_latency: SEND_DELIVER_LATENCY.histogram(),
+            messages_stored: MESSAGES_STORED.counter(),
+            frames_in_bytes: FRAMES_IN_BYTES.counter(),
+            frames_out_bytes: FRAMES_OUT_BYTES.counter(),
+            frames_in: CLIENT_FRAME_TYPES.map(|t| FRAMES_IN.counter_with(t)),
+            frames_out: SERVER_FRAME_TYPES.map(|t| FRAMES_OUT.counter_with(t)),
         }
     }
 
@@ -117,28 +612,28 @@ pub fn hot() -> &'static Hot {
 /// The deepest any session's outbox got (in frames) since the last
 /// [`take_outbox_depth_max`]. A push reads it and writes only when it
 /// exceeds it, so the shared cache line is rarely written.
-static OUTBOX_DEPTH_MAX: AtomicUsize = AtomicUsize::new(0);
+static OUTBOX_DEPTH_PEAK: AtomicUsize = AtomicUsize::new(0);
 
 #[inline]
 pub(crate) fn note_outbox_depth(frames: usize) {
-    if frames > OUTBOX_DEPTH_MAX.load(Ordering::Relaxed) {
-        OUTBOX_DEPTH_MAX.fetch_max(frames, Ordering::Relaxed);
+    if frames > OUTBOX_DEPTH_PEAK.load(Ordering::Relaxed) {
+        OUTBOX_DEPTH_PEAK.fetch_max(frames, Ordering::Relaxed);
     }
 }
 
 /// Returns the largest outbox depth seen since the previous call, and
 /// starts a new period.
 pub fn take_outbox_depth_max() -> usize {
-    OUTBOX_DEPTH_MAX.swap(0, Ordering::Relaxed)
+    OUTBOX_DEPTH_PEAK.swap(0, Ordering::Relaxed)
 }
 
 /// Sets the gauges that are sampled rather than kept up to date on every
 /// change: the writer's queue depth and the largest outbox depth since the
 /// previous scrape. Called by `/metrics` right before rendering.
-pub fn sample(engine: &crate::Engine) {
-    metrics::gauge!("viche_writer_queue_depth").set(engine.writer.queue_depth() as f64);
-    metrics::gauge!("viche_writer_pending").set(engine.writer.pending() as f64);
-    metrics::gauge!("viche_outbox_depth_max").set(take_outbox_depth_max() as f64);
+pub(crate) fn sample(writer: &crate::writer::WriterHandle) {
+    WRITER_QUEUE_DEPTH.gauge().set(writer.queue_depth() as f64);
+    WRITER_PENDING.gauge().set(writer.pending() as f64);
+    OUTBOX_DEPTH_MAX.gauge().set(take_outbox_depth_max() as f64);
 }
 
 #[cfg(test)]
@@ -155,6 +650,33 @@ mod tests {
         note_outbox_depth(2);
         let max = take_outbox_depth_max();
         assert!((3..1_000_000).contains(&max), "{max}");
+    }
+
+    #[test]
+    fn close_code_labels_are_every_close_code_and_none() {
+        let mut expected: Vec<&str> = viche_protocol::CloseCode::ALL.iter().map(|c| c.label()).collect();
+        expected.push("none");
+        assert_eq!(CLOSE_CODE_LABELS.to_vec(), expected);
+    }
+
+    #[test]
+    fn names_are_unique_and_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} declared twice", m.name);
+            assert!(m.name.starts_with("viche_"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                m.name
+            );
+            if m.unit == Unit::Seconds && m.kind != Kind::Counter {
+                assert!(m.name.ends_with("_seconds"), "{}", m.name);
+            }
+            assert!(m.source != Source::Sampled || m.kind == Kind::Gauge, "{}: only gauges are sampled", m.name);
+            assert!(!m.help.is_empty());
+        }
     }
 
     #[test]

@@ -24,23 +24,26 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
-use crate::auth::now_ms;
-use crate::peer::Peer;
-use crate::room::RoomHandle;
+use crate::clock::now_ms;
+use crate::delivery::SessionHandle;
+use crate::metrics::{STORE_COMMIT_DURATION, STORE_COMMIT_FAILURES, WRITER_BATCH_SIZE, WRITER_REJECTED};
+use crate::room::{InFlight, RoomHandle};
 use crate::store::{Appended, NewMessage, Store};
 
-pub struct WriteRequest {
+pub(crate) struct WriteRequest {
     pub message: NewMessage,
-    pub room: Arc<RoomHandle>,
+    /// The room the message goes to, kept from stopping until the message
+    /// is published there (the guard ends when the request is dropped).
+    pub in_flight: InFlight,
     /// Who gets the `ack`, and the `ref` of its `send`.
-    pub ack_to: Arc<Peer>,
+    pub ack_to: Arc<SessionHandle>,
     pub req: u64,
     /// When the session decoded the `send`: the start of send→deliver latency.
     pub received_at: Instant,
 }
 
 #[derive(Clone)]
-pub struct WriterHandle {
+pub(crate) struct WriterHandle {
     tx: mpsc::Sender<WriteRequest>,
     healthy: Arc<AtomicBool>,
     /// Messages submitted and not yet acked and published.
@@ -57,7 +60,7 @@ impl WriterHandle {
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("viche_writer_rejected_total").increment(1);
+                WRITER_REJECTED.counter().increment(1);
                 Err(ErrorCode::Overloaded)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(ErrorCode::Overloaded),
@@ -88,7 +91,7 @@ impl WriterHandle {
 /// Starts the writer. The task ends when every `WriterHandle` is dropped
 /// and the queue is written out: that is how shutdown finishes the writes
 /// in flight.
-pub fn spawn_writer(
+pub(crate) fn spawn_writer(
     store: Arc<dyn Store>,
     queue_max: usize,
     batch_max: usize,
@@ -124,10 +127,12 @@ async fn run(
 
         let outcomes = commit_with_retry(store.as_ref(), &batch, &healthy).await;
         debug_assert_eq!(outcomes.len(), requests.len());
-        metrics::histogram!("viche_writer_batch_size").record(batch.len() as f64);
+        WRITER_BATCH_SIZE.histogram().record(batch.len() as f64);
 
-        publish(&mut requests, outcomes);
-        pending.fetch_sub(requests.len(), Ordering::Relaxed);
+        publish(&requests, outcomes);
+        let done = requests.len();
+        requests.clear(); // ends each request's InFlight guard
+        pending.fetch_sub(done, Ordering::Relaxed);
     }
 }
 
@@ -137,7 +142,7 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
         let started = Instant::now();
         match store.append_batch(batch).await {
             Ok(outcomes) if outcomes.len() == batch.len() => {
-                metrics::histogram!("viche_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+                STORE_COMMIT_DURATION.histogram().record(started.elapsed().as_secs_f64());
                 healthy.store(true, Ordering::Relaxed);
                 return outcomes;
             }
@@ -153,7 +158,7 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
             }
         }
         healthy.store(false, Ordering::Relaxed);
-        metrics::counter!("viche_store_commit_failures_total").increment(1);
+        STORE_COMMIT_FAILURES.counter().increment(1);
         let jitter_ms = rand::rng().random_range(0..=backoff_ms / 2);
         tokio::time::sleep(Duration::from_millis(backoff_ms + jitter_ms)).await;
         backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
@@ -164,7 +169,7 @@ async fn commit_with_retry(store: &dyn Store, batch: &[NewMessage], healthy: &At
 /// then acks every sender. Publishing first means that once a client holds
 /// an `ack`, any `join` it (or anyone it told) sends later is ordered after
 /// the message in the room's mailbox, so `ok.seq` includes it.
-fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
+fn publish(requests: &[WriteRequest], outcomes: Vec<Appended>) {
     /// A room's new messages of this batch, with when each `send` was decoded.
     type RoomBatch = (Arc<RoomHandle>, Vec<(Msg, Instant)>);
     let mut per_room: HashMap<*const RoomHandle, RoomBatch> = HashMap::new();
@@ -188,10 +193,11 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
             cid: msg.cid.clone(),
             ts: msg.ts,
         });
-        if *msg.room == *request.room.name {
+        let room = request.in_flight.room();
+        if *msg.room == *room.name {
             per_room
-                .entry(Arc::as_ptr(&request.room))
-                .or_insert_with(|| (request.room.clone(), Vec::new()))
+                .entry(Arc::as_ptr(room))
+                .or_insert_with(|| (room.clone(), Vec::new()))
                 .1
                 .push((msg, request.received_at));
         }
@@ -203,8 +209,6 @@ fn publish(requests: &mut [WriteRequest], outcomes: Vec<Appended>) {
     for (request, ack) in requests.iter().zip(&acks) {
         let _ = request.ack_to.send(ack);
     }
-    // Only now may a room count as idle: its publish is already queued.
-    for request in requests.iter() {
-        request.room.end();
-    }
+    // The caller drops the requests, and with them their InFlight guards:
+    // only then may a room count as idle, its publish already queued.
 }

@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use viche_engine::auth::{now_ms, Jwt};
-use viche_engine::outbox::OutItem;
+use viche_engine::clock::now_ms;
+use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::{Engine, EngineConfig, Flow, Session};
 use viche_protocol::{decode_server, ClientFrame, Encoding, ErrorCode, ServerFrame};
 
 /// The reply to request `req`, waiting up to 10 s.
 async fn reply(session: &Session, req: u64) -> ServerFrame {
-    let outbox = &session.peer().outbox;
+    let outbox = &session.session_handle().outbox;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut items = Vec::new();
@@ -36,11 +36,11 @@ async fn reply(session: &Session, req: u64) -> ServerFrame {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_may_join_at_most_session_max_rooms() {
+async fn a_session_may_join_at_most_session_rooms_max() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let config = EngineConfig { session_max_rooms: 3, ..EngineConfig::default() };
-    let engine = Engine::start(config, store, Jwt::new(b"0123456789abcdef0123", 3600)).await.unwrap();
+    let config = EngineConfig { session_rooms_max: 3, ..EngineConfig::default() };
+    let engine = Engine::start(config, store, b"0123456789abcdef0123").await.unwrap();
     let mut s = engine.open_session("alice", Encoding::MsgPack, now_ms() + 3_600_000);
 
     for (req, room) in [(1, "a"), (2, "b"), (3, "c")] {

@@ -9,14 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use viche_engine::auth::{now_ms, Jwt};
-use viche_engine::outbox::OutItem;
+use viche_engine::clock::now_ms;
+use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::{Engine, EngineConfig, Flow, Session};
 use viche_protocol::{decode_server, ClientFrame, Encoding, ServerFrame};
 
 async fn next_frame(session: &Session) -> ServerFrame {
-    let outbox = &session.peer().outbox;
+    let outbox = &session.session_handle().outbox;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut items = Vec::new();
@@ -46,7 +46,7 @@ async fn collect(
     n: usize,
     want: impl Fn(&ServerFrame) -> bool,
 ) -> Vec<ServerFrame> {
-    let outbox = &session.peer().outbox;
+    let outbox = &session.session_handle().outbox;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
     while got.len() < n {
@@ -55,14 +55,9 @@ async fn collect(
         for item in items {
             let frames = match item {
                 OutItem::Frame(bytes) => vec![decode_server(&bytes, Encoding::MsgPack).unwrap()],
-                OutItem::Replay { room, after, upto } => engine
-                    .store
-                    .range(&room, after, upto, 1000)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(ServerFrame::Msg)
-                    .collect(),
+                OutItem::Replay { room, after, upto } => {
+                    engine.replay_page(&room, after, upto).await.unwrap().into_iter().map(ServerFrame::Msg).collect()
+                }
                 OutItem::Pong(_) => vec![],
             };
             for frame in frames {
@@ -85,8 +80,7 @@ async fn collect(
 async fn start() -> (tempfile::TempDir, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let engine =
-        Engine::start(EngineConfig::default(), Arc::new(store), Jwt::new(b"0123456789abcdef0123", 3600)).await.unwrap();
+    let engine = Engine::start(EngineConfig::default(), Arc::new(store), b"0123456789abcdef0123").await.unwrap();
     (dir, engine)
 }
 
@@ -96,7 +90,7 @@ async fn join(s: &mut Session, room: &str) -> ServerFrame {
 }
 
 async fn send(s: &mut Session, room: &str, n: u64) {
-    let cid = format!("{room}-{n}-{}", s.peer().id);
+    let cid = format!("{room}-{n}-{}", s.session_handle().id);
     assert_eq!(
         s.handle(ClientFrame::Send { req: 100 + n, room: room.into(), body: format!("m{n}"), cid }).await,
         Flow::Continue
@@ -129,8 +123,7 @@ async fn a_panicking_room_is_restarted_with_members_and_seq_intact() {
     let msgs = collect(&engine, &alice, 3, |f| matches!(f, ServerFrame::Msg(_))).await;
     assert_eq!(seqs(&msgs), vec![1, 2, 3]);
 
-    let room = engine.room("lobby").await.unwrap();
-    room.inject_panic_for_test();
+    engine.inject_room_panic("lobby").await.unwrap();
     // Wait until the supervisor has put a new actor behind the handle.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -171,15 +164,14 @@ async fn a_room_restarted_after_messages_were_stored_meanwhile_replays_them() {
 
     // Panic, and send at once: the publish may reach the dead actor; the
     // restarted one must still deliver seq 2 exactly once.
-    let room = engine.room("r").await.unwrap();
-    room.inject_panic_for_test();
+    engine.inject_room_panic("r").await.unwrap();
     send(&mut alice, "r", 2).await;
     let first = collect(&engine, &alice, 1, |f| matches!(f, ServerFrame::Msg(_))).await;
     // Whatever else arrives in the next moment must not be seq 2 again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut delivered = seqs(&first);
     let mut items = Vec::new();
-    alice.peer().outbox.drain(&mut items);
+    alice.session_handle().outbox.drain(&mut items);
     for item in items {
         match item {
             OutItem::Frame(bytes) => {

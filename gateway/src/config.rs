@@ -1,14 +1,19 @@
-//! Command-line flags and environment variables (DESIGN.md "Running").
+//! Command-line flags and environment variables (README.md,
+//! "Configuration"; docs/architecture.md, "Bounds").
 //!
 //! Bad configuration is refused at start with one clear line, before
-//! anything is opened.
+//! anything is opened. Each default is the engine's or the protocol's
+//! constant: spelled once, there. Flags keep their documented spelling.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use viche_engine::EngineConfig;
+use viche_engine::config::{self as engine, EngineConfig};
 use viche_protocol::limits::{self, Rate};
+
+/// Open WebSocket connections at most (`--max-connections`).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 100_000;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "viche", version, about = "Viche: a real-time chat engine")]
@@ -36,7 +41,7 @@ pub struct Args {
     #[arg(long, env = "VICHE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Lifetime of issued tokens, in seconds.
-    #[arg(long, env = "VICHE_TOKEN_TTL", default_value_t = 86_400)]
+    #[arg(long, env = "VICHE_TOKEN_TTL", default_value_t = engine::TOKEN_TTL_S_DEFAULT)]
     pub token_ttl: u64,
     /// Static files served at `/` (the web client). Default: the committed
     /// build `web/dist`, of the current directory or else of this source tree.
@@ -50,62 +55,62 @@ pub struct Args {
     pub no_metrics: bool,
 
     /// WebSocket ping interval; a connection silent for twice this is closed.
-    #[arg(long, env = "VICHE_HEARTBEAT_MS", default_value_t = limits::DEFAULT_HEARTBEAT_MS)]
+    #[arg(long, env = "VICHE_HEARTBEAT_MS", default_value_t = limits::HEARTBEAT_MS_DEFAULT)]
     pub heartbeat_ms: u64,
     /// Time a new connection has to send `hello`.
     #[arg(long, env = "VICHE_HELLO_TIMEOUT_MS", default_value_t = limits::HELLO_TIMEOUT_MS)]
     pub hello_timeout_ms: u64,
     /// Largest frame a client may send.
-    #[arg(long, env = "VICHE_MAX_FRAME_BYTES", default_value_t = limits::DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, env = "VICHE_MAX_FRAME_BYTES", default_value_t = limits::FRAME_BYTES_MAX_DEFAULT)]
     pub max_frame_bytes: usize,
     /// Largest message body.
-    #[arg(long, env = "VICHE_MAX_BODY_BYTES", default_value_t = limits::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, env = "VICHE_MAX_BODY_BYTES", default_value_t = limits::BODY_BYTES_MAX_DEFAULT)]
     pub max_body_bytes: usize,
     /// Outbound queue per session, in frames (slow-consumer limit).
-    #[arg(long, env = "VICHE_OUTBOX_MAX_FRAMES", default_value_t = limits::DEFAULT_OUTBOX_MAX_FRAMES)]
+    #[arg(long, env = "VICHE_OUTBOX_MAX_FRAMES", default_value_t = limits::OUTBOX_FRAMES_MAX_DEFAULT)]
     pub outbox_max_frames: usize,
     /// Outbound queue per session, in bytes (slow-consumer limit).
-    #[arg(long, env = "VICHE_OUTBOX_MAX_BYTES", default_value_t = limits::DEFAULT_OUTBOX_MAX_BYTES)]
+    #[arg(long, env = "VICHE_OUTBOX_MAX_BYTES", default_value_t = limits::OUTBOX_BYTES_MAX_DEFAULT)]
     pub outbox_max_bytes: usize,
     /// Messages waiting for the store before senders get `overloaded`.
-    #[arg(long, env = "VICHE_WRITER_QUEUE_MAX", default_value_t = 65_536)]
+    #[arg(long, env = "VICHE_WRITER_QUEUE_MAX", default_value_t = engine::WRITER_QUEUE_MAX_DEFAULT)]
     pub writer_queue_max: usize,
     /// Messages per store commit, at most.
-    #[arg(long, env = "VICHE_WRITER_BATCH_MAX", default_value_t = 4096)]
+    #[arg(long, env = "VICHE_WRITER_BATCH_MAX", default_value_t = engine::WRITER_BATCH_MAX_DEFAULT)]
     pub writer_batch_max: usize,
     /// An empty room stops after this long without activity.
-    #[arg(long, env = "VICHE_ROOM_IDLE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "VICHE_ROOM_IDLE_MS", default_value_t = engine::ROOM_IDLE_MS_DEFAULT)]
     pub room_idle_ms: u64,
     /// Password hashes computed at once (argon2id is CPU- and memory-heavy).
-    #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = 2)]
+    #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = engine::ARGON2_CONCURRENCY_DEFAULT)]
     pub argon2_concurrency: usize,
     /// `send` + `dm` per session: tokens per second and burst.
-    #[arg(long, env = "VICHE_SEND_PER_SECOND", default_value_t = limits::DEFAULT_SEND_RATE.per_second)]
+    #[arg(long, env = "VICHE_SEND_PER_SECOND", default_value_t = limits::SEND_RATE_DEFAULT.per_second)]
     pub send_per_second: f64,
-    #[arg(long, env = "VICHE_SEND_BURST", default_value_t = limits::DEFAULT_SEND_RATE.burst)]
+    #[arg(long, env = "VICHE_SEND_BURST", default_value_t = limits::SEND_RATE_DEFAULT.burst)]
     pub send_burst: u32,
     /// `typing` per session.
-    #[arg(long, env = "VICHE_TYPING_PER_SECOND", default_value_t = limits::DEFAULT_TYPING_RATE.per_second)]
+    #[arg(long, env = "VICHE_TYPING_PER_SECOND", default_value_t = limits::TYPING_RATE_DEFAULT.per_second)]
     pub typing_per_second: f64,
-    #[arg(long, env = "VICHE_TYPING_BURST", default_value_t = limits::DEFAULT_TYPING_RATE.burst)]
+    #[arg(long, env = "VICHE_TYPING_BURST", default_value_t = limits::TYPING_RATE_DEFAULT.burst)]
     pub typing_burst: u32,
     /// `join` + `leave` per session.
-    #[arg(long, env = "VICHE_JOIN_PER_SECOND", default_value_t = limits::DEFAULT_JOIN_RATE.per_second)]
+    #[arg(long, env = "VICHE_JOIN_PER_SECOND", default_value_t = limits::JOIN_RATE_DEFAULT.per_second)]
     pub join_per_second: f64,
-    #[arg(long, env = "VICHE_JOIN_BURST", default_value_t = limits::DEFAULT_JOIN_RATE.burst)]
+    #[arg(long, env = "VICHE_JOIN_BURST", default_value_t = limits::JOIN_RATE_DEFAULT.burst)]
     pub join_burst: u32,
     /// Failed logins per username and per client address, per minute.
-    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_MINUTE", default_value_t = 10.0)]
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_MINUTE", default_value_t = limits::FAILED_LOGIN_RATE_DEFAULT.per_second * 60.0)]
     pub failed_logins_per_minute: f64,
-    #[arg(long, env = "VICHE_FAILED_LOGINS_BURST", default_value_t = limits::DEFAULT_FAILED_LOGIN_RATE.burst)]
+    #[arg(long, env = "VICHE_FAILED_LOGINS_BURST", default_value_t = limits::FAILED_LOGIN_RATE_DEFAULT.burst)]
     pub failed_logins_burst: u32,
     /// Registrations per client address, per minute.
-    #[arg(long, env = "VICHE_REGISTRATIONS_PER_MINUTE", default_value_t = 60.0)]
+    #[arg(long, env = "VICHE_REGISTRATIONS_PER_MINUTE", default_value_t = limits::REGISTER_RATE_DEFAULT.per_second * 60.0)]
     pub registrations_per_minute: f64,
-    #[arg(long, env = "VICHE_REGISTRATIONS_BURST", default_value_t = limits::DEFAULT_REGISTER_RATE.burst)]
+    #[arg(long, env = "VICHE_REGISTRATIONS_BURST", default_value_t = limits::REGISTER_RATE_DEFAULT.burst)]
     pub registrations_burst: u32,
     /// Open connections at most; past it new ones are refused at once.
-    #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
 }
 
@@ -192,28 +197,27 @@ impl Args {
         Ok(())
     }
 
-    pub fn failed_login_rate(&self) -> Rate {
-        Rate { per_second: self.failed_logins_per_minute / 60.0, burst: self.failed_logins_burst }
-    }
-
-    pub fn registration_rate(&self) -> Rate {
-        Rate { per_second: self.registrations_per_minute / 60.0, burst: self.registrations_burst }
-    }
-
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
-            max_frame_bytes: self.max_frame_bytes,
-            max_body_bytes: self.max_body_bytes,
+            frame_bytes_max: self.max_frame_bytes,
+            body_bytes_max: self.max_body_bytes,
             heartbeat_ms: self.heartbeat_ms,
             hello_timeout_ms: self.hello_timeout_ms,
-            outbox_max_frames: self.outbox_max_frames,
-            outbox_max_bytes: self.outbox_max_bytes,
+            outbox_frames_max: self.outbox_max_frames,
+            outbox_bytes_max: self.outbox_max_bytes,
             writer_queue_max: self.writer_queue_max,
             writer_batch_max: self.writer_batch_max,
             room_idle_ms: self.room_idle_ms,
             send_rate: Rate { per_second: self.send_per_second, burst: self.send_burst },
             typing_rate: Rate { per_second: self.typing_per_second, burst: self.typing_burst },
             join_rate: Rate { per_second: self.join_per_second, burst: self.join_burst },
+            token_ttl_s: self.token_ttl,
+            argon2_concurrency: self.argon2_concurrency,
+            failed_login_rate: Rate {
+                per_second: self.failed_logins_per_minute / 60.0,
+                burst: self.failed_logins_burst,
+            },
+            register_rate: Rate { per_second: self.registrations_per_minute / 60.0, burst: self.registrations_burst },
             ..EngineConfig::default()
         }
     }

@@ -3,10 +3,8 @@
 
 mod config;
 mod exporter;
-mod http_api;
-mod limiter;
+mod http;
 mod server;
-mod socket;
 mod web;
 mod ws;
 
@@ -16,7 +14,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use viche_engine::auth::Jwt;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
 use viche_engine::store::Store;
@@ -88,7 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(s) => s.clone().into_bytes(),
         None => load_or_create_secret(&args.data_dir)?,
     };
-    let engine = Engine::start(args.engine_config(), store, Jwt::new(&secret, args.token_ttl)).await?;
+    let engine = Engine::start(args.engine_config(), store, &secret).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -96,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
-    let app = Arc::new(http_api::App::new(engine, exporter, &args));
+    let app = Arc::new(http::App::new(engine, exporter, args.web_dir.clone(), args.max_connections));
     server::serve(listener, app, shutdown_signal()).await;
     Ok(())
 }

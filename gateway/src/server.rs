@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::http_api::{route, App};
+use crate::http::{route, App};
 
 /// How long to stop accepting after EMFILE before trying again.
 const EMFILE_BACKOFF_MS: u64 = 100;

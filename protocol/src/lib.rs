@@ -12,7 +12,7 @@ pub mod limits;
 pub mod validate;
 
 pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding};
-pub use errors::{close_code, ErrorCode};
+pub use errors::{Close, CloseCode, ErrorCode};
 pub use frames::{ClientFrame, Msg, ServerFrame};
 
 /// The only protocol version this crate speaks.

@@ -13,12 +13,12 @@ fn is_name_char(c: char) -> bool {
 /// 3 to 32 characters of `A-Z a-z 0-9 _ . -`.
 pub fn is_valid_username(name: &str) -> bool {
     // All allowed characters are ASCII, so bytes == chars once the charset holds.
-    (USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&name.len()) && name.chars().all(is_name_char)
+    (USERNAME_CHARS_MIN..=USERNAME_CHARS_MAX).contains(&name.len()) && name.chars().all(is_name_char)
 }
 
 /// 8 to 1024 bytes.
 pub fn is_valid_password(password: &str) -> bool {
-    (PASSWORD_MIN_BYTES..=PASSWORD_MAX_BYTES).contains(&password.len())
+    (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&password.len())
 }
 
 /// A room id, parsed: a public room or a direct-message room of two users.
@@ -39,7 +39,7 @@ pub fn parse_room(room: &str) -> Option<RoomKind<'_>> {
         }
         return None;
     }
-    if (ROOM_MIN_CHARS..=ROOM_MAX_CHARS).contains(&room.len()) && room.chars().all(is_name_char) {
+    if (ROOM_CHARS_MIN..=ROOM_CHARS_MAX).contains(&room.len()) && room.chars().all(is_name_char) {
         Some(RoomKind::Public)
     } else {
         None
@@ -56,14 +56,14 @@ pub fn dm_room(a: &str, b: &str) -> Option<String> {
 }
 
 pub fn is_valid_cid(cid: &str) -> bool {
-    (CID_MIN_BYTES..=CID_MAX_BYTES).contains(&cid.len())
+    (CID_BYTES_MIN..=CID_BYTES_MAX).contains(&cid.len())
 }
 
 /// `too_large` over the limit, `invalid` when empty.
 pub fn check_body(body: &str, max_body_bytes: usize) -> Result<(), ErrorCode> {
     if body.len() > max_body_bytes {
         Err(ErrorCode::TooLarge)
-    } else if body.len() < BODY_MIN_BYTES {
+    } else if body.len() < BODY_BYTES_MIN {
         Err(ErrorCode::Invalid)
     } else {
         Ok(())

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
-use viche_engine::auth::{now_ms, Jwt};
-use viche_engine::outbox::OutItem;
+use viche_engine::clock::now_ms;
+use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
 use viche_engine::store::{Appended, NewMessage, Store, StoreResult, UserRecord};
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let unlimited = Rate { per_second: 1e9, burst: u32::MAX };
     let config = EngineConfig { send_rate: unlimited, join_rate: unlimited, ..EngineConfig::default() };
-    let engine = Engine::start(config, store.clone(), Jwt::new(b"writer-bench-secret-0123", 3600)).await?;
+    let engine = Engine::start(config, store.clone(), b"writer-bench-secret-0123").await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let pad = "x".repeat(args.body_bytes);
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
 /// Waits until the ack of `req` is in the session's outbox (messages and
 /// other frames are dropped: this bench measures the writer).
 async fn wait_for_ack(session: &viche_engine::Session, req: u64) {
-    let outbox = &session.peer().outbox;
+    let outbox = &session.session_handle().outbox;
     loop {
         let mut items = Vec::new();
         assert!(outbox.drain(&mut items).is_none(), "the bench session was closed");

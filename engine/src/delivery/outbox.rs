@@ -2,7 +2,7 @@
 //!
 //! Rooms and the writer push pre-encoded frames here directly (no actor
 //! message per recipient); the connection's write loop drains everything
-//! queued at once. The bound (frames and bytes) is PROTOCOL.md's
+//! queued at once. The bound (frames and bytes) is the contract's
 //! slow-consumer limit: a push past it marks the session for close 4008
 //! and drops what is queued, so a slow reader costs bounded memory.
 
@@ -12,7 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use viche_protocol::close_code;
+use viche_protocol::Close;
+
+use crate::metrics::SLOW_CONSUMER_CLOSES;
 
 /// One item for the write loop.
 #[derive(Debug)]
@@ -27,13 +29,12 @@ pub enum OutItem {
     Pong(Bytes),
 }
 
-/// Why the write loop must close the connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub code: u16,
-    pub reason: &'static str,
-    /// Write what is queued before closing (shutdown) or drop it (slow consumer).
-    pub drain_first: bool,
+/// A close the write loop must carry out, and whether what is queued is
+/// written first (shutdown) or dropped (slow consumer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingClose {
+    close: Close,
+    drain_first: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,24 +51,24 @@ struct Inner {
     /// Frames counted against the bound (replay markers are not).
     frames: usize,
     bytes: usize,
-    close: Option<CloseRequest>,
+    close: Option<PendingClose>,
 }
 
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
-    max_frames: u32,
-    max_bytes: u32,
+    frames_max: u32,
+    bytes_max: u32,
 }
 
 impl Outbox {
-    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
-        assert!(max_frames > 0 && max_bytes > 0, "an outbox bound of zero would close every session");
+    pub fn new(frames_max: usize, bytes_max: usize) -> Self {
+        assert!(frames_max > 0 && bytes_max > 0, "an outbox bound of zero would close every session");
         Self {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
-            max_frames: max_frames.min(u32::MAX as usize) as u32,
-            max_bytes: max_bytes.min(u32::MAX as usize) as u32,
+            frames_max: frames_max.min(u32::MAX as usize) as u32,
+            bytes_max: bytes_max.min(u32::MAX as usize) as u32,
         }
     }
 
@@ -77,17 +78,13 @@ impl Outbox {
         if inner.close.is_some() {
             return Err(PushError::Closed);
         }
-        if inner.frames >= self.max_frames as usize || inner.bytes + frame.len() > self.max_bytes as usize {
+        if inner.frames >= self.frames_max as usize || inner.bytes + frame.len() > self.bytes_max as usize {
             inner.queue = VecDeque::new();
             inner.frames = 0;
             inner.bytes = 0;
-            inner.close = Some(CloseRequest {
-                code: close_code::SLOW_CONSUMER,
-                reason: "slow consumer: outbound queue full",
-                drain_first: false,
-            });
+            inner.close = Some(PendingClose { close: Close::SLOW_CONSUMER, drain_first: false });
             drop(inner);
-            metrics::counter!("viche_slow_consumer_closes_total").increment(1);
+            SLOW_CONSUMER_CLOSES.counter().increment(1);
             self.notify.notify_one();
             return Err(PushError::SlowConsumer);
         }
@@ -114,11 +111,12 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Asks the write loop to close. The first request wins.
-    pub fn close(&self, code: u16, reason: &'static str, drain_first: bool) {
+    /// Asks the write loop to close, after writing what is queued when
+    /// `drain_first`. The first request wins.
+    pub fn close(&self, close: Close, drain_first: bool) {
         let mut inner = self.inner.lock();
         if inner.close.is_none() {
-            inner.close = Some(CloseRequest { code, reason, drain_first });
+            inner.close = Some(PendingClose { close, drain_first });
         }
         drop(inner);
         self.notify.notify_one();
@@ -130,10 +128,10 @@ impl Outbox {
 
     /// Moves everything queued into `out` and returns a pending close, if any.
     /// With a close that does not drain first, nothing is moved.
-    pub fn drain(&self, out: &mut Vec<OutItem>) -> Option<CloseRequest> {
+    pub fn drain(&self, out: &mut Vec<OutItem>) -> Option<Close> {
         let mut inner = self.inner.lock();
-        let close = inner.close.clone();
-        if close.as_ref().is_some_and(|c| !c.drain_first) {
+        let close = inner.close;
+        if close.is_some_and(|c| !c.drain_first) {
             inner.queue = VecDeque::new();
         } else {
             out.extend(inner.queue.drain(..));
@@ -144,7 +142,7 @@ impl Outbox {
         }
         inner.frames = 0;
         inner.bytes = 0;
-        close
+        close.map(|c| c.close)
     }
 
     pub fn depth(&self) -> usize {
@@ -170,7 +168,7 @@ mod tests {
         assert_eq!(o.push(Bytes::from_static(b"d")), Err(PushError::Closed));
         let mut out = Vec::new();
         let close = o.drain(&mut out).unwrap();
-        assert_eq!(close.code, 4008);
+        assert_eq!(close, Close::SLOW_CONSUMER);
         assert!(out.is_empty(), "a slow consumer's queue is dropped");
     }
 
@@ -199,9 +197,9 @@ mod tests {
     fn shutdown_close_drains_first() {
         let o = Outbox::new(10, 100);
         o.push(Bytes::from_static(b"a")).unwrap();
-        o.close(1001, "shutdown", true);
+        o.close(Close::SHUTDOWN, true);
         let mut out = Vec::new();
-        assert_eq!(o.drain(&mut out).unwrap().code, 1001);
+        assert_eq!(o.drain(&mut out).unwrap(), Close::SHUTDOWN);
         assert_eq!(out.len(), 1);
     }
 }

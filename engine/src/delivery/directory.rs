@@ -10,17 +10,18 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::peer::{Peer, SessionId};
+use super::session_handle::{SessionHandle, SessionId};
+use crate::metrics::SESSIONS;
 
 #[derive(Default)]
 pub struct Directory {
-    users: RwLock<HashMap<Arc<str>, Vec<Arc<Peer>>>>,
+    users: RwLock<HashMap<Arc<str>, Vec<Arc<SessionHandle>>>>,
 }
 
 impl Directory {
-    pub fn register(&self, peer: Arc<Peer>) {
+    pub fn register(&self, peer: Arc<SessionHandle>) {
         self.users.write().entry(peer.user.clone()).or_default().push(peer);
-        metrics::gauge!("viche_sessions").increment(1.0);
+        SESSIONS.gauge().increment(1.0);
     }
 
     pub fn unregister(&self, user: &str, id: SessionId) {
@@ -29,7 +30,7 @@ impl Directory {
             let before = peers.len();
             peers.retain(|p| p.id != id);
             if peers.len() < before {
-                metrics::gauge!("viche_sessions").decrement(1.0);
+                SESSIONS.gauge().decrement(1.0);
             }
             if peers.is_empty() {
                 users.remove(user);
@@ -38,14 +39,14 @@ impl Directory {
     }
 
     /// Every live session of `user`, appended to `out`.
-    pub fn sessions_of(&self, user: &str, out: &mut Vec<Arc<Peer>>) {
+    pub fn sessions_of(&self, user: &str, out: &mut Vec<Arc<SessionHandle>>) {
         if let Some(peers) = self.users.read().get(user) {
             out.extend(peers.iter().cloned());
         }
     }
 
     /// Every live session of every user (for shutdown).
-    pub fn all(&self) -> Vec<Arc<Peer>> {
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
         self.users.read().values().flatten().cloned().collect()
     }
 

@@ -1,7 +1,8 @@
-//! Keyed token buckets for the HTTP API: failed logins per username and
-//! per client address, registrations per client address (PROTOCOL.md §7).
+//! Keyed token buckets for accounts: failed logins per username and per
+//! client address, registrations per client address (docs/protocol.md,
+//! "Limits").
 //!
-//! Bounded: at most `max_keys` keys are tracked. When the table is full,
+//! Bounded: at most `keys_max` keys are tracked. When the table is full,
 //! keys whose buckets have refilled are forgotten; if none has, a new key
 //! is refused (429) until some have — under a flood of distinct keys the
 //! server sheds instead of growing.
@@ -14,14 +15,14 @@ use viche_protocol::limits::Rate;
 
 pub struct KeyedLimiter {
     rate: Rate,
-    max_keys: usize,
+    keys_max: usize,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
 impl KeyedLimiter {
-    pub fn new(rate: Rate, max_keys: usize) -> Self {
-        assert!(rate.per_second > 0.0 && rate.burst > 0 && max_keys > 0);
-        Self { rate, max_keys, buckets: Mutex::new(HashMap::new()) }
+    pub fn new(rate: Rate, keys_max: usize) -> Self {
+        assert!(rate.per_second > 0.0 && rate.burst > 0 && keys_max > 0);
+        Self { rate, keys_max, buckets: Mutex::new(HashMap::new()) }
     }
 
     fn tokens_now(&self, tokens: f64, updated: Instant, now: Instant) -> f64 {
@@ -33,7 +34,7 @@ impl KeyedLimiter {
         let now = Instant::now();
         let buckets = self.buckets.lock();
         let Some(&(tokens, updated)) = buckets.get(key) else {
-            return (buckets.len() >= self.max_keys).then_some(1);
+            return (buckets.len() >= self.keys_max).then_some(1);
         };
         let tokens = self.tokens_now(tokens, updated, now);
         (tokens < 1.0).then(|| ((1.0 - tokens) / self.rate.per_second).ceil().max(1.0) as u64)
@@ -44,10 +45,10 @@ impl KeyedLimiter {
     pub fn take(&self, key: &str) -> Result<(), u64> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        if !buckets.contains_key(key) && buckets.len() >= self.max_keys {
+        if !buckets.contains_key(key) && buckets.len() >= self.keys_max {
             let burst = self.rate.burst as f64;
             buckets.retain(|_, (tokens, updated)| self.tokens_now(*tokens, *updated, now) < burst);
-            if buckets.len() >= self.max_keys {
+            if buckets.len() >= self.keys_max {
                 return Err(1);
             }
         }

@@ -1,6 +1,7 @@
-//! RoomSupervisor: spawns a room's actor on first use, restarts one that
+//! `RoomSupervisor`: spawns a room's actor on first use, restarts one that
 //! crashed (its handle, and so its members, survive), and stops rooms that
-//! are empty and idle.
+//! are empty and idle. [`Rooms`] is how the rest of the engine asks it for
+//! a room.
 //!
 //! ractor's default `handle_supervisor_evt` stops the supervisor when any
 //! child exits; this one overrides it, so one room's crash touches no other.
@@ -12,11 +13,46 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use viche_protocol::ErrorCode;
 
-use crate::directory::Directory;
-use crate::room::{RoomActor, RoomArgs, RoomHandle, RoomKindOwned, RoomMsg};
+use super::actor::{RoomActor, RoomArgs, RoomMsg};
+use super::handle::RoomHandle;
+use super::RoomKindOwned;
+use crate::delivery::Directory;
+use crate::metrics::{ROOMS_ACTIVE, ROOM_RESTARTS};
+use crate::refusal::Refusal;
 use crate::store::Store;
 
-pub enum SupervisorMsg {
+/// How long a session waits for the supervisor to hand it a room.
+const ROOM_LOOKUP_TIMEOUT_MS: u64 = 10_000;
+
+/// The engine's way to the room supervisor.
+#[derive(Clone)]
+pub(crate) struct Rooms {
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Rooms {
+    pub(crate) async fn start(args: SupervisorArgs) -> anyhow::Result<Self> {
+        let (supervisor, _) =
+            Actor::spawn(None, RoomSupervisor, args).await.map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
+        Ok(Self { supervisor })
+    }
+
+    /// The live handle of a room (spawned on first use).
+    pub(crate) async fn get(&self, name: &str) -> Result<Arc<RoomHandle>, Refusal> {
+        let result = ractor::call_t!(self.supervisor, SupervisorMsg::GetOrSpawn, ROOM_LOOKUP_TIMEOUT_MS, name.into());
+        match result {
+            Ok(Ok(handle)) => Ok(handle),
+            Ok(Err(ErrorCode::NotFound)) => Err(Refusal::new(ErrorCode::NotFound, "no such user")),
+            Ok(Err(code)) => Err(Refusal::new(code, "room unavailable")),
+            Err(e) => {
+                tracing::error!(error = %e, room = name, "room supervisor did not answer");
+                Err(Refusal::new(ErrorCode::Overloaded, "room unavailable; retry"))
+            }
+        }
+    }
+}
+
+pub(crate) enum SupervisorMsg {
     /// The live handle of a room, spawning its actor if needed.
     /// `not_found` for a DM room of a user that does not exist.
     GetOrSpawn(Arc<str>, RpcReplyPort<Result<Arc<RoomHandle>, ErrorCode>>),
@@ -24,16 +60,16 @@ pub enum SupervisorMsg {
     Sweep,
 }
 
-pub struct RoomSupervisor;
+pub(crate) struct RoomSupervisor;
 
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
     pub room_idle_ms: u64,
     pub rooms_max: usize,
 }
 
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     args: SupervisorArgs,
     rooms: HashMap<Arc<str>, Arc<RoomHandle>>,
     by_actor: HashMap<ActorId, Arc<str>>,
@@ -106,12 +142,11 @@ impl Actor for RoomSupervisor {
             SupervisorMsg::Sweep => {
                 let idle_after = Duration::from_millis(state.args.room_idle_ms);
                 state.rooms.retain(|_, handle| {
-                    let mut shared = handle.shared.lock();
-                    let idle = shared.members.is_empty()
-                        && shared.in_flight == 0
-                        && shared.last_activity.elapsed() >= idle_after;
+                    let mut state = handle.state.lock();
+                    let idle =
+                        state.members.is_empty() && state.in_flight == 0 && state.last_activity.elapsed() >= idle_after;
                     if idle {
-                        shared.closed = true;
+                        state.closed = true;
                         if let Some(actor) = handle.actor.lock().as_ref() {
                             let _ = actor.send_message(RoomMsg::Stop);
                         }
@@ -133,14 +168,14 @@ impl Actor for RoomSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some(name) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
                 let Some(handle) = state.rooms.get(&name).cloned() else { return Ok(()) };
-                metrics::counter!("viche_room_restarts_total").increment(1);
-                metrics::gauge!("viche_rooms_active").decrement(1.0);
+                ROOM_RESTARTS.counter().increment(1);
+                ROOMS_ACTIVE.gauge().decrement(1.0);
                 tracing::error!(room = %name, error = %err, "room actor crashed; restarting");
                 *handle.actor.lock() = None;
                 if state.spawn_room(&myself, handle.clone()).await.is_err() {
                     // Cannot restart (the store is down): close the handle so
                     // that sessions fetch a fresh room on their next request.
-                    handle.shared.lock().closed = true;
+                    handle.state.lock().closed = true;
                     state.rooms.remove(&name);
                 }
             }

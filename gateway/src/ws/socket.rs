@@ -3,11 +3,11 @@
 //!
 //! Why not `tokio::io::split` or `into_split`: the read half must outlive
 //! the fastwebsockets reader built on it. fastwebsockets gives every reader
-//! an 8 KiB buffer; an idle session should hold none, so ws.rs drops the
+//! an 8 KiB buffer; an idle session should hold none, so `read.rs` drops the
 //! reader whenever its buffer is empty and builds a fresh one when the
 //! socket is readable again. That needs a read half that can be handed to
 //! a new reader any number of times: a clone of this one. The reader also
-//! counts the bytes it delivers, which is how ws.rs knows the buffer is
+//! counts the bytes it delivers, which is how `read.rs` knows the buffer is
 //! empty.
 
 use std::io;

@@ -1,0 +1,9 @@
+//! Wall-clock time in the unit the protocol uses: milliseconds since the
+//! Unix epoch (`ts`, `exp`, `expires_at`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,16 @@
+//! Delivery: how frames reach a session.
+//!
+//! Rooms and the writer never talk to a connection. They push encoded
+//! frames into a session's bounded [`Outbox`] through its
+//! [`SessionHandle`]; the connection's write loop drains it. The
+//! [`Directory`] finds every live session of a user (for DMs).
+
+mod directory;
+mod encoded;
+mod outbox;
+mod session_handle;
+
+pub use directory::Directory;
+pub use encoded::EncodedFrame;
+pub use outbox::{OutItem, Outbox, PushError};
+pub use session_handle::{SessionHandle, SessionId};

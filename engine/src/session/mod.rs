@@ -1,0 +1,275 @@
+//! A session: one authenticated connection's state, and the handling of
+//! every frame it sends after `welcome`.
+//!
+//! The session is owned by its connection's task (the gateway's WebSocket
+//! loop) and touched by nothing else: replies and deliveries reach the
+//! client only through its [`SessionHandle`]'s outbox. It is a plain
+//! struct, not a ractor actor, because idle per-session memory is a design
+//! target (≤ 8 KiB) and a ractor actor alone costs about that; a panic
+//! while handling a frame still ends only this connection, and `Drop`
+//! leaves its rooms and the directory whatever happened.
+
+mod rate;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use viche_protocol::limits::{Rate, RATE_LIMITED_CLOSE_COUNT, RATE_LIMITED_WINDOW_MS};
+use viche_protocol::validate;
+use viche_protocol::{ClientFrame, Close, ErrorCode, ServerFrame};
+
+use rate::ms_since;
+pub use rate::TokenBucket;
+
+use crate::delivery::SessionHandle;
+use crate::history;
+use crate::metrics::RATE_LIMITED;
+use crate::refusal::Refusal;
+use crate::room::{check_access, RoomHandle};
+use crate::services::Services;
+use crate::store::NewMessage;
+use crate::writer::WriteRequest;
+
+/// What the connection should do after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close(Close),
+}
+
+pub struct Session {
+    services: Arc<Services>,
+    handle: Arc<SessionHandle>,
+    token_exp_ms: u64,
+    joined: HashMap<Arc<str>, Arc<RoomHandle>>,
+    /// The last DM room used, so a conversation does not ask the
+    /// supervisor for its room on every message.
+    last_dm: Option<Arc<RoomHandle>>,
+    started: Instant,
+    send_bucket: TokenBucket,
+    typing_bucket: TokenBucket,
+    join_bucket: TokenBucket,
+    /// When each recent `rate_limited` answer was given (ms since `started`);
+    /// never more than RATE_LIMITED_CLOSE_COUNT + 1 entries.
+    rate_limited_at_ms: VecDeque<u32>,
+}
+
+type Reply = Result<(), Refusal>;
+
+fn refuse(code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
+    Err(Refusal::new(code, message))
+}
+
+impl Session {
+    pub(crate) fn new(services: Arc<Services>, handle: Arc<SessionHandle>, token_exp_ms: u64) -> Self {
+        let config = &services.config;
+        Self {
+            send_bucket: TokenBucket::full(config.send_rate),
+            typing_bucket: TokenBucket::full(config.typing_rate),
+            join_bucket: TokenBucket::full(config.join_rate),
+            services,
+            handle,
+            token_exp_ms,
+            joined: HashMap::new(),
+            last_dm: None,
+            started: Instant::now(),
+            rate_limited_at_ms: VecDeque::new(),
+        }
+    }
+
+    /// Where this session's frames go (its outbox), as rooms see it.
+    pub fn session_handle(&self) -> &Arc<SessionHandle> {
+        &self.handle
+    }
+
+    /// When the current token expires, in ms since the epoch.
+    pub fn token_exp_ms(&self) -> u64 {
+        self.token_exp_ms
+    }
+
+    pub async fn handle(&mut self, frame: ClientFrame) -> Flow {
+        let req = frame.req();
+        crate::metrics::hot().frame_in(&frame);
+        let result = match frame {
+            ClientFrame::Hello { .. } => refuse(ErrorCode::Invalid, "already authenticated"),
+            ClientFrame::Auth { req, token } => self.auth(req, &token),
+            ClientFrame::Join { req, room, since } => self.join(req, room, since).await,
+            ClientFrame::Leave { req, room } => self.leave(req, &room),
+            ClientFrame::Send { req, room, body, cid } => self.send(req, &room, body, cid),
+            ClientFrame::Dm { req, to, body, cid } => self.dm(req, &to, body, cid).await,
+            ClientFrame::Typing { room } => self.typing(&room),
+            ClientFrame::History { req, room, before, limit } => self.history(req, &room, before, limit).await,
+            ClientFrame::Ping { req } => self.reply(&ServerFrame::Pong { req }),
+        };
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(refusal) => self.fail(req, refusal),
+        }
+    }
+
+    /// Answers a request with an `error` frame; counts `rate_limited` toward
+    /// the 4029 close.
+    pub fn fail(&mut self, req: Option<u64>, refusal: Refusal) -> Flow {
+        let code = refusal.code;
+        let _ = self.handle.send(&ServerFrame::Error { req, code, message: refusal.message.into_owned() });
+        if code != ErrorCode::RateLimited {
+            return Flow::Continue;
+        }
+        let now_ms = ms_since(self.started);
+        while self.rate_limited_at_ms.front().is_some_and(|&t| now_ms.saturating_sub(t) as u64 > RATE_LIMITED_WINDOW_MS)
+        {
+            self.rate_limited_at_ms.pop_front();
+        }
+        self.rate_limited_at_ms.push_back(now_ms);
+        if self.rate_limited_at_ms.len() > RATE_LIMITED_CLOSE_COUNT as usize {
+            return Flow::Close(Close::RATE_LIMITED);
+        }
+        Flow::Continue
+    }
+
+    fn reply(&self, frame: &ServerFrame) -> Reply {
+        let _ = self.handle.send(frame);
+        Ok(())
+    }
+
+    fn take(bucket: &mut TokenBucket, rate: Rate, started: Instant, what: &'static str) -> Reply {
+        if bucket.try_take(rate, ms_since(started)) {
+            Ok(())
+        } else {
+            RATE_LIMITED.counter_with(what).increment(1);
+            refuse(ErrorCode::RateLimited, format!("too many {what} requests; slow down"))
+        }
+    }
+
+    fn auth(&mut self, req: u64, token: &str) -> Reply {
+        let verified = self.services.accounts.authenticate(token)?;
+        if *verified.user != *self.handle.user {
+            return refuse(ErrorCode::Forbidden, "token is for another user");
+        }
+        self.token_exp_ms = verified.exp_ms;
+        self.reply(&ServerFrame::ok(req))
+    }
+
+    async fn join(&mut self, req: u64, room: String, since: Option<u64>) -> Reply {
+        let config = &self.services.config;
+        Self::take(&mut self.join_bucket, config.join_rate, self.started, "join")?;
+        check_access(&self.handle.user, &room)?;
+        if let Some(handle) = self.joined.get(room.as_str()) {
+            if handle.join(self.handle.clone(), req, since).is_ok() {
+                return Ok(());
+            }
+        } else if self.joined.len() >= config.session_rooms_max {
+            return refuse(
+                ErrorCode::Invalid,
+                format!("a session may join at most {} rooms", config.session_rooms_max),
+            );
+        }
+        // A handle can close between the supervisor's answer and our join
+        // (the room went idle); then a second fetch gets a fresh room.
+        for _ in 0..2 {
+            let handle = self.services.rooms.get(&room).await?;
+            if handle.join(self.handle.clone(), req, since).is_ok() {
+                self.joined.insert(handle.name.clone(), handle);
+                return Ok(());
+            }
+        }
+        refuse(ErrorCode::Overloaded, "room is restarting; retry")
+    }
+
+    fn leave(&mut self, req: u64, room: &str) -> Reply {
+        Self::take(&mut self.join_bucket, self.services.config.join_rate, self.started, "join")?;
+        check_access(&self.handle.user, room)?;
+        match self.joined.remove(room) {
+            Some(handle) => {
+                handle.leave(self.handle.id, Some((self.handle.clone(), req)));
+                Ok(())
+            }
+            None => refuse(ErrorCode::NotJoined, format!("not joined to {room:?}")),
+        }
+    }
+
+    fn check_message(&self, body: &str, cid: &str) -> Reply {
+        let body_bytes_max = self.services.config.body_bytes_max;
+        if let Err(code) = validate::check_body(body, body_bytes_max) {
+            return refuse(code, format!("body must be 1 to {body_bytes_max} bytes"));
+        }
+        if !validate::is_valid_cid(cid) {
+            return refuse(ErrorCode::Invalid, "cid must be 1 to 64 bytes");
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, req: u64, room: &str, body: String, cid: String) -> Reply {
+        let received_at = Instant::now();
+        Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
+        self.check_message(&body, &cid)?;
+        check_access(&self.handle.user, room)?;
+        let Some(handle) = self.joined.get(room).cloned() else {
+            return refuse(ErrorCode::NotJoined, format!("join {room:?} before sending to it"));
+        };
+        self.submit(handle, body, cid, req, received_at)
+    }
+
+    async fn dm(&mut self, req: u64, to: &str, body: String, cid: String) -> Reply {
+        let received_at = Instant::now();
+        Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
+        self.check_message(&body, &cid)?;
+        if !validate::is_valid_username(to) {
+            return refuse(ErrorCode::Invalid, "`to` is not a valid username");
+        }
+        let Some(room) = validate::dm_room(&self.handle.user, to) else {
+            return refuse(ErrorCode::Invalid, "cannot send a DM to yourself");
+        };
+        let handle = match &self.last_dm {
+            Some(h) if *h.name == *room && !h.is_closed() => h.clone(),
+            _ => {
+                let h = self.services.rooms.get(&room).await?;
+                self.last_dm = Some(h.clone());
+                h
+            }
+        };
+        self.submit(handle, body, cid, req, received_at)
+    }
+
+    fn submit(&self, room: Arc<RoomHandle>, body: String, cid: String, req: u64, received_at: Instant) -> Reply {
+        let Ok(in_flight) = room.begin() else {
+            return refuse(ErrorCode::Overloaded, "room is restarting; retry");
+        };
+        let request = WriteRequest {
+            message: NewMessage { room: room.name.clone(), from: self.handle.user.clone(), cid, body, ts_ms: 0 },
+            in_flight,
+            ack_to: self.handle.clone(),
+            req,
+            received_at,
+        };
+        // A refused request is dropped here, and its InFlight guard with it.
+        self.services.writer.submit(request).or_else(|code| refuse(code, "the server is saturated; retry later"))
+    }
+
+    fn typing(&mut self, room: &str) -> Reply {
+        Self::take(&mut self.typing_bucket, self.services.config.typing_rate, self.started, "typing")?;
+        check_access(&self.handle.user, room)?;
+        match self.joined.get(room) {
+            Some(handle) => {
+                handle.typing(self.handle.clone());
+                Ok(())
+            }
+            None => refuse(ErrorCode::NotJoined, format!("not joined to {room:?}")),
+        }
+    }
+
+    async fn history(&mut self, req: u64, room: &str, before: Option<u64>, limit: Option<u64>) -> Reply {
+        let page = history::page(self.services.store.as_ref(), &self.handle.user, room, before, limit).await?;
+        self.reply(&ServerFrame::History { req, room: room.to_string(), messages: page.messages, more: page.more })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for room in self.joined.values() {
+            room.leave(self.handle.id, None);
+        }
+        self.services.directory.unregister(&self.handle.user, self.handle.id);
+    }
+}

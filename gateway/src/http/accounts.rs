@@ -1,0 +1,41 @@
+//! `POST /api/register` and `POST /api/login`: the body is read here, the
+//! rules are the engine's.
+
+use std::net::SocketAddr;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use viche_engine::{Credentials, Engine, IssuedToken};
+
+use super::reply::{self, Body};
+
+fn token(status: StatusCode, issued: IssuedToken) -> Response<Body> {
+    reply::json(status, json!({ "user": issued.user, "token": issued.token, "expires_at": issued.expires_at_ms }))
+}
+
+pub async fn register(engine: &Engine, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    // Charged before the body is read: a flood of bad bodies is limited too.
+    if let Err(refusal) = engine.admit_registration(addr.ip()) {
+        return reply::refusal(refusal);
+    }
+    let result = match reply::read_json::<Credentials>(req).await {
+        Ok(creds) => engine.register(creds).await,
+        Err(refusal) => Err(refusal),
+    };
+    match result {
+        Ok(issued) => token(StatusCode::CREATED, issued),
+        Err(refusal) => reply::refusal(refusal),
+    }
+}
+
+pub async fn login(engine: &Engine, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let result = match reply::read_json::<Credentials>(req).await {
+        Ok(creds) => engine.login(addr.ip(), creds).await,
+        Err(refusal) => Err(refusal),
+    };
+    match result {
+        Ok(issued) => token(StatusCode::OK, issued),
+        Err(refusal) => reply::refusal(refusal),
+    }
+}

@@ -1,0 +1,38 @@
+//! `GET /healthz` (the process serves), `GET /readyz` (the store answers
+//! and the writer's last commit succeeded) and `GET /metrics`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use viche_protocol::ErrorCode;
+
+use super::reply::{self, Body};
+use super::App;
+
+pub fn healthz() -> Response<Body> {
+    reply::json(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+pub async fn readyz(app: &App) -> Response<Body> {
+    let store = app.engine.probe_store().await;
+    crate::exporter::record_store_probe(&app.engine, store.is_ok());
+    let unavailable = |message: &str| reply::error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, message);
+    match store {
+        Ok(()) if app.engine.writer_healthy() => reply::json(StatusCode::OK, json!({ "status": "ready" })),
+        Ok(()) => unavailable("the writer's last commit failed"),
+        Err(e) => unavailable(&format!("store not ready: {e}")),
+    }
+}
+
+pub fn metrics(app: &App) -> Response<Body> {
+    match &app.exporter {
+        Some(exporter) => {
+            let mut r = Response::new(Full::new(Bytes::from(exporter.render())));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        None => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "metrics are disabled (--no-metrics)"),
+    }
+}

@@ -1,0 +1,185 @@
+//! The HTTP side of the server: one route table (`Route::of`) that names
+//! every route once, for dispatch and for the metrics label alike.
+//!
+//! - `accounts.rs`: `POST /api/register`, `POST /api/login`
+//! - `history.rs`: `GET /api/rooms/{room}/messages`
+//! - `health.rs`: `/healthz`, `/readyz`, `/metrics`
+//! - `upgrade.rs`: `GET /ws`
+//! - `reply.rs`: JSON answers, and refusals as HTTP statuses
+//! - static files: `crate::web`
+//!
+//! Every error body is `{"error": CODE, "message": TEXT}`; a body that is
+//! not the expected JSON is a 400 `invalid`.
+
+mod accounts;
+mod health;
+mod history;
+mod reply;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_util::task::TaskTracker;
+use viche_engine::metrics::{HTTP_REQUESTS, HTTP_REQUEST_DURATION};
+use viche_engine::Engine;
+use viche_protocol::ErrorCode;
+
+pub use reply::Body;
+
+use crate::exporter::Exporter;
+
+pub struct App {
+    pub engine: Arc<Engine>,
+    /// None with `--no-metrics`.
+    pub exporter: Option<Exporter>,
+    pub web_dir: Option<PathBuf>,
+    /// Every WebSocket connection's task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    pub open_connections: AtomicUsize,
+    pub connections_max: usize,
+}
+
+impl App {
+    pub fn new(
+        engine: Arc<Engine>,
+        exporter: Option<Exporter>,
+        web_dir: Option<PathBuf>,
+        connections_max: usize,
+    ) -> Self {
+        Self {
+            engine,
+            exporter,
+            web_dir,
+            sessions: TaskTracker::new(),
+            open_connections: AtomicUsize::new(0),
+            connections_max,
+        }
+    }
+}
+
+/// Every route the server answers. Its label is the `route` of the HTTP
+/// metrics (`viche_engine::metrics::HTTP_ROUTES`, checked by a test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Register,
+    Login,
+    History,
+    Healthz,
+    Readyz,
+    Metrics,
+    Ws,
+    /// Any other `/api/…` request: 404.
+    ApiOther,
+    /// Everything else: the web client's files (GET and HEAD; else 405).
+    Static,
+}
+
+impl Route {
+    #[cfg(test)]
+    const ALL: [Route; 9] = [
+        Route::Register,
+        Route::Login,
+        Route::History,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::Ws,
+        Route::ApiOther,
+        Route::Static,
+    ];
+
+    /// The route table.
+    fn of(method: &Method, path: &str) -> Route {
+        match (method, path) {
+            (&Method::POST, "/api/register") => Route::Register,
+            (&Method::POST, "/api/login") => Route::Login,
+            (&Method::GET, p) if history::room_segment(p).is_some() => Route::History,
+            (&Method::GET, "/healthz") => Route::Healthz,
+            (&Method::GET, "/readyz") => Route::Readyz,
+            (&Method::GET, "/metrics") => Route::Metrics,
+            (&Method::GET, "/ws") => Route::Ws,
+            (_, p) if p.starts_with("/api/") => Route::ApiOther,
+            _ => Route::Static,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Register => "register",
+            Route::Login => "login",
+            Route::History => "history",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Ws => "ws",
+            Route::ApiOther => "api_other",
+            Route::Static => "static",
+        }
+    }
+}
+
+pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let route = Route::of(req.method(), req.uri().path());
+    let response = match route {
+        Route::Register => accounts::register(&app.engine, addr, req).await,
+        Route::Login => accounts::login(&app.engine, addr, req).await,
+        Route::History => history::history(&app.engine, &req).await,
+        Route::Healthz => health::healthz(),
+        Route::Readyz => health::readyz(&app).await,
+        Route::Metrics => health::metrics(&app),
+        Route::Ws => upgrade::upgrade(&app, req),
+        Route::ApiOther => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
+        Route::Static => static_file(&app, &req).await,
+    };
+    let status = response.status().as_u16().to_string();
+    HTTP_REQUESTS.counter_with2(route.label(), status).increment(1);
+    HTTP_REQUEST_DURATION.histogram_with(route.label()).record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+async fn static_file(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return reply::error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Invalid, "method not allowed");
+    }
+    match crate::web::lookup(app.web_dir.as_deref(), req.uri().path()).await {
+        Some((mime, body)) => {
+            let mut r = Response::new(Full::new(body));
+            let content_type =
+                HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            r.headers_mut().insert(CONTENT_TYPE, content_type);
+            r
+        }
+        None => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such file"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_the_metrics_table() {
+        let labels: Vec<&str> = Route::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, viche_engine::metrics::HTTP_ROUTES.to_vec());
+    }
+
+    #[test]
+    fn the_table_routes_by_method_and_path() {
+        assert_eq!(Route::of(&Method::POST, "/api/login"), Route::Login);
+        assert_eq!(Route::of(&Method::GET, "/api/login"), Route::ApiOther);
+        assert_eq!(Route::of(&Method::GET, "/api/rooms/lobby/messages"), Route::History);
+        assert_eq!(Route::of(&Method::GET, "/api/rooms/a/b/messages"), Route::ApiOther);
+        assert_eq!(Route::of(&Method::POST, "/healthz"), Route::Static);
+        assert_eq!(Route::of(&Method::GET, "/assets/app.js"), Route::Static);
+    }
+}

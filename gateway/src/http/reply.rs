@@ -1,0 +1,61 @@
+//! Building HTTP answers: JSON bodies, and every refusal as the status its
+//! error code maps to with `{"error": CODE, "message": TEXT}`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use viche_engine::Refusal;
+use viche_protocol::ErrorCode;
+
+pub type Body = Full<Bytes>;
+
+/// Largest JSON body the API reads (credentials are at most ~1.1 KiB).
+const JSON_BODY_BYTES_MAX: usize = 16 * 1024;
+
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The HTTP status of a refusal.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadFrame | ErrorCode::Invalid | ErrorCode::TooLarge | ErrorCode::NotJoined => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+    json(status, json!({ "error": code.as_str(), "message": message }))
+}
+
+pub fn refusal(refusal: Refusal) -> Response<Body> {
+    let mut response = error(status_of(refusal.code), refusal.code, &refusal.message);
+    if let Some(retry_after_s) = refusal.retry_after_s {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+    }
+    response
+}
+
+/// The body as JSON of type `T`; a 400 `invalid` answer otherwise.
+pub async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Refusal> {
+    let bytes = match Limited::new(req.into_body(), JSON_BODY_BYTES_MAX).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(Refusal::new(ErrorCode::Invalid, "body unreadable or larger than 16 KiB")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Refusal::new(ErrorCode::Invalid, format!("invalid JSON body: {e}")))
+}

@@ -52,7 +52,7 @@ pub enum ClientError {
     UnexpectedReply(Box<ServerFrame>),
 
     /// The server sent a frame in an encoding other than the one of the
-    /// session's `hello` (PROTOCOL.md §2).
+    /// session's `hello` (docs/protocol.md, "WebSocket transport").
     #[error("server frame arrived as {got:?}, the session's hello was {expected:?}")]
     WrongEncoding { expected: Encoding, got: Encoding },
 

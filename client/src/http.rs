@@ -1,4 +1,4 @@
-//! The HTTP API (PROTOCOL.md §1).
+//! The HTTP API (docs/protocol.md, "HTTP API").
 //!
 //! [`HttpClient`] keeps one connection pool for a base URL such as
 //! `http://127.0.0.1:8080`; the free functions [`register`], [`login`] and

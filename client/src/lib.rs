@@ -4,6 +4,7 @@
 //!
 //! - [`http`]: the HTTP API (`register`, `login`, the history endpoint), plus
 //!   raw requests for tests that send malformed input.
+//! - [`token`]: minting a token with the server's secret (load, tests).
 //! - [`ws`]: a WebSocket [`Connection`] speaking MessagePack or JSON frames,
 //!   with request helpers (`join`, `send`, `history`, …) that allocate `ref`s
 //!   and wait for the matching reply while buffering, in order, every other
@@ -31,6 +32,7 @@
 
 pub mod error;
 pub mod http;
+pub mod token;
 pub mod ws;
 
 pub use error::{ApiError, ClientError, CloseInfo};

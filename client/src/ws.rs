@@ -1,4 +1,5 @@
-//! The WebSocket side of the protocol (PROTOCOL.md §2–§4).
+//! The WebSocket side of the protocol (docs/protocol.md: transport,
+//! session lifecycle, frames).
 //!
 //! A [`Connection`] is used from one task (`&mut self`). Reading is pull
 //! based: nothing is read from the socket unless a method that waits for a

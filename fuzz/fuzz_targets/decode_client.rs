@@ -1,4 +1,4 @@
-//! Feeds untrusted bytes to every decoder of the protocol (PROTOCOL.md §2):
+//! Feeds untrusted bytes to every decoder of the protocol (docs/protocol.md, "WebSocket transport"):
 //! decode_client and decode_server, each as MessagePack and as JSON. None
 //! may panic, overflow the stack or allocate without bound; whatever does
 //! decode must come back unchanged from an encode → decode round trip.

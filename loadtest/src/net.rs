@@ -3,7 +3,7 @@
 //! the tokens (minted with `--jwt-secret`, or real users through HTTP).
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use viche_client::{ClientError, HttpClient};
@@ -75,23 +75,10 @@ pub fn source_ips(spec: &str, allow_remote: bool) -> anyhow::Result<Vec<IpAddr>>
     Ok(out)
 }
 
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    iat: u64,
-    exp: u64,
-}
-
-/// An HS256 token for `user`, valid for `ttl`, signed with the server's secret.
+/// An HS256 token for `user`, valid for `ttl` (at least a minute), signed
+/// with the server's secret.
 pub fn mint_token(secret: &str, user: &str, ttl: Duration) -> String {
-    let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims { sub: user, iat, exp: iat + ttl.as_secs().max(60) };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing cannot fail")
+    viche_client::token::mint(secret, user, viche_client::token::now_s() + ttl.as_secs().max(60))
 }
 
 /// How sessions get their tokens.

@@ -1,4 +1,5 @@
-//! MessagePack and JSON encodings of frames (PROTOCOL.md §2).
+//! MessagePack and JSON encodings of frames (docs/protocol.md, "WebSocket
+//! transport").
 //!
 //! Decoding takes untrusted bytes from the network: it must never panic,
 //! whatever the input (proptest and a cargo-fuzz target check this).

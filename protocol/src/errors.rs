@@ -1,4 +1,5 @@
-//! Error codes (PROTOCOL.md §5) and close codes (§6).
+//! Error codes and close codes (docs/protocol.md, "Error codes" and
+//! "Close codes").
 //!
 //! Named here once so that no part of the system spells a code by hand.
 

@@ -1,4 +1,4 @@
-//! Every frame of PROTOCOL.md §3 and §4.
+//! Every frame of docs/protocol.md, "Client frames" and "Server frames".
 //!
 //! Frames are internally tagged by `t`; unknown keys are ignored by serde's
 //! default. `ref` is a Rust keyword, so the field is `req` on our side.
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::ErrorCode;
 
-/// Client → server (PROTOCOL.md §3).
+/// Client → server (docs/protocol.md, "Client frames").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum ClientFrame {
@@ -106,7 +106,7 @@ pub struct Msg {
     pub ts: u64,
 }
 
-/// Server → client (PROTOCOL.md §4).
+/// Server → client (docs/protocol.md, "Server frames").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum ServerFrame {

@@ -1,4 +1,5 @@
-//! Default limits of PROTOCOL.md §7 and the fixed bounds of §1–§3.
+//! The default limits of docs/protocol.md, "Limits", and the fixed bounds
+//! of its HTTP API, transport and frames.
 //!
 //! Every limit the server enforces has a name here, with its unit in the
 //! name. The server's configuration may override the "default" ones; the

@@ -1,4 +1,4 @@
-//! Field rules of PROTOCOL.md: usernames, passwords, rooms, cids, bodies.
+//! Field rules of docs/protocol.md: usernames, passwords, rooms, cids, bodies.
 //!
 //! Pure functions, shared by the server (to reject bad input) and the
 //! clients (to build valid DM room ids).

@@ -1,4 +1,4 @@
-//! Property tests of the codec (PROTOCOL.md §2–§4).
+//! Property tests of the codec (docs/protocol.md: transport and frames).
 //!
 //! 1. Every frame, client and server, survives encode → decode in both
 //!    encodings.

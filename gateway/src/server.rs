@@ -16,6 +16,8 @@ use crate::http::{route, App};
 
 /// How long to stop accepting after EMFILE before trying again.
 const EMFILE_BACKOFF_MS: u64 = 100;
+/// A request's headers must arrive within this long.
+const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Shutdown waits at most this long for in-flight writes.
 const SHUTDOWN_WRITES_MAX_MS: u64 = 30_000;
 /// And then at most this long for sessions to take their 1001 close.
@@ -36,7 +38,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl std::fut
                     let service = service_fn(move |req| route(app.clone(), addr, req));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
+                        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     let _ = conn.await;

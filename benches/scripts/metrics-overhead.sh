@@ -1,63 +1,88 @@
 #!/usr/bin/env bash
 # The cost of metrics on the fan-out path (docs/benchmarks.md, "Cost of
-# metrics"): runs the fan-out bench against a release `viche` with metrics
-# and with --no-metrics, alternately, and prints the server's CPU time per
-# delivery for each run (utime + stime from /proc/PID/stat, read when the
-# bench starts sending and when it ends), and the bench's own CPU time (if
-# it is near its wall time, the bench, not the server, is the bottleneck).
+# metrics"): runs `viche-load fanout` against a fresh release `viche` with
+# metrics and with --no-metrics, alternately, and prints for each run the
+# server's CPU time per delivery over the measured window, and the
+# generator's own CPU time (if it is near the window's length, the
+# generator, not the server, is the bottleneck).
 #
-#   cargo build --release -p viche-gateway -p viche-benches
-#   benches/scripts/metrics-overhead.sh [RUNS] [fanout flags...]
+# Server CPU is what viche-load reads from /proc/PID/stat at the start and
+# the end of the window. It is divided here by the deliveries the generator
+# received in the window, not by the server's viche_deliveries_total: with
+# --no-metrics there is no /metrics to read, and both runs of a pair must
+# be divided by the same count.
 #
-# Server pinned to core 0, bench to core 1, as in docs/benchmarks.md.
+#   cargo build --release -p viche-gateway -p viche-load
+#   benches/scripts/metrics-overhead.sh [RUNS] [viche-load fanout flags...]
+#
+# Default flags: 20 rooms × 100 members, 5 senders per room at 2 msg/s
+# (200 sends/s, 20,000 deliveries/s), 100-byte bodies, 30 s after 5 s.
+# Server pinned to core 0, generator to core 1, as in docs/benchmarks.md.
+# Binaries come from $CARGO_TARGET_DIR/release (default: target/release).
+# Needs taskset, curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+bin="${CARGO_TARGET_DIR:-target}/release"
 runs="${1:-3}"
 shift || true
 fanout_args=("$@")
 if [ ${#fanout_args[@]} -eq 0 ]; then
-  fanout_args=(--rooms 20 --members 100 --senders 5 --rate 2 --duration-s 30 --warmup-s 5)
+  fanout_args=(--rooms 20 --members 100 --senders 5 --rate 2 --body-bytes 100 --duration 30 --warmup 5)
 fi
+for b in viche viche-load; do
+  [ -x "$bin/$b" ] || { echo "no $bin/$b: cargo build --release -p viche-gateway -p viche-load" >&2; exit 1; }
+done
 secret=benchsecret-0123456789
 port=18191
-tck=$(getconf CLK_TCK)
 ulimit -n 20000 || true
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 one_run() {
-  local mode=$1 data out pid bench ticks0 ticks1 delivered sends
+  local mode=$1 data pid
   data=$(mktemp -d /tmp/viche-overhead-XXXXXX)
-  out=$(mktemp /tmp/viche-overhead-bench-XXXXXX)
   local extra=()
   if [ "$mode" = off ]; then extra=(--no-metrics); fi
-  RUST_LOG=warn taskset -c 0 target/release/viche --data-dir "$data" --listen "127.0.0.1:$port" \
-    --jwt-secret "$secret" "${extra[@]}" >/dev/null 2>&1 &
+  RUST_LOG=warn taskset -c 0 "$bin/viche" --data-dir "$data/db" --listen "127.0.0.1:$port" \
+    --jwt-secret "$secret" "${extra[@]}" >"$data/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
     sleep 0.1
   done
-  taskset -c 1 /usr/bin/time -f 'bench cpu: %U s user, %S s sys, %e s wall' target/release/fanout --url "ws://127.0.0.1:$port/ws" --secret "$secret" "${fanout_args[@]}" >"$out" 2>&1 &
-  bench=$!
-  until grep -q 'connected and joined' "$out"; do
-    kill -0 "$bench" 2>/dev/null || { cat "$out"; exit 1; }
-    sleep 0.05
-  done
-  ticks0=$(cpu_ticks "$pid")
-  wait "$bench"
-  ticks1=$(cpu_ticks "$pid")
+  if ! curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; then
+    cat "$data/server.log" >&2
+    kill -TERM "$pid" 2>/dev/null || true
+    exit 1
+  fi
+  if ! taskset -c 1 "$bin/viche-load" fanout --url "http://127.0.0.1:$port" --jwt-secret "$secret" \
+    --server-pid "$pid" --no-progress --json "$data/run.json" "${fanout_args[@]}" >"$data/load.txt" 2>&1; then
+    cat "$data/load.txt" >&2
+    kill -TERM "$pid"; wait "$pid" || true
+    exit 1
+  fi
   kill -TERM "$pid"; wait "$pid" || true
-  delivered=$(sed -n 's/^deliveries: \([0-9]*\) of.*/\1/p' "$out")
-  sends=$(sed -n 's/^sends: \([0-9]*\) total.*/\1/p' "$out")
-  awk -v m="$mode" -v t0="$ticks0" -v t1="$ticks1" -v hz="$tck" -v d="$delivered" -v s="$sends" \
-    'BEGIN { cpu = (t1 - t0) / hz; printf "%-4s sends %7d  deliveries %9d  server cpu %6.2f s  %6.3f us/delivery\n", m, s, d, cpu, cpu / d * 1e6 }'
-  grep -E '^(deliveries|gaps|send→deliver|bench cpu)' "$out" | sed 's/^/     /'
-  rm -rf "$data" "$out"
+  python3 - "$mode" "$data/run.json" <<'EOF'
+import json, sys
+mode, path = sys.argv[1], sys.argv[2]
+r = json.load(open(path))
+c, s, loss = r["counters"], r["server"], r["loss"]
+delivered = c.get("deliveries_in_window", 0)
+cpu = s.get("cpu_seconds")
+per = f"{cpu / delivered * 1e6:6.3f} us/delivery" if cpu is not None and delivered else "n/a (no server CPU)"
+print(f"{mode:<4} sends {c.get('sends_in_window', 0):7d}  deliveries {delivered:9d}  "
+      f"server cpu {cpu if cpu is not None else float('nan'):6.2f} s  {per}  ({s.get('source')})")
+lat = r["latency"].get("latency", {})
+print(f"     window {r['window_s']:.1f} s, {r['rates']['deliveries_per_s']:.0f} deliveries/s; "
+      f"lost {loss['lost']}, gaps {loss['gaps']}, duplicates {loss['duplicates']}; "
+      f"send→deliver p50 {lat.get('p50_ms', float('nan')):.2f} ms, p99 {lat.get('p99_ms', float('nan')):.2f} ms; "
+      f"generator cpu {c.get('generator_cpu_us_in_window', 0) / 1e6:.2f} s")
+if r["problems"]:
+    print("     problems: " + "; ".join(r["problems"]))
+EOF
+  rm -rf "$data"
 }
 
-echo "$(date -u) load: $(cut -d' ' -f1-3 /proc/loadavg)  fanout ${fanout_args[*]}"
-for i in $(seq "$runs"); do
+echo "$(date -u) load: $(cut -d' ' -f1-3 /proc/loadavg)  viche-load fanout ${fanout_args[*]}"
+for _ in $(seq "$runs"); do
   one_run on
   one_run off
 done

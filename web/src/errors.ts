@@ -1,7 +1,7 @@
 // Every error the server can send, in words a person understands.
 import type { ErrorCode } from './protocol';
 
-/** What went wrong, for each error code of PROTOCOL.md §5. */
+/** What went wrong, for each error code of docs/protocol.md, "Error codes". */
 export const ERROR_TEXT: Record<ErrorCode, string> = {
   bad_frame: 'The server could not understand what this app sent. Reload the page; if it keeps happening, the app is out of date.',
   unauthorized: 'You are not signed in any more. Please log in again.',

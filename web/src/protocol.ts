@@ -1,10 +1,10 @@
-// Frames of the Viche wire protocol v1 (shared/PROTOCOL.md), as this client
+// Frames of the Viche wire protocol v1 (docs/protocol.md), as this client
 // speaks them: MessagePack maps over binary WebSocket messages.
 import { decode, encode } from '@msgpack/msgpack';
 
 export const PROTOCOL_VERSION = 1;
 
-/** Every error code of PROTOCOL.md §5. */
+/** Every error code of docs/protocol.md, "Error codes". */
 export const ERROR_CODES = [
   'bad_frame',
   'unauthorized',

@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-# Test-only hooks (a room actor that panics on request) are compiled in for
-# the tests, never into a normal build; every cargo command below uses the
-# same features, so nothing is built twice.
-features=(--features viche-engine/test-hooks)
+# Failpoints (engine/src/faults.rs) are compiled in for the tests, never
+# into a normal build; every cargo command below uses the same features, so
+# nothing is built twice.
+features=(--features viche-gateway/failpoints)
 
 echo "== gates: formatting and lints"
 cargo fmt --all -- --check

@@ -19,6 +19,9 @@ pub const SESSION_ROOMS_MAX_DEFAULT: usize = 1024;
 pub const ROOMS_MAX_DEFAULT: usize = 1_000_000;
 /// Lifetime of an issued token.
 pub const TOKEN_TTL_S_DEFAULT: u64 = 86_400;
+/// A store call with no answer within this long counts as failed (the
+/// writer retries it; a room retries loading its last seq).
+pub const STORE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// argon2id hashes computed at once (each takes ~19 MiB and a core).
 pub const ARGON2_CONCURRENCY_DEFAULT: usize = 2;
 
@@ -40,6 +43,7 @@ pub struct EngineConfig {
     pub rooms_max: usize,
     pub token_ttl_s: u64,
     pub argon2_concurrency: usize,
+    pub store_timeout_ms: u64,
     /// Failed logins, per username and per client address.
     pub failed_login_rate: Rate,
     /// Registrations per client address.
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             rooms_max: ROOMS_MAX_DEFAULT,
             token_ttl_s: TOKEN_TTL_S_DEFAULT,
             argon2_concurrency: ARGON2_CONCURRENCY_DEFAULT,
+            store_timeout_ms: STORE_TIMEOUT_MS_DEFAULT,
             failed_login_rate: limits::FAILED_LOGIN_RATE_DEFAULT,
             register_rate: limits::REGISTER_RATE_DEFAULT,
         }
@@ -80,7 +85,7 @@ impl EngineConfig {
         assert!(self.outbox_frames_max > 0 && self.outbox_bytes_max > 0);
         assert!(self.writer_queue_max > 0 && self.writer_batch_max > 0);
         assert!(self.session_rooms_max > 0 && self.rooms_max > 0);
-        assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0);
+        assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
         for rate in [self.send_rate, self.typing_rate, self.join_rate, self.failed_login_rate, self.register_rate] {
             assert!(rate.per_second > 0.0 && rate.burst > 0, "a rate of zero would refuse everything");
         }

@@ -8,19 +8,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ractor::Actor;
 use viche_protocol::{Close, Encoding, Msg};
 
 use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, VerifiedToken};
 use crate::config::EngineConfig;
 use crate::delivery::{Directory, Outbox, SessionHandle};
+use crate::health::Health;
 use crate::history;
 pub use crate::history::HistoryPage;
 use crate::refusal::Refusal;
-use crate::room::Rooms;
+use crate::room::{Rooms, SupervisorArgs};
 use crate::services::Services;
-use crate::session::Session;
+use crate::session::{Session, SessionSupervisor};
 use crate::store::{Store, StoreError};
-use crate::writer::spawn_writer;
+use crate::supervisor::{EngineSupervisor, EngineSupervisorArgs};
+use crate::writer::writer_parts;
 
 pub struct Engine {
     services: Arc<Services>,
@@ -28,21 +31,41 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the writer and the room supervisor on `store`; tokens are
-    /// signed with `jwt_secret` (HS256).
+    /// Starts the supervision tree on `store` (docs/architecture.md,
+    /// "Supervision"); tokens are signed with `jwt_secret` (HS256).
     pub async fn start(config: EngineConfig, store: Arc<dyn Store>, jwt_secret: &[u8]) -> anyhow::Result<Arc<Self>> {
         config.assert_valid();
+        #[cfg(feature = "failpoints")]
+        let store: Arc<dyn Store> = Arc::new(crate::store::failpoints::FailpointStore(store));
+        let store_timeout = Duration::from_millis(config.store_timeout_ms);
+        let health = Arc::new(Health::new());
         let directory = Arc::new(Directory::default());
-        let (writer, _writer_task) = spawn_writer(store.clone(), config.writer_queue_max, config.writer_batch_max);
-        let rooms = Rooms::start(crate::room::SupervisorArgs {
-            store: store.clone(),
-            directory: directory.clone(),
-            room_idle_ms: config.room_idle_ms,
-            rooms_max: config.rooms_max,
-        })
+        let writer = writer_parts(
+            store.clone(),
+            health.clone(),
+            config.writer_queue_max,
+            config.writer_batch_max,
+            store_timeout,
+        );
+        let args = EngineSupervisorArgs { writer: writer.shared().clone(), health: health.clone() };
+        let (root, _) =
+            Actor::spawn(None, EngineSupervisor, args).await.map_err(|e| anyhow::anyhow!("engine supervisor: {e}"))?;
+        let rooms = Rooms::start(
+            SupervisorArgs {
+                store: store.clone(),
+                directory: directory.clone(),
+                room_idle_ms: config.room_idle_ms,
+                rooms_max: config.rooms_max,
+                store_timeout,
+            },
+            root.get_cell(),
+        )
         .await?;
+        let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, (), root.get_cell())
+            .await
+            .map_err(|e| anyhow::anyhow!("session supervisor: {e}"))?;
         let accounts = Accounts::new(&config, Jwt::new(jwt_secret, config.token_ttl_s));
-        let services = Arc::new(Services { config, store, writer, directory, rooms, accounts });
+        let services = Arc::new(Services { config, store, writer, directory, rooms, accounts, health, sessions });
         Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1) }))
     }
 
@@ -108,9 +131,23 @@ impl Engine {
         self.services.store.check_ready().await
     }
 
-    /// False while the writer's last commit failed.
-    pub fn writer_healthy(&self) -> bool {
-        self.services.writer.is_healthy()
+    /// Why the engine cannot take messages now (the writer is restarting,
+    /// its last commit failed, or the engine failed for good), if it cannot.
+    /// The store's own probe is [`Engine::probe_store`].
+    pub fn not_ready(&self) -> Option<String> {
+        self.services.health.not_ready()
+    }
+
+    /// Resolves with the reason if the engine gives up for good (a
+    /// supervisor passed its restart intensity limit): the process should
+    /// then exit non-zero, so that its orchestrator restarts it.
+    pub async fn failed(&self) -> String {
+        self.services.health.wait_failed().await
+    }
+
+    /// Rooms open now (an empty room stops after `room_idle_ms`).
+    pub fn rooms_open(&self) -> usize {
+        self.services.rooms.open_count()
     }
 
     /// The writer queue's bound (`--writer-queue-max`).
@@ -133,15 +170,13 @@ impl Engine {
         }
         // Let rooms publish what the writer just handed them.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        for session in self.services.directory.all() {
-            session.outbox.close(Close::SHUTDOWN, true);
-        }
+        self.close_sessions(Close::SHUTDOWN);
     }
 
-    /// Test hook: makes the room's actor panic (it is restarted).
-    #[cfg(feature = "test-hooks")]
-    pub async fn inject_room_panic(&self, room: &str) -> Result<(), Refusal> {
-        self.services.rooms.get(room).await?.inject_panic();
-        Ok(())
+    /// Asks every session to close with `close` once its outbox is written.
+    pub fn close_sessions(&self, close: Close) {
+        for session in self.services.directory.all() {
+            session.outbox.close(close, true);
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! through it, and none reaches past it into the store or the actors.
 //!
 //! Read in this order:
-//! - `engine.rs`: the front door; `services.rs`: the parts it wires up.
+//! - `engine.rs`: the front door; `services.rs`: the parts it wires up;
+//!   `supervisor.rs`: the root of the supervision tree; `health.rs`:
+//!   readiness and giving up; `faults.rs`: the failpoints.
 //! - `accounts/`: register, login, tokens, passwords, login limits.
 //! - `session/`: one connection's frames, after `welcome`.
 //! - `room/`: a room's handle, its actor, and their supervisor.
@@ -20,6 +22,8 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 mod engine;
+mod faults;
+mod health;
 mod history;
 pub mod metrics;
 pub mod refusal;
@@ -27,6 +31,7 @@ mod room;
 mod services;
 pub mod session;
 pub mod store;
+mod supervisor;
 mod writer;
 
 pub use accounts::{Credentials, IssuedToken, VerifiedToken};

@@ -126,6 +126,11 @@ pub const SERVER_FRAME_TYPES: [&str; 9] =
 pub const CLOSE_CODE_LABELS: [&str; 10] =
     ["1000", "1001", "1002", "1009", "1011", "4001", "4002", "4008", "4029", "none"];
 
+/// `kind` label values of `viche_actor_failures_total`.
+pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
+/// `kind` label values of `viche_actor_restarts_total`.
+pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
+
 /// `kind` label values of `viche_rate_limited_total`.
 pub const RATE_LIMITED_KINDS: [&str; 5] = ["send", "typing", "join", "login", "register"];
 /// `reason` label values of `viche_auth_failures_total`.
@@ -137,390 +142,140 @@ pub const HTTP_ROUTES: [&str; 9] =
 
 const NO_LABELS: &[Label] = &[];
 
-macro_rules! metric {
-    ($id:ident, $name:literal, $kind:ident, $unit:ident, $source:ident, $labels:expr, $help:literal) => {
-        pub const $id: Metric = Metric {
-            name: $name,
-            kind: Kind::$kind,
-            unit: Unit::$unit,
-            help: $help,
-            labels: $labels,
-            source: Source::$source,
-        };
+/// Declares every metric once, and [`ALL`] in the same order.
+macro_rules! metrics_table {
+    ($($id:ident: $name:literal, $kind:ident, $unit:ident, $source:ident, $labels:expr, $help:literal;)*) => {
+        $(
+            pub const $id: Metric = Metric {
+                name: $name,
+                kind: Kind::$kind,
+                unit: Unit::$unit,
+                help: $help,
+                labels: $labels,
+                source: Source::$source,
+            };
+        )*
+        /// The table: every metric, in the order `docs/operations.md` lists them.
+        pub const ALL: &[Metric] = &[$($id),*];
     };
 }
 
-// Connections and sessions.
-metric!(
-    CONNECTIONS_OPEN,
-    "viche_connections_open",
-    Gauge,
-    Count,
-    Live,
-    NO_LABELS,
-    "WebSocket connections open now (before and after hello)."
-);
-metric!(
-    CONNECTIONS_ACCEPTED,
-    "viche_connections_accepted_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "WebSocket upgrades accepted."
-);
-metric!(
-    CONNECTIONS_CLOSED,
-    "viche_connections_closed_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "code", values: &CLOSE_CODE_LABELS }],
-    "WebSocket connections ended, by the close code the server sent (none: the peer went away or the socket failed)."
-);
-metric!(
-    CONNECTIONS_REFUSED,
-    "viche_connections_refused_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "reason", values: &["max_connections"] }],
-    "WebSocket upgrades refused, by reason (max_connections: HTTP 503)."
-);
-metric!(SESSIONS, "viche_sessions", Gauge, Count, Live, NO_LABELS, "Authenticated sessions (past hello) now.");
-metric!(ROOMS_ACTIVE, "viche_rooms_active", Gauge, Count, Live, NO_LABELS, "Room actors running now.");
-metric!(
-    ROOM_RESTARTS,
-    "viche_room_restarts_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Room actors restarted by the supervisor after a crash."
-);
+metrics_table! {
+    // Connections, sessions and actors.
+    CONNECTIONS_OPEN: "viche_connections_open", Gauge, Count, Live, NO_LABELS,
+        "WebSocket connections open now (before and after hello).";
+    CONNECTIONS_ACCEPTED: "viche_connections_accepted_total", Counter, Count, Live, NO_LABELS,
+        "WebSocket upgrades accepted.";
+    CONNECTIONS_CLOSED: "viche_connections_closed_total", Counter, Count, Live,
+        &[Label { key: "code", values: &CLOSE_CODE_LABELS }],
+        "WebSocket connections ended, by the close code the server sent (none: the peer went away or the socket failed).";
+    CONNECTIONS_REFUSED: "viche_connections_refused_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &["max_connections"] }],
+        "WebSocket upgrades refused, by reason (max_connections: HTTP 503).";
+    SESSIONS: "viche_sessions", Gauge, Count, Live, NO_LABELS,
+        "Authenticated sessions (past hello) now.";
+    ROOMS_ACTIVE: "viche_rooms_active", Gauge, Count, Live, NO_LABELS,
+        "Room actors running now.";
+    ACTOR_FAILURES: "viche_actor_failures_total", Counter, Count, Live,
+        &[Label { key: "kind", values: &ACTOR_KINDS }],
+        "Supervised actors that failed (panicked), by kind: session, room, writer.";
+    ACTOR_RESTARTS: "viche_actor_restarts_total", Counter, Count, Live,
+        &[Label { key: "kind", values: &RESTARTED_ACTOR_KINDS }],
+        "Supervised actors restarted by their supervisor after a failure, by kind (a session is not restarted: its client reconnects).";
 
-// Traffic.
-metric!(
-    FRAMES_IN,
-    "viche_frames_in_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "type", values: &CLIENT_FRAME_TYPES }],
-    "Client frames received, by type (bad_frame: did not decode)."
-);
-metric!(
-    FRAMES_IN_BYTES,
-    "viche_frames_in_bytes_total",
-    Counter,
-    Bytes,
-    Live,
-    NO_LABELS,
-    "Bytes of client frame payloads received."
-);
-metric!(
-    FRAMES_OUT,
-    "viche_frames_out_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "type", values: &SERVER_FRAME_TYPES }],
-    "Server frames queued for clients (or written directly, for replays), by type."
-);
-metric!(
-    FRAMES_OUT_BYTES,
-    "viche_frames_out_bytes_total",
-    Counter,
-    Bytes,
-    Live,
-    NO_LABELS,
-    "Bytes written to WebSockets, frame headers included."
-);
-metric!(
-    MESSAGES_STORED,
-    "viche_messages_stored_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Messages durably stored (duplicates by cid excluded)."
-);
-metric!(
-    DELIVERIES,
-    "viche_deliveries_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "msg frames queued to recipients' outboxes (one per recipient session)."
-);
-metric!(
-    SEND_DELIVER_LATENCY,
-    "viche_send_deliver_latency_seconds",
-    Histogram,
-    Seconds,
-    Live,
-    NO_LABELS,
-    "From decoding a send to queueing its msg in the last recipient's outbox."
-);
-metric!(
-    REPLAYED_MESSAGES,
-    "viche_replayed_messages_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Stored messages written to clients as a replay (join with since, restart)."
-);
+    // Traffic.
+    FRAMES_IN: "viche_frames_in_total", Counter, Count, Live,
+        &[Label { key: "type", values: &CLIENT_FRAME_TYPES }],
+        "Client frames received, by type (bad_frame: did not decode).";
+    FRAMES_IN_BYTES: "viche_frames_in_bytes_total", Counter, Bytes, Live, NO_LABELS,
+        "Bytes of client frame payloads received.";
+    FRAMES_OUT: "viche_frames_out_total", Counter, Count, Live,
+        &[Label { key: "type", values: &SERVER_FRAME_TYPES }],
+        "Server frames queued for clients (or written directly, for replays), by type.";
+    FRAMES_OUT_BYTES: "viche_frames_out_bytes_total", Counter, Bytes, Live, NO_LABELS,
+        "Bytes written to WebSockets, frame headers included.";
+    MESSAGES_STORED: "viche_messages_stored_total", Counter, Count, Live, NO_LABELS,
+        "Messages durably stored (duplicates by cid excluded).";
+    DELIVERIES: "viche_deliveries_total", Counter, Count, Live, NO_LABELS,
+        "msg frames queued to recipients' outboxes (one per recipient session).";
+    SEND_DELIVER_LATENCY: "viche_send_deliver_latency_seconds", Histogram, Seconds, Live, NO_LABELS,
+        "From decoding a send to queueing its msg in the last recipient's outbox.";
+    REPLAYED_MESSAGES: "viche_replayed_messages_total", Counter, Count, Live, NO_LABELS,
+        "Stored messages written to clients as a replay (join with since, restart).";
 
-// The writer and the store.
-metric!(
-    STORE_COMMIT_DURATION,
-    "viche_store_commit_duration_seconds",
-    Histogram,
-    Seconds,
-    Live,
-    NO_LABELS,
-    "Duration of one successful store commit (a batch, fsync included)."
-);
-metric!(WRITER_BATCH_SIZE, "viche_writer_batch_size", Histogram, Count, Live, NO_LABELS, "Messages per store commit.");
-metric!(
-    STORE_COMMIT_FAILURES,
-    "viche_store_commit_failures_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Failed store commits (each is retried with backoff)."
-);
-metric!(
-    WRITER_QUEUE_DEPTH,
-    "viche_writer_queue_depth",
-    Gauge,
-    Count,
-    Sampled,
-    NO_LABELS,
-    "Messages waiting in the writer's queue, sampled at scrape."
-);
-metric!(
-    WRITER_QUEUE_CAPACITY,
-    "viche_writer_queue_capacity",
-    Gauge,
-    Count,
-    Live,
-    NO_LABELS,
-    "The writer queue's bound (--writer-queue-max); full means senders get overloaded."
-);
-metric!(
-    WRITER_PENDING,
-    "viche_writer_pending",
-    Gauge,
-    Count,
-    Sampled,
-    NO_LABELS,
-    "Messages submitted and not yet acknowledged, sampled at scrape."
-);
-metric!(
-    WRITER_REJECTED,
-    "viche_writer_rejected_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Sends refused with overloaded because the writer's queue was full."
-);
-metric!(
-    STORE_READY,
-    "viche_store_ready",
-    Gauge,
-    Count,
-    Live,
-    NO_LABELS,
-    "1 when the store answers its readiness probe and the writer's last commit succeeded (as /readyz), else 0."
-);
+    // The writer and the store.
+    STORE_COMMIT_DURATION: "viche_store_commit_duration_seconds", Histogram, Seconds, Live, NO_LABELS,
+        "Duration of one successful store commit (a batch, fsync included).";
+    WRITER_BATCH_SIZE: "viche_writer_batch_size", Histogram, Count, Live, NO_LABELS,
+        "Messages per store commit.";
+    STORE_COMMIT_FAILURES: "viche_store_commit_failures_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &["error", "timeout"] }],
+        "Failed store commits, by reason (error; timeout: no answer within --store-timeout-ms); each is retried with backoff.";
+    POISON_MESSAGES: "viche_poison_messages_total", Counter, Count, Live, NO_LABELS,
+        "Messages the writer isolated as the cause of a batch that kept failing while the store was up; each sender got internal.";
+    STORE_REOPENS: "viche_store_reopens_total", Counter, Count, Live, NO_LABELS,
+        "Times the embedded store was closed and reopened after an I/O error.";
+    WRITER_QUEUE_DEPTH: "viche_writer_queue_depth", Gauge, Count, Sampled, NO_LABELS,
+        "Messages waiting in the writer's queue, sampled at scrape.";
+    WRITER_QUEUE_CAPACITY: "viche_writer_queue_capacity", Gauge, Count, Live, NO_LABELS,
+        "The writer queue's bound (--writer-queue-max); full means senders get overloaded.";
+    WRITER_PENDING: "viche_writer_pending", Gauge, Count, Sampled, NO_LABELS,
+        "Messages submitted and not yet acknowledged, sampled at scrape.";
+    WRITER_REJECTED: "viche_writer_rejected_total", Counter, Count, Live, NO_LABELS,
+        "Sends refused with overloaded because the writer's queue was full or the writer was restarting.";
+    STORE_READY: "viche_store_ready", Gauge, Count, Live, NO_LABELS,
+        "1 when the store answers its readiness probe and the writer is up and its last commit succeeded (as /readyz), else 0.";
 
-// Delivery and abuse.
-metric!(
-    OUTBOX_DEPTH_MAX,
-    "viche_outbox_depth_max",
-    Gauge,
-    Count,
-    Sampled,
-    NO_LABELS,
-    "The deepest any session's outbox got (frames) since the previous scrape."
-);
-metric!(
-    SLOW_CONSUMER_CLOSES,
-    "viche_slow_consumer_closes_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "Sessions closed with 4008 because their outbox was full."
-);
-metric!(
-    TYPING_DROPPED,
-    "viche_typing_dropped_total",
-    Counter,
-    Count,
-    Live,
-    NO_LABELS,
-    "typing notices dropped because a room's actor had 256 of them queued."
-);
-metric!(
-    RATE_LIMITED,
-    "viche_rate_limited_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "kind", values: &RATE_LIMITED_KINDS }],
-    "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429)."
-);
-metric!(
-    AUTH_FAILURES,
-    "viche_auth_failures_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "reason", values: &AUTH_FAILURE_REASONS }],
-    "Authentication failures, by reason."
-);
-metric!(LOGINS, "viche_logins_total", Counter, Count, Live, NO_LABELS, "Successful logins.");
-metric!(REGISTRATIONS, "viche_registrations_total", Counter, Count, Live, NO_LABELS, "Users registered.");
-metric!(
-    ARGON2_DURATION,
-    "viche_argon2_duration_seconds",
-    Histogram,
-    Seconds,
-    Live,
-    NO_LABELS,
-    "Duration of one argon2id hash or verify, permit wait excluded."
-);
+    // Delivery and abuse.
+    OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,
+        "The deepest any session's outbox got (frames) since the previous scrape.";
+    SLOW_CONSUMER_CLOSES: "viche_slow_consumer_closes_total", Counter, Count, Live, NO_LABELS,
+        "Sessions closed with 4008 because their outbox was full.";
+    TYPING_DROPPED: "viche_typing_dropped_total", Counter, Count, Live, NO_LABELS,
+        "typing notices dropped because a room's actor had 256 of them queued.";
+    RATE_LIMITED: "viche_rate_limited_total", Counter, Count, Live,
+        &[Label { key: "kind", values: &RATE_LIMITED_KINDS }],
+        "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429).";
+    AUTH_FAILURES: "viche_auth_failures_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &AUTH_FAILURE_REASONS }],
+        "Authentication failures, by reason.";
+    LOGINS: "viche_logins_total", Counter, Count, Live, NO_LABELS,
+        "Successful logins.";
+    REGISTRATIONS: "viche_registrations_total", Counter, Count, Live, NO_LABELS,
+        "Users registered.";
+    ARGON2_DURATION: "viche_argon2_duration_seconds", Histogram, Seconds, Live, NO_LABELS,
+        "Duration of one argon2id hash or verify, permit wait excluded.";
 
-// HTTP and the process.
-metric!(
-    HTTP_REQUESTS,
-    "viche_http_requests_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "route", values: &HTTP_ROUTES }, Label { key: "status", values: &[] }],
-    "HTTP requests answered, by route and status."
-);
-metric!(
-    HTTP_REQUEST_DURATION,
-    "viche_http_request_duration_seconds",
-    Histogram,
-    Seconds,
-    Live,
-    &[Label { key: "route", values: &HTTP_ROUTES }],
-    "HTTP request duration by route (a ws upgrade: until the 101)."
-);
-metric!(
-    ACCEPT_ERRORS,
-    "viche_accept_errors_total",
-    Counter,
-    Count,
-    Live,
-    &[Label { key: "kind", values: &["emfile", "other"] }],
-    "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms)."
-);
-metric!(
-    BUILD_INFO,
-    "viche_build_info",
-    Gauge,
-    Count,
-    Live,
-    &[Label { key: "version", values: &[] }],
-    "Always 1; the version label is the server's version."
-);
-metric!(
-    PROCESS_CPU,
-    "viche_process_cpu_seconds_total",
-    Counter,
-    Seconds,
-    Process,
-    NO_LABELS,
-    "CPU time, user and system."
-);
-metric!(PROCESS_RSS, "viche_process_resident_memory_bytes", Gauge, Bytes, Process, NO_LABELS, "Resident set size.");
-metric!(
-    PROCESS_VIRTUAL,
-    "viche_process_virtual_memory_bytes",
-    Gauge,
-    Bytes,
-    Process,
-    NO_LABELS,
-    "Virtual memory size."
-);
-metric!(
-    PROCESS_VIRTUAL_MAX,
-    "viche_process_virtual_memory_max_bytes",
-    Gauge,
-    Bytes,
-    Process,
-    NO_LABELS,
-    "The address-space limit."
-);
-metric!(PROCESS_OPEN_FDS, "viche_process_open_fds", Gauge, Count, Process, NO_LABELS, "Open file descriptors.");
-metric!(PROCESS_MAX_FDS, "viche_process_max_fds", Gauge, Count, Process, NO_LABELS, "The process's open-file limit.");
-metric!(PROCESS_THREADS, "viche_process_threads", Gauge, Count, Process, NO_LABELS, "OS threads.");
-metric!(
-    PROCESS_START_TIME,
-    "viche_process_start_time_seconds",
-    Gauge,
-    Seconds,
-    Process,
-    NO_LABELS,
-    "Start time, seconds since the epoch."
-);
-
-/// The table: every metric, in the order `docs/operations.md` lists them.
-pub const ALL: &[Metric] = &[
-    CONNECTIONS_OPEN,
-    CONNECTIONS_ACCEPTED,
-    CONNECTIONS_CLOSED,
-    CONNECTIONS_REFUSED,
-    SESSIONS,
-    ROOMS_ACTIVE,
-    ROOM_RESTARTS,
-    FRAMES_IN,
-    FRAMES_IN_BYTES,
-    FRAMES_OUT,
-    FRAMES_OUT_BYTES,
-    MESSAGES_STORED,
-    DELIVERIES,
-    SEND_DELIVER_LATENCY,
-    REPLAYED_MESSAGES,
-    STORE_COMMIT_DURATION,
-    WRITER_BATCH_SIZE,
-    STORE_COMMIT_FAILURES,
-    WRITER_QUEUE_DEPTH,
-    WRITER_QUEUE_CAPACITY,
-    WRITER_PENDING,
-    WRITER_REJECTED,
-    STORE_READY,
-    OUTBOX_DEPTH_MAX,
-    SLOW_CONSUMER_CLOSES,
-    TYPING_DROPPED,
-    RATE_LIMITED,
-    AUTH_FAILURES,
-    LOGINS,
-    REGISTRATIONS,
-    ARGON2_DURATION,
-    HTTP_REQUESTS,
-    HTTP_REQUEST_DURATION,
-    ACCEPT_ERRORS,
-    BUILD_INFO,
-    PROCESS_CPU,
-    PROCESS_RSS,
-    PROCESS_VIRTUAL,
-    PROCESS_VIRTUAL_MAX,
-    PROCESS_OPEN_FDS,
-    PROCESS_MAX_FDS,
-    PROCESS_THREADS,
-    PROCESS_START_TIME,
-];
+    // HTTP and the process.
+    HTTP_REQUESTS: "viche_http_requests_total", Counter, Count, Live,
+        &[Label { key: "route", values: &HTTP_ROUTES }, Label { key: "status", values: &[] }],
+        "HTTP requests answered, by route and status.";
+    HTTP_REQUEST_DURATION: "viche_http_request_duration_seconds", Histogram, Seconds, Live,
+        &[Label { key: "route", values: &HTTP_ROUTES }],
+        "HTTP request duration by route (a ws upgrade: until the 101).";
+    ACCEPT_ERRORS: "viche_accept_errors_total", Counter, Count, Live,
+        &[Label { key: "kind", values: &["emfile", "other"] }],
+        "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms).";
+    BUILD_INFO: "viche_build_info", Gauge, Count, Live,
+        &[Label { key: "version", values: &[] }],
+        "Always 1; the version label is the server's version.";
+    PROCESS_CPU: "viche_process_cpu_seconds_total", Counter, Seconds, Process, NO_LABELS,
+        "CPU time, user and system.";
+    PROCESS_RSS: "viche_process_resident_memory_bytes", Gauge, Bytes, Process, NO_LABELS,
+        "Resident set size.";
+    PROCESS_VIRTUAL: "viche_process_virtual_memory_bytes", Gauge, Bytes, Process, NO_LABELS,
+        "Virtual memory size.";
+    PROCESS_VIRTUAL_MAX: "viche_process_virtual_memory_max_bytes", Gauge, Bytes, Process, NO_LABELS,
+        "The address-space limit.";
+    PROCESS_OPEN_FDS: "viche_process_open_fds", Gauge, Count, Process, NO_LABELS,
+        "Open file descriptors.";
+    PROCESS_MAX_FDS: "viche_process_max_fds", Gauge, Count, Process, NO_LABELS,
+        "The process's open-file limit.";
+    PROCESS_THREADS: "viche_process_threads", Gauge, Count, Process, NO_LABELS,
+        "OS threads.";
+    PROCESS_START_TIME: "viche_process_start_time_seconds", Gauge, Seconds, Process, NO_LABELS,
+        "Start time, seconds since the epoch.";
+}
 
 fn client_index(frame: &ClientFrame) -> usize {
     match frame {

@@ -5,10 +5,14 @@
 
 use std::sync::Arc;
 
+use ractor::ActorRef;
+
 use crate::accounts::Accounts;
 use crate::config::EngineConfig;
 use crate::delivery::Directory;
+use crate::health::Health;
 use crate::room::Rooms;
+use crate::session::SessionEvent;
 use crate::store::Store;
 use crate::writer::WriterHandle;
 
@@ -19,4 +23,7 @@ pub(crate) struct Services {
     pub directory: Arc<Directory>,
     pub rooms: Rooms,
     pub accounts: Accounts,
+    pub health: Arc<Health>,
+    /// Observes every session's exit.
+    pub sessions: ActorRef<SessionEvent>,
 }

@@ -1,187 +1,398 @@
-//! Supervision: a room actor that panics is restarted by the RoomSupervisor,
-//! its members stay attached, and the room keeps numbering from the right
-//! seq. Also: one room's crash does not touch another room.
+//! The supervision tree, proved by fault injection: each test configures a
+//! failpoint (engine/src/faults.rs) and drives the engine in-process (real
+//! actors, real embedded store), then checks what a client would see. The
+//! network path (close 1011, `/readyz`, `/metrics`) is covered by the
+//! gateway's end-to-end failpoint tests.
 //!
-//! This drives the engine in-process (real actors, real embedded store);
-//! the network path is covered by the gateway's end-to-end tests, which
-//! cannot reach the test-only panic hook.
+//! Failpoints are global to the process: `FailScenario::setup` serializes
+//! the tests of this binary.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fail::FailScenario;
 use viche_engine::clock::now_ms;
 use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::{Engine, EngineConfig, Flow, Session};
-use viche_protocol::{decode_server, ClientFrame, Encoding, ServerFrame};
+use viche_protocol::{decode_server, ClientFrame, Encoding, ErrorCode, ServerFrame};
 
-async fn next_frame(session: &Session) -> ServerFrame {
-    let outbox = &session.session_handle().outbox;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut items = Vec::new();
-        // Drain one item at a time is not possible; keep the rest locally.
-        assert!(outbox.drain(&mut items).is_none(), "session unexpectedly closing");
-        if let Some(first) = items.into_iter().next() {
-            match first {
-                OutItem::Frame(bytes) => {
-                    return decode_server(&bytes, Encoding::MsgPack).expect("server frame decodes")
-                }
-                other => panic!("unexpected outbox item {other:?}"),
-            }
-        }
-        tokio::select! {
-            _ = outbox.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => panic!("no frame within 10 s"),
-        }
-    }
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    store: EmbeddedStore,
 }
 
-/// Collects frames until `n` of them satisfy `want`, returning those. A
-/// replay marker is read from the store, as the connection's write loop
-/// would (a message published while its room restarted arrives that way).
-async fn collect(
-    engine: &Engine,
-    session: &Session,
-    n: usize,
-    want: impl Fn(&ServerFrame) -> bool,
-) -> Vec<ServerFrame> {
-    let outbox = &session.session_handle().outbox;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    while got.len() < n {
-        let mut items = Vec::new();
-        assert!(outbox.drain(&mut items).is_none());
-        for item in items {
-            let frames = match item {
-                OutItem::Frame(bytes) => vec![decode_server(&bytes, Encoding::MsgPack).unwrap()],
-                OutItem::Replay { room, after, upto } => {
-                    engine.replay_page(&room, after, upto).await.unwrap().into_iter().map(ServerFrame::Msg).collect()
-                }
-                OutItem::Pong(_) => vec![],
-            };
-            for frame in frames {
-                if want(&frame) {
-                    got.push(frame);
-                }
-            }
-        }
-        if got.len() >= n {
-            break;
-        }
-        tokio::select! {
-            _ = outbox.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => panic!("only {} of {n} frames within 10 s: {got:?}", got.len()),
-        }
-    }
-    got
-}
-
-async fn start() -> (tempfile::TempDir, Arc<Engine>) {
+async fn start(config: EngineConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let engine = Engine::start(EngineConfig::default(), Arc::new(store), b"0123456789abcdef0123").await.unwrap();
-    (dir, engine)
+    let engine = Engine::start(config, Arc::new(store.clone()), b"0123456789abcdef0123").await.unwrap();
+    Fixture { _dir: dir, engine, store }
 }
 
-async fn join(s: &mut Session, room: &str) -> ServerFrame {
-    assert_eq!(s.handle(ClientFrame::Join { req: 1, room: room.into(), since: None }).await, Flow::Continue);
-    next_frame(s).await
+fn open(f: &Fixture, user: &str) -> Session {
+    f.engine.open_session(user, Encoding::MsgPack, now_ms() + 3_600_000)
 }
 
-async fn send(s: &mut Session, room: &str, n: u64) {
-    let cid = format!("{room}-{n}-{}", s.session_handle().id);
-    assert_eq!(
-        s.handle(ClientFrame::Send { req: 100 + n, room: room.into(), body: format!("m{n}"), cid }).await,
-        Flow::Continue
-    );
+/// A session's frames as its client would read them: replay markers are
+/// read from the store, as the connection's write loop does.
+struct Reader {
+    frames: Vec<ServerFrame>,
 }
 
-fn seqs(frames: &[ServerFrame]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| match f {
-            ServerFrame::Msg(m) => m.seq,
-            ServerFrame::Ack { seq, .. } => *seq,
-            other => panic!("not a msg/ack: {other:?}"),
+impl Reader {
+    fn new() -> Self {
+        Self { frames: Vec::new() }
+    }
+
+    /// Reads until `want` holds of what was read, or fails after [`WAIT`].
+    async fn until(&mut self, engine: &Engine, session: &Session, what: &str, want: impl Fn(&[ServerFrame]) -> bool) {
+        let outbox = &session.session_handle().outbox;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut items = Vec::new();
+            assert!(outbox.drain(&mut items).is_none(), "session unexpectedly closing");
+            for item in items {
+                match item {
+                    OutItem::Frame(bytes) => self.frames.push(decode_server(&bytes, Encoding::MsgPack).unwrap()),
+                    OutItem::Replay { room, mut after, upto } => {
+                        while after < upto {
+                            let page = engine.replay_page(&room, after, upto).await.expect("replay page");
+                            let Some(last) = page.last() else { break };
+                            after = last.seq;
+                            self.frames.extend(page.into_iter().map(ServerFrame::Msg));
+                        }
+                    }
+                    OutItem::Pong(_) => {}
+                }
+            }
+            if want(&self.frames) {
+                return;
+            }
+            tokio::select! {
+                _ = outbox.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("{what}: not within {WAIT:?}; read {:?}", self.frames),
+            }
+        }
+    }
+
+    fn reply(&self, req: u64) -> Option<&ServerFrame> {
+        self.frames.iter().find(|f| match f {
+            ServerFrame::Ok { req: r, .. } | ServerFrame::Ack { req: r, .. } => *r == req,
+            ServerFrame::Error { req: Some(r), .. } => *r == req,
+            _ => false,
         })
-        .collect()
+    }
+
+    fn msg_seqs(&self, room: &str) -> Vec<u64> {
+        self.frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Msg(m) if m.room == room => Some(m.seq),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn join(s: &mut Session, req: u64, room: &str) {
+    assert_eq!(s.handle(ClientFrame::Join { req, room: room.into(), since: None }).await, Flow::Continue);
+}
+
+async fn send(s: &mut Session, req: u64, room: &str, body: &str) {
+    let cid = format!("{room}-{req}-{}", s.session_handle().id);
+    let frame = ClientFrame::Send { req, room: room.into(), body: body.into(), cid };
+    assert_eq!(s.handle(frame).await, Flow::Continue);
+}
+
+fn ok_seq(frame: Option<&ServerFrame>) -> u64 {
+    match frame {
+        Some(ServerFrame::Ok { seq: Some(seq), .. }) => *seq,
+        other => panic!("expected ok of a join, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_room_is_restarted_with_members_and_seq_intact() {
-    let (_dir, engine) = start().await;
-    let exp = now_ms() + 3_600_000;
-    let mut alice = engine.open_session("alice", Encoding::MsgPack, exp);
-    let mut carol = engine.open_session("carol", Encoding::MsgPack, exp);
-    assert!(matches!(join(&mut alice, "lobby").await, ServerFrame::Ok { seq: Some(0), .. }));
-    assert!(matches!(join(&mut carol, "other").await, ServerFrame::Ok { seq: Some(0), .. }));
+async fn a_room_that_panics_while_publishing_restarts_and_delivers_each_message_once() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let (mut alice, mut carol) = (open(&f, "alice"), open(&f, "carol"));
+    let (mut ra, mut rc) = (Reader::new(), Reader::new());
+    join(&mut alice, 1, "lobby").await;
+    join(&mut carol, 1, "other").await;
+    ra.until(&f.engine, &alice, "alice joined", |_| true).await;
+    rc.until(&f.engine, &carol, "carol joined", |_| true).await;
 
-    for n in 1..=3 {
-        send(&mut alice, "lobby", n).await;
+    // The second publish in the lobby panics its actor once.
+    fail::cfg("room.publish", "1*off->1*panic").unwrap();
+    for n in 1..=5 {
+        send(&mut alice, 100 + n, "lobby", &format!("m{n}")).await;
     }
-    let msgs = collect(&engine, &alice, 3, |f| matches!(f, ServerFrame::Msg(_))).await;
-    assert_eq!(seqs(&msgs), vec![1, 2, 3]);
+    ra.until(&f.engine, &alice, "five messages", |fr| {
+        fr.iter().filter(|x| matches!(x, ServerFrame::Msg(m) if m.room == "lobby")).count() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // anything extra would show now
+    ra.until(&f.engine, &alice, "settled", |_| true).await;
+    assert_eq!(ra.msg_seqs("lobby"), vec![1, 2, 3, 4, 5], "every message once, in order, live or replayed");
+    for n in 1..=5 {
+        assert!(matches!(ra.reply(100 + n), Some(ServerFrame::Ack { seq, .. }) if *seq == n), "ack {n}");
+    }
 
-    engine.inject_room_panic("lobby").await.unwrap();
-    // Wait until the supervisor has put a new actor behind the handle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // The member is still attached: its next send is numbered 4 and delivered.
-    send(&mut alice, "lobby", 4).await;
-    let after =
-        collect(&engine, &alice, 2, |f| matches!(f, ServerFrame::Msg(_) | ServerFrame::Ack { req: 104, .. })).await;
-    let mut got = seqs(&after);
-    got.sort();
-    assert_eq!(got, vec![4, 4], "ack and msg of the first message after the restart carry seq 4");
-
-    // A new member sees the right latest seq and the surviving member.
-    let mut bob = engine.open_session("bob", Encoding::MsgPack, exp);
-    match join(&mut bob, "lobby").await {
-        ServerFrame::Ok { seq, members, .. } => {
-            assert_eq!(seq, Some(4));
-            let mut members = members.unwrap();
+    // The restarted room knows its members and its last seq.
+    let mut bob = open(&f, "bob");
+    let mut rb = Reader::new();
+    join(&mut bob, 7, "lobby").await;
+    rb.until(&f.engine, &bob, "bob's ok", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Ok { req: 7, .. }))).await;
+    assert_eq!(ok_seq(rb.reply(7)), 5);
+    match rb.reply(7) {
+        Some(ServerFrame::Ok { members: Some(members), .. }) => {
+            let mut members = members.clone();
             members.sort();
             assert_eq!(members, vec!["alice".to_string(), "bob".to_string()]);
         }
-        other => panic!("expected ok, got {other:?}"),
+        other => panic!("{other:?}"),
     }
-
     // The other room never noticed.
-    send(&mut carol, "other", 1).await;
-    let other = collect(&engine, &carol, 1, |f| matches!(f, ServerFrame::Msg(_))).await;
-    assert_eq!(seqs(&other), vec![1]);
+    send(&mut carol, 9, "other", "hi").await;
+    rc.until(&f.engine, &carol, "carol's message", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Msg(_)))).await;
+    assert_eq!(rc.msg_seqs("other"), vec![1]);
+    scenario.teardown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_restarted_after_messages_were_stored_meanwhile_replays_them() {
-    let (_dir, engine) = start().await;
-    let exp = now_ms() + 3_600_000;
-    let mut alice = engine.open_session("alice", Encoding::MsgPack, exp);
-    join(&mut alice, "r").await;
-    send(&mut alice, "r", 1).await;
-    collect(&engine, &alice, 1, |f| matches!(f, ServerFrame::Msg(_))).await;
+async fn a_join_queued_when_its_room_crashes_is_answered_by_the_restarted_room() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    fail::cfg("room.join", "1*panic").unwrap();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "the join's answer", |fr| r_has(fr, 1)).await;
+    assert_eq!(ok_seq(r.reply(1)), 0, "the join that crashed the room is done by its successor");
+    send(&mut alice, 2, "lobby", "after").await;
+    r.until(&f.engine, &alice, "the message", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Msg(_)))).await;
+    assert_eq!(r.msg_seqs("lobby"), vec![1], "the member is attached");
+    scenario.teardown();
+}
 
-    // Panic, and send at once: the publish may reach the dead actor; the
-    // restarted one must still deliver seq 2 exactly once.
-    engine.inject_room_panic("r").await.unwrap();
-    send(&mut alice, "r", 2).await;
-    let first = collect(&engine, &alice, 1, |f| matches!(f, ServerFrame::Msg(_))).await;
-    // Whatever else arrives in the next moment must not be seq 2 again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut delivered = seqs(&first);
-    let mut items = Vec::new();
-    alice.session_handle().outbox.drain(&mut items);
-    for item in items {
-        match item {
-            OutItem::Frame(bytes) => {
-                if let ServerFrame::Msg(m) = decode_server(&bytes, Encoding::MsgPack).unwrap() {
-                    delivered.push(m.seq)
-                }
-            }
-            OutItem::Replay { after, upto, .. } => delivered.extend(after + 1..=upto),
-            OutItem::Pong(_) => {}
-        }
+fn r_has(frames: &[ServerFrame], req: u64) -> bool {
+    frames.iter().any(|f| match f {
+        ServerFrame::Ok { req: r, .. } | ServerFrame::Ack { req: r, .. } => *r == req,
+        ServerFrame::Error { req: Some(r), .. } => *r == req,
+        _ => false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_keeps_crashing_its_room_is_dropped_and_the_room_goes_on() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let (mut alice, mut bob) = (open(&f, "alice"), open(&f, "bob"));
+    let (mut ra, mut rb) = (Reader::new(), Reader::new());
+    join(&mut alice, 1, "lobby").await;
+    ra.until(&f.engine, &alice, "alice's ok", |fr| r_has(fr, 1)).await;
+    // Every join panics: bob's join crashes three actors in a row.
+    fail::cfg("room.join", "panic").unwrap();
+    join(&mut bob, 2, "lobby").await;
+    rb.until(&f.engine, &bob, "bob's answer", |fr| r_has(fr, 2)).await;
+    assert!(matches!(rb.reply(2), Some(ServerFrame::Error { code: ErrorCode::Internal, .. })), "{:?}", rb.reply(2));
+    fail::remove("room.join");
+    // The room still works for its member.
+    send(&mut alice, 3, "lobby", "still here").await;
+    ra.until(&f.engine, &alice, "the message", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Msg(_)))).await;
+    assert_eq!(ra.msg_seqs("lobby"), vec![1]);
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_panics_after_committing_is_restarted_and_acks_the_batch_once() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    // Before the first commit: off; after it: panic. The batch is stored,
+    // then the writer dies before acknowledging or publishing it.
+    fail::cfg("writer.commit", "1*off->1*panic").unwrap();
+    send(&mut alice, 2, "lobby", "one").await;
+    r.until(&f.engine, &alice, "ack and msg", |fr| r_has(fr, 2) && fr.iter().any(|x| matches!(x, ServerFrame::Msg(_))))
+        .await;
+    send(&mut alice, 3, "lobby", "two").await;
+    r.until(&f.engine, &alice, "second ack", |fr| r_has(fr, 3)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.until(&f.engine, &alice, "settled", |_| true).await;
+    let acks: Vec<u64> = r
+        .frames
+        .iter()
+        .filter_map(|x| match x {
+            ServerFrame::Ack { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![1, 2], "each message acknowledged once, with one seq");
+    assert_eq!(r.msg_seqs("lobby"), vec![1, 2], "and delivered once");
+    assert_eq!(f.engine.not_ready(), None, "ready again after the restart");
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_refused_and_its_neighbours_are_stored() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    fail::cfg("store.append", "return(POISON)").unwrap();
+    send(&mut alice, 2, "lobby", "before").await;
+    send(&mut alice, 3, "lobby", "POISON pill").await;
+    send(&mut alice, 4, "lobby", "after").await;
+    r.until(&f.engine, &alice, "three answers", |fr| (2..=4).all(|q| r_has(fr, q))).await;
+    assert!(matches!(r.reply(3), Some(ServerFrame::Error { code: ErrorCode::Internal, .. })), "{:?}", r.reply(3));
+    assert!(matches!(r.reply(2), Some(ServerFrame::Ack { seq: 1, .. })));
+    assert!(matches!(r.reply(4), Some(ServerFrame::Ack { seq: 2, .. })), "no seq is spent on the poison message");
+    r.until(&f.engine, &alice, "two messages", |fr| {
+        fr.iter().filter(|x| matches!(x, ServerFrame::Msg(_))).count() >= 2
+    })
+    .await;
+    assert_eq!(r.msg_seqs("lobby"), vec![1, 2]);
+    assert_eq!(f.engine.not_ready(), None, "the writer is healthy after isolating it");
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_call_that_hangs_times_out_and_is_retried() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig { store_timeout_ms: 300, ..EngineConfig::default() }).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    fail::cfg("store.append", "1*sleep(3000)").unwrap();
+    send(&mut alice, 2, "lobby", "patience").await;
+    r.until(&f.engine, &alice, "the ack", |fr| r_has(fr, 2)).await;
+    assert!(matches!(r.reply(2), Some(ServerFrame::Ack { seq: 1, .. })), "{:?}", r.reply(2));
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_reopens_after_an_io_error() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    fail::cfg("embedded.io", "1*return").unwrap();
+    send(&mut alice, 2, "lobby", "through").await;
+    r.until(&f.engine, &alice, "the ack", |fr| r_has(fr, 2)).await;
+    assert!(matches!(r.reply(2), Some(ServerFrame::Ack { seq: 1, .. })), "{:?}", r.reply(2));
+    assert_eq!(f.store.reopens(), 1, "the file was closed and opened again, without a restart of the process");
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_cannot_load_its_last_seq_answers_its_joiner_and_recovers_later() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    fail::cfg("store.last_seq", "return").unwrap();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "the join's answer", |fr| r_has(fr, 1)).await;
+    assert!(matches!(r.reply(1), Some(ServerFrame::Error { code: ErrorCode::Overloaded, .. })), "{:?}", r.reply(1));
+    fail::remove("store.last_seq");
+    join(&mut alice, 2, "lobby").await;
+    r.until(&f.engine, &alice, "the second join's answer", |fr| r_has(fr, 2)).await;
+    assert_eq!(ok_seq(r.reply(2)), 0, "once the store answers, the room opens");
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_waiting_on_the_store_does_not_hold_up_joins_to_open_rooms() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let (mut alice, mut bob, mut carol) = (open(&f, "alice"), open(&f, "bob"), open(&f, "carol"));
+    let (mut ra, mut rb, mut rc) = (Reader::new(), Reader::new(), Reader::new());
+    join(&mut alice, 1, "open").await;
+    ra.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    // A new room's load of its last seq now takes 3 s.
+    fail::cfg("store.last_seq", "sleep(3000)").unwrap();
+    join(&mut bob, 1, "slow").await; // returns at once: the room loads in its own actor
+    join(&mut carol, 1, "open").await;
+    rc.until(&f.engine, &carol, "carol's ok", |fr| r_has(fr, 1)).await;
+    rb.until(&f.engine, &bob, "bob, not yet", |_| true).await;
+    assert!(!r_has(&rb.frames, 1), "the open room answered while the new one was still loading");
+    fail::remove("store.last_seq");
+    rb.until(&f.engine, &bob, "bob's ok", |fr| r_has(fr, 1)).await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_keeps_failing_makes_the_engine_give_up() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig::default()).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    join(&mut alice, 1, "lobby").await;
+    r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
+    fail::cfg("writer.commit", "panic").unwrap();
+    send(&mut alice, 2, "lobby", "doomed").await;
+    let reason = tokio::time::timeout(WAIT, f.engine.failed()).await.expect("the engine gives up");
+    assert!(reason.contains("writer failed"), "{reason}");
+    assert!(f.engine.not_ready().is_some(), "and stays not ready");
+    // Sends are refused (the writer is down), not queued forever.
+    send(&mut alice, 3, "lobby", "refused").await;
+    r.until(&f.engine, &alice, "the refusal", |fr| r_has(fr, 3)).await;
+    assert!(matches!(r.reply(3), Some(ServerFrame::Error { code: ErrorCode::Overloaded, .. })), "{:?}", r.reply(3));
+    assert!(!r_has(&r.frames, 2), "the message that kept failing was never acknowledged");
+    fail::remove("writer.commit");
+    scenario.teardown();
+}
+
+/// A room that crashed many times still stops once idle: no crash leaves
+/// an operation counted in flight (a guard ends wherever its operation
+/// does, a dropped queue included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_leave_no_operation_in_flight() {
+    let scenario = FailScenario::setup();
+    let f = start(EngineConfig { room_idle_ms: 200, ..EngineConfig::default() }).await;
+    let mut alice = open(&f, "alice");
+    let mut r = Reader::new();
+    fail::cfg("room.publish", "50%panic").unwrap();
+    join(&mut alice, 1, "lobby").await;
+    for n in 0..10 {
+        send(&mut alice, 10 + n, "lobby", "x").await;
     }
-    assert_eq!(delivered, vec![2], "seq 2 delivered exactly once, live or by replay");
+    r.until(&f.engine, &alice, "ten acks", |fr| (10..20).all(|q| r_has(fr, q))).await;
+    fail::remove("room.publish");
+    r.until(&f.engine, &alice, "ten messages", |fr| {
+        fr.iter().filter(|x| matches!(x, ServerFrame::Msg(_))).count() >= 10
+    })
+    .await;
+    let mut seen = HashMap::new();
+    for seq in r.msg_seqs("lobby") {
+        *seen.entry(seq).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "each message once: {seen:?}");
+    assert_eq!(f.engine.rooms_open(), 1);
+    drop(alice); // leaves the room
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.engine.rooms_open() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the room never stopped: something is still in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A fresh room continues the room's numbering from the store.
+    let mut bob = open(&f, "bob");
+    let mut rb = Reader::new();
+    join(&mut bob, 1, "lobby").await;
+    rb.until(&f.engine, &bob, "ok", |fr| r_has(fr, 1)).await;
+    assert_eq!(ok_seq(rb.reply(1)), 10);
+    scenario.teardown();
 }

@@ -81,6 +81,9 @@ pub struct Args {
     /// An empty room stops after this long without activity.
     #[arg(long, env = "VICHE_ROOM_IDLE_MS", default_value_t = engine::ROOM_IDLE_MS_DEFAULT)]
     pub room_idle_ms: u64,
+    /// A store call with no answer within this long counts as failed (and is retried).
+    #[arg(long, env = "VICHE_STORE_TIMEOUT_MS", default_value_t = engine::STORE_TIMEOUT_MS_DEFAULT)]
+    pub store_timeout_ms: u64,
     /// Password hashes computed at once (argon2id is CPU- and memory-heavy).
     #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = engine::ARGON2_CONCURRENCY_DEFAULT)]
     pub argon2_concurrency: usize,
@@ -139,6 +142,7 @@ impl Args {
             ("--writer-queue-max", self.writer_queue_max),
             ("--writer-batch-max", self.writer_batch_max),
             ("--argon2-concurrency", self.argon2_concurrency),
+            ("--store-timeout-ms", self.store_timeout_ms as usize),
             ("--max-connections", self.max_connections),
             ("--token-ttl", self.token_ttl as usize),
         ];
@@ -213,6 +217,7 @@ impl Args {
             join_rate: Rate { per_second: self.join_per_second, burst: self.join_burst },
             token_ttl_s: self.token_ttl,
             argon2_concurrency: self.argon2_concurrency,
+            store_timeout_ms: self.store_timeout_ms,
             failed_login_rate: Rate {
                 per_second: self.failed_logins_per_minute / 60.0,
                 burst: self.failed_logins_burst,

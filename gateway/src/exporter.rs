@@ -106,7 +106,7 @@ pub fn record_store_probe(engine: &Engine, ok: bool) {
 }
 
 fn set_ready_gauge(engine: &Engine) {
-    let ready = STORE_PROBE_OK.load(Ordering::Relaxed) && engine.writer_healthy();
+    let ready = STORE_PROBE_OK.load(Ordering::Relaxed) && engine.not_ready().is_none();
     table::STORE_READY.gauge().set(if ready { 1.0 } else { 0.0 });
 }
 

@@ -30,6 +30,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(args.log_json);
+    // With the `failpoints` feature (tests only), FAILPOINTS configures the
+    // engine's failpoints for the life of the process.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = {
+        let scenario = fail::FailScenario::setup();
+        if let Ok(spec) = std::env::var("FAILPOINTS") {
+            tracing::warn!(%spec, "failpoints configured");
+        }
+        scenario
+    };
     args.web_dir = args.resolved_web_dir();
     match &args.web_dir {
         Some(dir) => tracing::info!(web_dir = %dir.display(), "serving the web client"),
@@ -93,9 +103,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
-    let app = Arc::new(http::App::new(engine, exporter, args.web_dir.clone(), args.max_connections));
-    server::serve(listener, app, shutdown_signal()).await;
-    Ok(())
+    let app = Arc::new(http::App::new(engine.clone(), exporter, args.web_dir.clone(), args.max_connections));
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => server::Stop::Signal,
+            reason = engine.failed() => server::Stop::EngineFailed(reason),
+        }
+    };
+    match server::serve(listener, app, stop).await {
+        server::Stop::Signal => Ok(()),
+        // Exit non-zero, so that an orchestrator restarts the process.
+        server::Stop::EngineFailed(reason) => Err(anyhow::anyhow!("the engine failed: {reason}")),
+    }
 }
 
 async fn shutdown_signal() {

@@ -23,11 +23,21 @@ const SHUTDOWN_WRITES_MAX_MS: u64 = 30_000;
 /// And then at most this long for sessions to take their 1001 close.
 const SHUTDOWN_SESSIONS_MAX_MS: u64 = 5_000;
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
+/// Why the server stops.
+pub enum Stop {
+    /// SIGTERM or SIGINT: finish the writes in flight, close with 1001.
+    Signal,
+    /// The engine gave up (docs/architecture.md, "Supervision"): close
+    /// every session with 1011 at once; the process exits non-zero.
+    EngineFailed(String),
+}
+
+/// Serves until `stop` resolves, then shuts down as it says; returns it.
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl std::future::Future<Output = Stop>) -> Stop {
+    tokio::pin!(stop);
+    let stop = loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => break,
+            stop = &mut stop => break stop,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -57,13 +67,22 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl std::fut
                 }
             }
         }
-    }
+    };
     drop(listener);
-    tracing::info!("shutting down: finishing writes in flight");
-    app.engine.shutdown(Duration::from_millis(SHUTDOWN_WRITES_MAX_MS)).await;
+    match &stop {
+        Stop::Signal => {
+            tracing::info!("shutting down: finishing writes in flight");
+            app.engine.shutdown(Duration::from_millis(SHUTDOWN_WRITES_MAX_MS)).await;
+        }
+        Stop::EngineFailed(reason) => {
+            tracing::error!(reason, "the engine failed: closing every session");
+            app.engine.close_sessions(viche_protocol::Close::SERVER_FAILURE);
+        }
+    }
     app.sessions.close();
     if tokio::time::timeout(Duration::from_millis(SHUTDOWN_SESSIONS_MAX_MS), app.sessions.wait()).await.is_err() {
         tracing::warn!(left = app.sessions.len(), "sessions still open at shutdown deadline");
     }
     tracing::info!("shutdown complete");
+    stop
 }

@@ -139,6 +139,9 @@ impl Close {
     pub const UNSUPPORTED_VERSION: Close =
         Close { code: CloseCode::ProtocolError, reason: "unsupported protocol version" };
     pub const FRAME_TOO_LARGE: Close = Close { code: CloseCode::MessageTooBig, reason: "frame larger than max_frame" };
+    pub const SESSION_FAILED: Close =
+        Close { code: CloseCode::InternalError, reason: "session failed; reconnect and rejoin with since" };
+    pub const SERVER_FAILURE: Close = Close { code: CloseCode::InternalError, reason: "server failure; reconnect" };
     pub const REPLAY_UNAVAILABLE: Close =
         Close { code: CloseCode::InternalError, reason: "replay unavailable; rejoin with since" };
     pub const UNAUTHORIZED: Close = Close { code: CloseCode::Unauthorized, reason: "unauthorized" };

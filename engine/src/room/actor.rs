@@ -3,47 +3,49 @@
 //! the last seq published before it, and every later message reaches the
 //! new member.
 //!
-//! The state itself lives in the [`RoomHandle`] (so a restarted actor
-//! finds the members still attached); what the actor keeps is only what
-//! it needs to work.
+//! The state and the queue of operations live in the [`RoomHandle`]; the
+//! actor takes operations off the queue one at a time (`Wake`). An
+//! operation that panics is put back and the actor fails: its supervisor
+//! restarts it (with backoff), and the new actor first reloads the room's
+//! last seq from the store (`Init`) — replaying to members whatever was
+//! stored and not yet published — then does the operation again. An
+//! operation that crashes [`POISON_OP_CRASHES_MAX`] actors in a row is
+//! dropped (a joiner gets `internal`). Store I/O happens here, in the
+//! room's own actor, never in its supervisor; a room that cannot load its
+//! last seq after [`INIT_ATTEMPTS_MAX`] tries tells its members and its
+//! queued joiners to join again, and stops.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use viche_protocol::limits::REPLAY_MESSAGES_MAX;
-use viche_protocol::{Msg, ServerFrame};
+use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
-use super::handle::{InFlight, RoomHandle, RoomState, TypingSlot};
+use super::handle::{RoomHandle, RoomOp, RoomState};
 use super::RoomKindOwned;
 use crate::delivery::{Directory, EncodedFrame, OutItem, SessionHandle, SessionId};
+use crate::faults::failpoint;
 use crate::metrics::ROOMS_ACTIVE;
 use crate::store::Store;
 
+/// Actors in a row that may crash on the same operation before it is dropped.
+pub(crate) const POISON_OP_CRASHES_MAX: u32 = 3;
+/// Tries to load the room's last seq before the room gives up.
+pub(crate) const INIT_ATTEMPTS_MAX: u32 = 8;
+/// Wait after the n-th failed try: n times this, at most [`INIT_BACKOFF_MAX_MS`].
+const INIT_BACKOFF_MS: u64 = 250;
+const INIT_BACKOFF_MAX_MS: u64 = 5_000;
+
 pub(crate) enum RoomMsg {
-    Join {
-        session: Arc<SessionHandle>,
-        req: u64,
-        since: Option<u64>,
-        in_flight: InFlight,
-    },
-    Leave {
-        session: SessionId,
-        reply: Option<(Arc<SessionHandle>, u64)>,
-    },
-    Typing {
-        session: Arc<SessionHandle>,
-        _slot: TypingSlot,
-    },
-    /// Stored messages of this room, in seq order, with when each `send`
-    /// was decoded (for the send→deliver latency).
-    Publish(Vec<(Msg, Instant)>),
-    /// Sent by the supervisor after it closed the handle: ordered after
-    /// every message already queued, so no publish is dropped.
+    /// Load the room's last seq, then do the queued operations.
+    Init,
+    /// Operations were queued.
+    Wake,
+    /// Sent by the supervisor after it closed the handle: the room is idle.
     Stop,
-    /// Test hook (feature `test-hooks`): panic while handling this.
-    #[cfg(feature = "test-hooks")]
-    Panic,
 }
 
 pub(crate) struct RoomActor;
@@ -52,11 +54,17 @@ pub(crate) struct RoomArgs {
     pub handle: Arc<RoomHandle>,
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
+    pub store_timeout: Duration,
 }
 
 pub(crate) struct RoomActorState {
     handle: Arc<RoomHandle>,
+    store: Arc<dyn Store>,
     directory: Arc<Directory>,
+    store_timeout: Duration,
+    /// Loaded the room's last seq: operations may run.
+    ready: bool,
+    init_attempts: u32,
     /// Reused for DM recipients, so a DM's fan-out does not allocate.
     scratch: Vec<Arc<SessionHandle>>,
 }
@@ -66,39 +74,19 @@ impl Actor for RoomActor {
     type State = RoomActorState;
     type Arguments = RoomArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<RoomMsg>,
-        args: RoomArgs,
-    ) -> Result<RoomActorState, ActorProcessingErr> {
-        let RoomArgs { handle, store, directory } = args;
-        if let RoomKindOwned::Dm(a, b) = &handle.kind {
-            for user in [a, b] {
-                if store.get_user(user).await?.is_none() {
-                    return Err(format!("no such user: {user}").into());
-                }
-            }
-        }
-        let stored = store.last_seq(&handle.name).await?;
-        let mut state = handle.state.lock();
-        if stored > state.last_published {
-            if !state.members.is_empty() {
-                // A restart after a crash: the members missed what was
-                // stored meanwhile; replay it from the store, in order.
-                tracing::warn!(room = %handle.name, from = state.last_published, to = stored, "re-attaching members after restart");
-                for member in &state.members {
-                    member.outbox.push_unbounded(OutItem::Replay {
-                        room: handle.name.clone(),
-                        after: state.last_published,
-                        upto: stored,
-                    });
-                }
-            }
-            state.last_published = stored;
-        }
-        drop(state);
+    async fn pre_start(&self, myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomActorState, ActorProcessingErr> {
+        let RoomArgs { handle, store, directory, store_timeout } = args;
         ROOMS_ACTIVE.gauge().increment(1.0);
-        Ok(RoomActorState { handle, directory, scratch: Vec::new() })
+        myself.send_message(RoomMsg::Init)?;
+        Ok(RoomActorState {
+            handle,
+            store,
+            directory,
+            store_timeout,
+            ready: false,
+            init_attempts: 0,
+            scratch: Vec::new(),
+        })
     }
 
     async fn post_stop(
@@ -117,23 +105,136 @@ impl Actor for RoomActor {
         state: &mut RoomActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RoomMsg::Join { session, req, since, in_flight } => {
-                state.join(session, req, since);
-                drop(in_flight);
+            RoomMsg::Init => state.init(&myself).await,
+            RoomMsg::Wake if state.ready => state.drain(),
+            RoomMsg::Wake => Ok(()), // Init drains when it is done
+            RoomMsg::Stop => {
+                myself.stop(None);
+                Ok(())
             }
-            RoomMsg::Leave { session, reply } => state.leave(session, reply),
-            RoomMsg::Typing { session, _slot } => state.typing(&session),
-            RoomMsg::Publish(msgs) => state.publish(msgs),
-            RoomMsg::Stop => myself.stop(None),
-            #[cfg(feature = "test-hooks")]
-            RoomMsg::Panic => panic!("room {}: panic injected by a test", state.handle.name),
         }
-        Ok(())
     }
 }
 
 impl RoomActorState {
-    fn join(&mut self, peer: Arc<SessionHandle>, req: u64, since: Option<u64>) {
+    async fn init(&mut self, myself: &ActorRef<RoomMsg>) -> Result<(), ActorProcessingErr> {
+        let handle = self.handle.clone();
+        let stored = match tokio::time::timeout(self.store_timeout, self.store.last_seq(&handle.name)).await {
+            Ok(Ok(stored)) => stored,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", self.store_timeout.as_millis()),
+                };
+                self.init_attempts += 1;
+                if self.init_attempts >= INIT_ATTEMPTS_MAX {
+                    tracing::error!(room = %handle.name, error, attempts = self.init_attempts, "room cannot start; telling its members");
+                    self.give_up();
+                    myself.stop(None);
+                } else {
+                    let wait_ms = (INIT_BACKOFF_MS * self.init_attempts as u64).min(INIT_BACKOFF_MAX_MS);
+                    tracing::warn!(room = %handle.name, error, wait_ms, "room cannot load its last seq yet; retrying");
+                    myself.send_after(Duration::from_millis(wait_ms), || RoomMsg::Init);
+                }
+                return Ok(());
+            }
+        };
+        {
+            let mut state = handle.state.lock();
+            if stored > state.last_published {
+                if !state.members.is_empty() {
+                    // A restart: the members missed what was stored while
+                    // no actor was publishing; replay it, in order.
+                    tracing::warn!(room = %handle.name, from = state.last_published, to = stored, "re-attaching members after restart");
+                    for member in &state.members {
+                        member.outbox.push_unbounded(OutItem::Replay {
+                            room: handle.name.clone(),
+                            after: state.last_published,
+                            upto: stored,
+                        });
+                    }
+                }
+                state.last_published = stored;
+            }
+            if state.head_crashes >= POISON_OP_CRASHES_MAX {
+                let op = state.ops.pop_front();
+                state.head_crashes = 0;
+                drop(state);
+                tracing::error!(room = %handle.name, crashes = POISON_OP_CRASHES_MAX, "dropping an operation that keeps crashing the room");
+                if let Some(RoomOp::Join { session, req, .. }) = op {
+                    let frame = ServerFrame::error(Some(req), ErrorCode::Internal, "the room could not take this join");
+                    let _ = session.send(&frame);
+                }
+            }
+        }
+        self.ready = true;
+        self.drain()
+    }
+
+    /// Does every queued operation, oldest first. An operation that panics
+    /// is put back at the front, and the actor fails.
+    fn drain(&mut self) -> Result<(), ActorProcessingErr> {
+        let handle = self.handle.clone();
+        handle.wake_sent.store(false, Ordering::Release);
+        loop {
+            let Some(mut op) = handle.state.lock().ops.pop_front() else { return Ok(()) };
+            match catch_unwind(AssertUnwindSafe(|| self.apply(&mut op))) {
+                Ok(()) => handle.state.lock().head_crashes = 0,
+                Err(panic) => {
+                    let mut state = handle.state.lock();
+                    state.ops.push_front(op);
+                    state.head_crashes += 1;
+                    let reason = panic_message(&panic);
+                    return Err(format!("room {}: an operation panicked: {reason}", handle.name).into());
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &mut RoomOp) {
+        match op {
+            RoomOp::Join { session, req, since, .. } => {
+                failpoint!("room.join");
+                self.join(session, *req, *since);
+            }
+            RoomOp::Leave { session, reply } => self.leave(*session, reply.take()),
+            RoomOp::Typing { session, .. } => self.typing(session),
+            RoomOp::Publish(msgs) => {
+                failpoint!("room.publish");
+                self.publish(std::mem::take(msgs));
+            }
+        }
+    }
+
+    /// The room cannot start: every member and queued joiner is told to
+    /// join again, and the handle closes (its users fetch a fresh room).
+    fn give_up(&mut self) {
+        let handle = &self.handle;
+        let mut state = handle.state.lock();
+        state.closed = true;
+        let members = std::mem::take(&mut state.members);
+        state.user_sessions.clear();
+        state.json_members = 0;
+        let ops = std::mem::take(&mut state.ops);
+        drop(state);
+        let message = format!("room {} is unavailable; join it again", handle.name);
+        for member in members {
+            let _ = member.send(&ServerFrame::error(None, ErrorCode::Overloaded, message.clone()));
+        }
+        for op in ops {
+            match op {
+                RoomOp::Join { session, req, .. } => {
+                    let _ = session.send(&ServerFrame::error(Some(req), ErrorCode::Overloaded, message.clone()));
+                }
+                RoomOp::Leave { reply: Some((session, req)), .. } => {
+                    let _ = session.send(&ServerFrame::ok(req));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn join(&mut self, peer: &Arc<SessionHandle>, req: u64, since: Option<u64>) {
         let handle = &self.handle;
         let mut state = handle.state.lock();
         state.last_activity = Instant::now();
@@ -227,7 +328,7 @@ impl RoomActorState {
                     });
                 }
             }
-            state.last_published = msg.seq;
+            let seq = msg.seq;
             let frame = ServerFrame::Msg(msg);
             let delivered = match &handle.kind {
                 RoomKindOwned::Public => broadcast(&state, &frame, |_| true),
@@ -245,6 +346,8 @@ impl RoomActorState {
                     n
                 }
             };
+            // Only now: the message is in every member's outbox.
+            state.last_published = seq;
             let hot = crate::metrics::hot();
             hot.deliveries.increment(delivered as u64);
             hot.send_deliver_latency.record(received_at.elapsed().as_secs_f64());
@@ -265,4 +368,12 @@ fn broadcast(state: &RoomState, frame: &ServerFrame, to: impl Fn(&SessionHandle)
     }
     crate::metrics::hot().frames_out(frame, n);
     n
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }

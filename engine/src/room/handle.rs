@@ -1,34 +1,60 @@
 //! `RoomHandle`: what sessions and the writer hold of a room.
 //!
-//! It outlives the `RoomActor` behind it, so a crashed actor can be
-//! restarted by the supervisor with its members still attached: the
-//! room's state ([`RoomState`]) lives here, under a lock that only the
-//! actor takes to change it (the supervisor reads it to decide idleness).
+//! It outlives the `RoomActor` behind it, so that a crash loses nothing:
+//! the room's state ([`RoomState`]: members, presence, the last seq
+//! published) and its queue of operations not yet done ([`RoomOp`]: joins,
+//! leaves, typing, publishes) live here, under one lock. Senders push an
+//! operation and wake the actor; the actor takes operations off the front
+//! one at a time and pops each only once it is done, so an operation
+//! interrupted by a crash is done by the restarted actor.
 //!
 //! Every operation that must keep the room alive until the actor has
-//! handled it (a write submitted, a join queued) holds an [`InFlight`]
-//! guard; the room may stop only when none is left. A `typing` notice in
-//! the mailbox holds a [`TypingSlot`], which bounds how many are queued.
+//! handled it holds an [`InFlight`] guard; the room may stop only when
+//! none is left. A `typing` notice holds a [`TypingSlot`], which bounds
+//! how many are queued.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use viche_protocol::validate::{parse_room, RoomKind};
+use viche_protocol::Msg;
 
 use super::actor::RoomMsg;
 use super::RoomKindOwned;
 use crate::delivery::{SessionHandle, SessionId};
 use crate::metrics::TYPING_DROPPED;
 
-/// `typing` messages a room's mailbox holds at most. Each session may send
+/// `typing` notices a room holds queued at most. Each session may send
 /// 2/s, but a big room's sessions together may send more than its actor
 /// can broadcast: past the bound, typing (which is never stored) is
-/// dropped instead of growing the mailbox.
+/// dropped instead of growing the queue. Joins and leaves are bounded by
+/// each session's join rate, publishes by the writer's queue.
 pub(crate) const ROOM_TYPING_QUEUED_MAX: usize = 256;
+
+/// An operation for the room's actor.
+pub(crate) enum RoomOp {
+    Join {
+        session: Arc<SessionHandle>,
+        req: u64,
+        since: Option<u64>,
+        _in_flight: InFlight,
+    },
+    Leave {
+        session: SessionId,
+        reply: Option<(Arc<SessionHandle>, u64)>,
+    },
+    Typing {
+        session: Arc<SessionHandle>,
+        _slot: TypingSlot,
+    },
+    /// Stored messages of this room, in seq order, with when each `send`
+    /// was decoded (for the send→deliver latency).
+    Publish(Vec<(Msg, Instant)>),
+}
 
 /// The room's state: it survives a restart of the room's actor.
 pub(crate) struct RoomState {
@@ -36,12 +62,17 @@ pub(crate) struct RoomState {
     /// Sessions in the room per user: presence changes at 0 ↔ 1.
     pub user_sessions: HashMap<Arc<str>, u32>,
     pub json_members: usize,
-    /// The highest seq handed to members; a join's `ok.seq`.
+    /// The highest seq in every member's outbox; a join's `ok.seq`.
     pub last_published: u64,
     /// Live [`InFlight`] guards: the room may not stop while any exist.
     pub in_flight: u64,
-    /// Set once by the supervisor when the room stops; a closed handle
-    /// accepts nothing and its users fetch a fresh one.
+    /// Operations not yet done, oldest first. Never drop one while holding
+    /// this state's lock: a join's [`InFlight`] guard takes it when dropped.
+    pub ops: VecDeque<RoomOp>,
+    /// How many actors crashed while doing `ops.front()`.
+    pub head_crashes: u32,
+    /// Set once, when the room stops (idle, or unable to start); a closed
+    /// handle accepts nothing and its users fetch a fresh one.
     pub closed: bool,
     pub last_activity: Instant,
 }
@@ -51,7 +82,10 @@ pub(crate) struct RoomHandle {
     pub kind: RoomKindOwned,
     pub(super) actor: Mutex<Option<ActorRef<RoomMsg>>>,
     pub(super) state: Mutex<RoomState>,
-    /// `typing` notices now in the actor's mailbox (live [`TypingSlot`]s).
+    /// A `Wake` is in the actor's mailbox, or the actor is down (it drains
+    /// the queue when it starts): no need to send another.
+    pub(super) wake_sent: AtomicBool,
+    /// `typing` notices now queued (live [`TypingSlot`]s).
     typing_queued: AtomicUsize,
 }
 
@@ -60,8 +94,7 @@ pub(crate) struct RoomHandle {
 pub(crate) struct HandleClosed;
 
 /// One pending operation on a room. The room may not stop while one
-/// exists; dropping it (wherever the operation ends, even in a dropped
-/// mailbox) ends it.
+/// exists; dropping it (wherever the operation ends) ends it.
 pub(crate) struct InFlight(Arc<RoomHandle>);
 
 impl InFlight {
@@ -79,8 +112,8 @@ impl Drop for InFlight {
     }
 }
 
-/// One `typing` notice in a room's mailbox, counted against
-/// [`ROOM_TYPING_QUEUED_MAX`] until dropped.
+/// One queued `typing` notice, counted against [`ROOM_TYPING_QUEUED_MAX`]
+/// until dropped.
 pub(crate) struct TypingSlot(Arc<RoomHandle>);
 
 impl Drop for TypingSlot {
@@ -105,20 +138,42 @@ impl RoomHandle {
                 json_members: 0,
                 last_published: 0,
                 in_flight: 0,
+                ops: VecDeque::new(),
+                head_crashes: 0,
                 closed: false,
                 last_activity: Instant::now(),
             }),
+            // Down until an actor starts and drains the queue.
+            wake_sent: AtomicBool::new(true),
             typing_queued: AtomicUsize::new(0),
         })
     }
 
-    /// Queues a message for the actor; false when the room is down (the
-    /// message, and any guard in it, is dropped).
-    fn cast(&self, msg: RoomMsg) -> bool {
-        match self.actor.lock().as_ref() {
-            Some(actor) => actor.send_message(msg).is_ok(),
-            None => false,
+    /// Queues an operation and wakes the actor; `Err` when the room is
+    /// closed (the operation, and any guard in it, is dropped).
+    fn enqueue(&self, op: RoomOp) -> Result<(), HandleClosed> {
+        {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(HandleClosed);
+            }
+            state.ops.push_back(op);
         }
+        self.wake();
+        Ok(())
+    }
+
+    /// Makes sure the actor will look at the queue.
+    pub(super) fn wake(&self) {
+        if self.wake_sent.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sent = match self.actor.lock().as_ref() {
+            Some(actor) => actor.send_message(RoomMsg::Wake).is_ok(),
+            None => false,
+        };
+        // If the actor is down, its successor drains the queue at start.
+        let _ = sent;
     }
 
     /// Starts a pending operation, unless the room is closed.
@@ -138,18 +193,20 @@ impl RoomHandle {
         since: Option<u64>,
     ) -> Result<(), HandleClosed> {
         let in_flight = self.begin()?;
-        match self.cast(RoomMsg::Join { session, req, since, in_flight }) {
-            true => Ok(()),
-            false => Err(HandleClosed),
-        }
+        self.enqueue(RoomOp::Join { session, req, since, _in_flight: in_flight })
     }
 
     pub(crate) fn leave(&self, session: SessionId, reply: Option<(Arc<SessionHandle>, u64)>) {
-        self.cast(RoomMsg::Leave { session, reply });
+        if let Err(HandleClosed) = self.enqueue(RoomOp::Leave { session, reply: reply.clone() }) {
+            // The room is gone, and the session with it: nothing to leave.
+            if let Some((session, req)) = reply {
+                let _ = session.send(&viche_protocol::ServerFrame::ok(req));
+            }
+        }
     }
 
     /// Queues a typing notice; false when it was dropped (the room's
-    /// typing queue is full, or the room is down).
+    /// typing queue is full, or the room is closed).
     pub(crate) fn typing(self: &Arc<Self>, session: Arc<SessionHandle>) -> bool {
         if self.typing_queued.fetch_add(1, Ordering::AcqRel) >= ROOM_TYPING_QUEUED_MAX {
             self.typing_queued.fetch_sub(1, Ordering::AcqRel);
@@ -157,50 +214,30 @@ impl RoomHandle {
             return false;
         }
         let slot = TypingSlot(self.clone());
-        self.cast(RoomMsg::Typing { session, _slot: slot })
+        self.enqueue(RoomOp::Typing { session, _slot: slot }).is_ok()
     }
 
-    /// Hands stored messages to the actor. If the actor is down between a
-    /// crash and its restart, the restarted actor replays from the store
-    /// whatever was not published.
-    pub(crate) fn publish(&self, msgs: Vec<(viche_protocol::Msg, Instant)>) {
-        self.cast(RoomMsg::Publish(msgs));
+    /// Hands stored messages to the room. Queued even while its actor is
+    /// down: the restarted actor publishes them.
+    pub(crate) fn publish(&self, msgs: Vec<(Msg, Instant)>) {
+        let mut state = self.state.lock();
+        // A room with writes in flight is never closed (the sweep waits for
+        // them), so this always queues.
+        debug_assert!(!state.closed || state.in_flight == 0);
+        state.ops.push_back(RoomOp::Publish(msgs));
+        drop(state);
+        self.wake();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.state.lock().closed
     }
-
-    /// Test hook: makes the room's actor panic while handling a message.
-    #[cfg(feature = "test-hooks")]
-    pub(crate) fn inject_panic(&self) {
-        self.cast(RoomMsg::Panic);
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use ractor::{Actor, ActorProcessingErr};
-
     use super::*;
     use crate::delivery::Outbox;
-
-    /// An actor that takes its first message and never finishes it, so
-    /// everything after stays in its mailbox.
-    struct Stuck;
-
-    impl Actor for Stuck {
-        type Msg = RoomMsg;
-        type State = ();
-        type Arguments = ();
-        async fn pre_start(&self, _: ActorRef<RoomMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-            Ok(())
-        }
-        async fn handle(&self, _: ActorRef<RoomMsg>, _: RoomMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
-            std::future::pending::<()>().await;
-            Ok(())
-        }
-    }
 
     fn session() -> Arc<SessionHandle> {
         Arc::new(SessionHandle {
@@ -211,35 +248,33 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn typing_past_the_queue_bound_is_dropped_not_queued() {
+    #[test]
+    fn typing_past_the_queue_bound_is_dropped_not_queued() {
+        // No actor: nothing is ever taken off the queue, as if the room
+        // could not keep up.
         let handle = Arc::new(RoomHandle::new("lobby".into()).unwrap());
-        let (actor, _) = Actor::spawn(None, Stuck, ()).await.unwrap();
-        *handle.actor.lock() = Some(actor.clone());
         let s = session();
         let accepted = (0..ROOM_TYPING_QUEUED_MAX + 50).filter(|_| handle.typing(s.clone())).count();
-        // Only RoomActor drops a notice's slot when it handles one; this
-        // actor never does, as if the room could not keep up.
         assert_eq!(accepted, ROOM_TYPING_QUEUED_MAX, "exactly the bound is queued; the rest is dropped");
         assert!(!handle.typing(s.clone()), "still full");
-        actor.stop(None);
+        let taken = std::mem::take(&mut handle.state.lock().ops);
+        drop(taken); // not under the lock: a dropped op may end a guard
+        assert!(handle.typing(s), "room again once the queue was taken");
     }
 
-    #[tokio::test]
-    async fn guards_end_their_operation_when_dropped_even_unhandled() {
+    #[test]
+    fn guards_end_their_operation_when_dropped() {
         let handle = Arc::new(RoomHandle::new("lobby".into()).unwrap());
-        // No actor: the join's message, and its guard, are dropped.
-        assert_eq!(handle.join(session(), 1, None), Err(HandleClosed));
+        handle.join(session(), 1, None).unwrap();
+        assert_eq!(handle.state.lock().in_flight, 1, "a queued join keeps the room");
+        let taken = std::mem::take(&mut handle.state.lock().ops);
+        drop(taken);
+        assert_eq!(handle.state.lock().in_flight, 0, "dropping the join ends it");
+
+        handle.state.lock().closed = true;
+        assert_eq!(handle.join(session(), 2, None), Err(HandleClosed), "a closed room takes nothing");
         assert_eq!(handle.state.lock().in_flight, 0);
         assert!(!handle.typing(session()));
         assert_eq!(handle.typing_queued.load(Ordering::Acquire), 0);
-
-        let guard = handle.begin().unwrap();
-        assert_eq!(handle.state.lock().in_flight, 1);
-        drop(guard);
-        assert_eq!(handle.state.lock().in_flight, 0);
-
-        handle.state.lock().closed = true;
-        assert!(handle.begin().is_err(), "a closed room starts nothing");
     }
 }

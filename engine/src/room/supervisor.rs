@@ -1,15 +1,25 @@
 //! `RoomSupervisor`: spawns a room's actor on first use, restarts one that
-//! crashed (its handle, and so its members, survive), and stops rooms that
-//! are empty and idle. [`Rooms`] is how the rest of the engine asks it for
-//! a room.
+//! crashed (its handle, and so its members and queued operations,
+//! survive), and stops rooms that are empty and idle. [`Rooms`] is how the
+//! rest of the engine finds a room.
+//!
+//! The registry of open rooms is a map that [`Rooms::get`] reads directly:
+//! finding an open room never waits for the supervisor. Only a room that is
+//! not open yet goes through the supervisor, whose work is quick and does
+//! no I/O (a room's actor loads its own last seq); the users of a DM room
+//! are checked by the caller, in its own task, before it asks.
 //!
 //! ractor's default `handle_supervisor_evt` stops the supervisor when any
-//! child exits; this one overrides it, so one room's crash touches no other.
+//! child exits; this one overrides it, so one room's crash touches no
+//! other. A room that crashes is restarted after a backoff that grows with
+//! its recent crashes ([`ROOM_RESTART_BACKOFF_MAX_MS`] at most), so a room
+//! in a crash loop costs little and shows in `viche_actor_failures_total`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use viche_protocol::ErrorCode;
 
@@ -17,32 +27,70 @@ use super::actor::{RoomActor, RoomArgs, RoomMsg};
 use super::handle::RoomHandle;
 use super::RoomKindOwned;
 use crate::delivery::Directory;
-use crate::metrics::{ROOMS_ACTIVE, ROOM_RESTARTS};
+use crate::metrics::{ACTOR_FAILURES, ACTOR_RESTARTS, ROOMS_ACTIVE};
 use crate::refusal::Refusal;
 use crate::store::Store;
+use crate::supervisor::{RestartIntensity, RESTART_WINDOW_MS};
 
-/// How long a session waits for the supervisor to hand it a room.
-const ROOM_LOOKUP_TIMEOUT_MS: u64 = 10_000;
+/// How long a session waits for the supervisor to open a room.
+const ROOM_OPEN_TIMEOUT_MS: u64 = 10_000;
+/// Wait before restarting a crashed room: this times its crashes within
+/// the restart window, at most [`ROOM_RESTART_BACKOFF_MAX_MS`].
+const ROOM_RESTART_BACKOFF_MS: u64 = 100;
+const ROOM_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
+/// Crashes per room remembered for the backoff.
+const ROOM_CRASHES_COUNTED_MAX: usize = 64;
 
-/// The engine's way to the room supervisor.
+type Registry = RwLock<HashMap<Arc<str>, Arc<RoomHandle>>>;
+
+/// The engine's way to its rooms.
 #[derive(Clone)]
 pub(crate) struct Rooms {
+    registry: Arc<Registry>,
     supervisor: ActorRef<SupervisorMsg>,
+    store: Arc<dyn Store>,
 }
 
 impl Rooms {
-    pub(crate) async fn start(args: SupervisorArgs) -> anyhow::Result<Self> {
-        let (supervisor, _) =
-            Actor::spawn(None, RoomSupervisor, args).await.map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Self { supervisor })
+    pub(crate) async fn start(args: SupervisorArgs, parent: ractor::ActorCell) -> anyhow::Result<Self> {
+        let registry: Arc<Registry> = Arc::default();
+        let store = args.store.clone();
+        let state_args = (args, registry.clone());
+        let (supervisor, _) = Actor::spawn_linked(None, RoomSupervisor, state_args, parent)
+            .await
+            .map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
+        Ok(Self { registry, supervisor, store })
     }
 
-    /// The live handle of a room (spawned on first use).
+    /// Rooms open now (stopped idle rooms excluded).
+    pub(crate) fn open_count(&self) -> usize {
+        self.registry.read().values().filter(|h| !h.is_closed()).count()
+    }
+
+    /// The live handle of a room, opened on first use. A DM room opens only
+    /// if both its users exist (`not_found` otherwise).
     pub(crate) async fn get(&self, name: &str) -> Result<Arc<RoomHandle>, Refusal> {
-        let result = ractor::call_t!(self.supervisor, SupervisorMsg::GetOrSpawn, ROOM_LOOKUP_TIMEOUT_MS, name.into());
+        if let Some(handle) = self.registry.read().get(name).filter(|h| !h.is_closed()) {
+            return Ok(handle.clone());
+        }
+        let Some(handle) = RoomHandle::new(name.into()) else {
+            return Err(Refusal::new(ErrorCode::Invalid, format!("invalid room id {name:?}")));
+        };
+        if let RoomKindOwned::Dm(a, b) = &handle.kind {
+            for user in [a, b] {
+                match self.store.get_user(user).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(Refusal::new(ErrorCode::NotFound, "no such user")),
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = name, "cannot check a DM room's users");
+                        return Err(Refusal::new(ErrorCode::Overloaded, "room unavailable; retry"));
+                    }
+                }
+            }
+        }
+        let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, Arc::new(handle));
         match result {
             Ok(Ok(handle)) => Ok(handle),
-            Ok(Err(ErrorCode::NotFound)) => Err(Refusal::new(ErrorCode::NotFound, "no such user")),
             Ok(Err(code)) => Err(Refusal::new(code, "room unavailable")),
             Err(e) => {
                 tracing::error!(error = %e, room = name, "room supervisor did not answer");
@@ -53,9 +101,11 @@ impl Rooms {
 }
 
 pub(crate) enum SupervisorMsg {
-    /// The live handle of a room, spawning its actor if needed.
-    /// `not_found` for a DM room of a user that does not exist.
-    GetOrSpawn(Arc<str>, RpcReplyPort<Result<Arc<RoomHandle>, ErrorCode>>),
+    /// Opens this room (a fresh handle) unless it is open already; answers
+    /// the open handle.
+    Open(Arc<RoomHandle>, RpcReplyPort<Result<Arc<RoomHandle>, ErrorCode>>),
+    /// Starts a new actor for a room whose actor crashed.
+    Restart(Arc<str>),
     /// Periodic: stop rooms that are empty and idle.
     Sweep,
 }
@@ -67,18 +117,24 @@ pub(crate) struct SupervisorArgs {
     pub directory: Arc<Directory>,
     pub room_idle_ms: u64,
     pub rooms_max: usize,
+    pub store_timeout: Duration,
 }
 
 pub(crate) struct SupervisorState {
     args: SupervisorArgs,
-    rooms: HashMap<Arc<str>, Arc<RoomHandle>>,
+    registry: Arc<Registry>,
     by_actor: HashMap<ActorId, Arc<str>>,
+    crashes: HashMap<Arc<str>, RestartIntensity>,
 }
 
 impl SupervisorState {
     async fn spawn_room(&mut self, myself: &ActorRef<SupervisorMsg>, handle: Arc<RoomHandle>) -> Result<(), ErrorCode> {
-        let args =
-            RoomArgs { handle: handle.clone(), store: self.args.store.clone(), directory: self.args.directory.clone() };
+        let args = RoomArgs {
+            handle: handle.clone(),
+            store: self.args.store.clone(),
+            directory: self.args.directory.clone(),
+            store_timeout: self.args.store_timeout,
+        };
         match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), handle.name.clone());
@@ -86,13 +142,8 @@ impl SupervisorState {
                 Ok(())
             }
             Err(e) => {
-                let text = e.to_string();
-                if matches!(handle.kind, RoomKindOwned::Dm(..)) && text.contains("no such user") {
-                    Err(ErrorCode::NotFound)
-                } else {
-                    tracing::error!(room = %handle.name, error = %text, "room failed to start");
-                    Err(ErrorCode::Internal)
-                }
+                tracing::error!(room = %handle.name, error = %e, "room failed to start");
+                Err(ErrorCode::Internal)
             }
         }
     }
@@ -101,16 +152,16 @@ impl SupervisorState {
 impl Actor for RoomSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = SupervisorArgs;
+    type Arguments = (SupervisorArgs, Arc<Registry>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        args: SupervisorArgs,
+        (args, registry): (SupervisorArgs, Arc<Registry>),
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let sweep_every = Duration::from_millis((args.room_idle_ms / 2).max(10));
         myself.send_interval(sweep_every, || SupervisorMsg::Sweep);
-        Ok(SupervisorState { args, rooms: HashMap::new(), by_actor: HashMap::new() })
+        Ok(SupervisorState { args, registry, by_actor: HashMap::new(), crashes: HashMap::new() })
     }
 
     async fn handle(
@@ -120,39 +171,56 @@ impl Actor for RoomSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::GetOrSpawn(name, reply) => {
-                if let Some(handle) = state.rooms.get(&name) {
-                    let _ = reply.send(Ok(handle.clone()));
+            SupervisorMsg::Open(fresh, reply) => {
+                if let Some(open) = state.registry.read().get(&fresh.name).filter(|h| !h.is_closed()) {
+                    let _ = reply.send(Ok(open.clone()));
                     return Ok(());
                 }
-                if state.rooms.len() >= state.args.rooms_max {
+                let open_rooms = state.registry.read().len();
+                if open_rooms >= state.args.rooms_max {
                     let _ = reply.send(Err(ErrorCode::Overloaded));
                     return Ok(());
                 }
-                let Some(handle) = RoomHandle::new(name.clone()).map(Arc::new) else {
-                    let _ = reply.send(Err(ErrorCode::Invalid));
-                    return Ok(());
-                };
-                let result = state.spawn_room(&myself, handle.clone()).await;
+                let result = state.spawn_room(&myself, fresh.clone()).await;
                 if result.is_ok() {
-                    state.rooms.insert(name, handle.clone());
+                    state.registry.write().insert(fresh.name.clone(), fresh.clone());
                 }
-                let _ = reply.send(result.map(|()| handle));
+                let _ = reply.send(result.map(|()| fresh));
+            }
+            SupervisorMsg::Restart(name) => {
+                let Some(handle) = state.registry.read().get(&name).cloned() else { return Ok(()) };
+                if handle.is_closed() {
+                    return Ok(());
+                }
+                if state.spawn_room(&myself, handle.clone()).await.is_ok() {
+                    ACTOR_RESTARTS.counter_with("room").increment(1);
+                } else {
+                    myself.send_after(Duration::from_millis(ROOM_RESTART_BACKOFF_MAX_MS), move || {
+                        SupervisorMsg::Restart(name)
+                    });
+                }
             }
             SupervisorMsg::Sweep => {
                 let idle_after = Duration::from_millis(state.args.room_idle_ms);
-                state.rooms.retain(|_, handle| {
-                    let mut state = handle.state.lock();
-                    let idle =
-                        state.members.is_empty() && state.in_flight == 0 && state.last_activity.elapsed() >= idle_after;
+                state.registry.write().retain(|_, handle| {
+                    let mut room = handle.state.lock();
+                    if room.closed {
+                        return false; // gave up; its actor has stopped
+                    }
+                    let idle = room.members.is_empty()
+                        && room.in_flight == 0
+                        && room.ops.is_empty()
+                        && room.last_activity.elapsed() >= idle_after;
                     if idle {
-                        state.closed = true;
+                        room.closed = true;
                         if let Some(actor) = handle.actor.lock().as_ref() {
                             let _ = actor.send_message(RoomMsg::Stop);
                         }
                     }
                     !idle
                 });
+                let registry = state.registry.read();
+                state.crashes.retain(|name, _| registry.contains_key(name));
             }
         }
         Ok(())
@@ -167,17 +235,18 @@ impl Actor for RoomSupervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some(name) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
-                let Some(handle) = state.rooms.get(&name).cloned() else { return Ok(()) };
-                ROOM_RESTARTS.counter().increment(1);
-                ROOMS_ACTIVE.gauge().decrement(1.0);
-                tracing::error!(room = %name, error = %err, "room actor crashed; restarting");
+                ACTOR_FAILURES.counter_with("room").increment(1);
+                ROOMS_ACTIVE.gauge().decrement(1.0); // a failed actor's post_stop does not run
+                let Some(handle) = state.registry.read().get(&name).cloned() else { return Ok(()) };
                 *handle.actor.lock() = None;
-                if state.spawn_room(&myself, handle.clone()).await.is_err() {
-                    // Cannot restart (the store is down): close the handle so
-                    // that sessions fetch a fresh room on their next request.
-                    handle.state.lock().closed = true;
-                    state.rooms.remove(&name);
-                }
+                let crashes = state
+                    .crashes
+                    .entry(name.clone())
+                    .or_insert_with(|| RestartIntensity::new(ROOM_CRASHES_COUNTED_MAX, RESTART_WINDOW_MS));
+                let (recent, _) = crashes.record(Instant::now());
+                let wait_ms = (ROOM_RESTART_BACKOFF_MS * (recent as u64 - 1)).min(ROOM_RESTART_BACKOFF_MAX_MS);
+                tracing::error!(room = %name, error = %err, recent, wait_ms, "room actor crashed; restarting");
+                myself.send_after(Duration::from_millis(wait_ms), move || SupervisorMsg::Restart(name));
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 state.by_actor.remove(&cell.get_id());

@@ -4,12 +4,13 @@
 //! The session is owned by its connection's task (the gateway's WebSocket
 //! loop) and touched by nothing else: replies and deliveries reach the
 //! client only through its [`SessionHandle`]'s outbox. It is a plain
-//! struct, not a ractor actor, because idle per-session memory is a design
-//! target (≤ 8 KiB) and a ractor actor alone costs about that; a panic
-//! while handling a frame still ends only this connection, and `Drop`
-//! leaves its rooms and the directory whatever happened.
+//! struct with an actor's semantics, observed by the [`SessionSupervisor`]
+//! (`supervisor.rs` says why it is not a ractor actor of its own); a panic
+//! while handling a frame ends only this connection, and `Drop` leaves its
+//! rooms and the directory and reports the exit whatever happened.
 
 mod rate;
+mod supervisor;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use viche_protocol::{ClientFrame, Close, ErrorCode, ServerFrame};
 
 use rate::ms_since;
 pub use rate::TokenBucket;
+pub(crate) use supervisor::{SessionEvent, SessionSupervisor};
 
 use crate::delivery::SessionHandle;
 use crate::history;
@@ -91,6 +93,10 @@ impl Session {
     pub async fn handle(&mut self, frame: ClientFrame) -> Flow {
         let req = frame.req();
         crate::metrics::hot().frame_in(&frame);
+        #[cfg(feature = "failpoints")]
+        if crate::faults::eval_sync("session.handle").is_some() {
+            return self.fail(req, Refusal::internal("failpoint session.handle"));
+        }
         let result = match frame {
             ClientFrame::Hello { .. } => refuse(ErrorCode::Invalid, "already authenticated"),
             ClientFrame::Auth { req, token } => self.auth(req, &token),
@@ -271,5 +277,11 @@ impl Drop for Session {
             room.leave(self.handle.id, None);
         }
         self.services.directory.unregister(&self.handle.user, self.handle.id);
+        let exited = SessionEvent::Exited {
+            user: self.handle.user.clone(),
+            session: self.handle.id,
+            panicked: std::thread::panicking(),
+        };
+        let _ = self.services.sessions.send_message(exited);
     }
 }

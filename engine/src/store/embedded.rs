@@ -2,15 +2,18 @@
 //! installed. Backed by redb: a pure-Rust, maintained, single-file ACID
 //! B-tree that fsyncs on every commit, so an acknowledged write is durable.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use redb::{Database, ReadableTable, TableDefinition};
 use viche_protocol::Msg;
 
 use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use crate::metrics::STORE_REOPENS;
 
 /// The database file inside the data directory.
 const FILE_NAME: &str = "viche.redb";
@@ -32,9 +35,20 @@ const READY_PROBES_KEY: &str = "ready_probes";
 /// Cloning is cheap and shares the open database. Every write transaction
 /// commits with redb's default `Durability::Immediate` (fsync before the
 /// commit returns). All redb calls run on tokio's blocking pool.
+///
+/// After an I/O error redb refuses all work until the database is closed
+/// and opened again; so an operation that meets one closes and reopens the
+/// file (waiting for the operations in progress), and the caller retries.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` only between a failed reopen and the next try.
+    db: RwLock<Option<Database>>,
+    reopens: AtomicU64,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -63,19 +77,52 @@ impl EmbeddedStore {
         txn.commit().context("embedded store: committing the setup transaction")?;
 
         tracing::debug!(path = %path.display(), "embedded store opened");
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { inner: Arc::new(Inner { path, db: RwLock::new(Some(db)), reopens: AtomicU64::new(0) }) })
     }
 
-    /// Runs `f` on the blocking pool with the database.
+    /// Times the database was reopened after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.inner.reopens.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the blocking pool with the database; reopens it when `f`
+    /// meets an I/O error.
     async fn blocking<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{op}: blocking task failed: {e}")))?
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let result = match inner.db.read().as_ref() {
+                Some(db) => f(db),
+                None => Err(StoreError::Io(format!("{op}: the database is closed after an I/O error"))),
+            };
+            if let Err(StoreError::Io(error)) = &result {
+                inner.reopen(error);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{op}: blocking task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// Closes the database (after the operations in progress) and opens
+    /// it again; on failure it stays closed and the next operation retries.
+    fn reopen(&self, after: &str) {
+        let mut db = self.db.write();
+        *db = None; // releases the file before it is opened again
+        match Database::create(&self.path) {
+            Ok(reopened) => {
+                *db = Some(reopened);
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                STORE_REOPENS.counter().increment(1);
+                tracing::warn!(path = %self.path.display(), after, "embedded store reopened after an I/O error");
+            }
+            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "embedded store could not be reopened"),
+        }
     }
 }
 
@@ -83,6 +130,7 @@ impl EmbeddedStore {
 fn redb_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| match e.into() {
         redb::Error::Corrupted(what) => StoreError::Corrupt(format!("{op}: {what}")),
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => StoreError::Io(format!("{op}: {e}")),
         other => StoreError::Unavailable(format!("{op}: {other}")),
     }
 }
@@ -150,6 +198,11 @@ impl Store for EmbeddedStore {
         }
         let batch = batch.to_vec();
         self.blocking(OP, move |db| {
+            // Failpoint `embedded.io` (tests): the commit meets an I/O error.
+            #[cfg(feature = "failpoints")]
+            if crate::faults::eval_sync("embedded.io").is_some() {
+                return Err(StoreError::Io(format!("{OP}: failpoint embedded.io")));
+            }
             let txn = db.begin_write().map_err(redb_err(OP))?;
             // On error the transaction is dropped uncommitted: nothing is visible.
             let outcomes = append_in(&txn, &batch)?;

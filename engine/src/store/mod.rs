@@ -6,6 +6,8 @@
 //! retried batch can never leave a gap, reuse a seq, or store a cid twice.
 
 pub mod embedded;
+#[cfg(feature = "failpoints")]
+pub(crate) mod failpoints;
 pub mod mongo;
 
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store corrupt or inconsistent: {0}")]
     Corrupt(String),
+    /// An I/O error; the embedded store reopens its file after one.
+    #[error("store I/O error: {0}")]
+    Io(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,5 +1,5 @@
-//! `GET /healthz` (the process serves), `GET /readyz` (the store answers
-//! and the writer's last commit succeeded) and `GET /metrics`.
+//! `GET /healthz` (the process serves), `GET /readyz` (the store answers,
+//! the writer is up and its last commit succeeded) and `GET /metrics`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,10 +19,10 @@ pub async fn readyz(app: &App) -> Response<Body> {
     let store = app.engine.probe_store().await;
     crate::exporter::record_store_probe(&app.engine, store.is_ok());
     let unavailable = |message: &str| reply::error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, message);
-    match store {
-        Ok(()) if app.engine.writer_healthy() => reply::json(StatusCode::OK, json!({ "status": "ready" })),
-        Ok(()) => unavailable("the writer's last commit failed"),
-        Err(e) => unavailable(&format!("store not ready: {e}")),
+    match (store, app.engine.not_ready()) {
+        (Ok(()), None) => reply::json(StatusCode::OK, json!({ "status": "ready" })),
+        (Ok(()), Some(why)) => unavailable(&why),
+        (Err(e), _) => unavailable(&format!("store not ready: {e}")),
     }
 }
 

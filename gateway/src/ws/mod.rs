@@ -14,10 +14,12 @@ mod read;
 mod socket;
 mod write;
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -29,7 +31,7 @@ use viche_protocol::{decode_client, Close, ErrorCode, ServerFrame};
 use read::{read_message, Incoming, ReadError, ReadState};
 use socket::SocketWriter;
 pub(crate) use write::count_closed_without_code;
-use write::{finish, flush_outbox, write_ping, Stop};
+use write::{finish, flush_outbox, write_close, write_ping, Stop};
 
 /// Serves one upgraded connection until it closes.
 pub async fn serve(engine: Arc<Engine>, upgraded: Upgraded) {
@@ -44,9 +46,16 @@ pub async fn serve(engine: Arc<Engine>, upgraded: Upgraded) {
     CONNECTIONS_OPEN.gauge().increment(1.0);
     let stream = Arc::new(parts.io.into_inner());
     let mut writer = SocketWriter::new(stream.clone());
-    let st = ReadState::new(stream, parts.read_buf, engine.config().frame_bytes_max);
+    let st = ReadState::new(stream.clone(), parts.read_buf, engine.config().frame_bytes_max);
     if let Some((session, st)) = Box::pin(handshake::handshake(&engine, st, &mut writer)).await {
-        run_session(&engine, session, st, writer).await;
+        // A panic in the session (handling a frame, say) unwinds to here:
+        // the session's Drop has already left its rooms and the directory
+        // and reported the failure to the session supervisor; the client
+        // is told with 1011 and may reconnect and resume with `since`.
+        let run = AssertUnwindSafe(run_session(&engine, session, st, writer)).catch_unwind();
+        if Box::pin(run).await.is_err() {
+            write_close(&mut SocketWriter::new(stream), Close::SESSION_FAILED).await;
+        }
     }
     CONNECTIONS_OPEN.gauge().decrement(1.0);
 }

@@ -1,0 +1,63 @@
+//! The store behind the `store.*` failpoints (feature `failpoints`): every
+//! call evaluates its failpoint first, then goes to the real store. The
+//! engine wraps whichever store it was given, so both implementations are
+//! exercised the same way.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use viche_protocol::Msg;
+
+use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use crate::faults;
+
+pub(crate) struct FailpointStore(pub Arc<dyn Store>);
+
+fn injected(name: &str) -> StoreError {
+    StoreError::Unavailable(format!("failpoint {name}"))
+}
+
+#[async_trait]
+impl Store for FailpointStore {
+    async fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        match faults::eval("store.append").await {
+            Some(None) => return Err(injected("store.append")),
+            // A poison message: only a batch holding it fails.
+            Some(Some(text)) if batch.iter().any(|m| m.body.contains(&text)) => {
+                return Err(injected("store.append (poison)"))
+            }
+            _ => {}
+        }
+        self.0.append_batch(batch).await
+    }
+
+    async fn last_seq(&self, room: &str) -> StoreResult<u64> {
+        if faults::eval("store.last_seq").await.is_some() {
+            return Err(injected("store.last_seq"));
+        }
+        self.0.last_seq(room).await
+    }
+
+    async fn range(&self, room: &str, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<Msg>> {
+        if faults::eval("store.range").await.is_some() {
+            return Err(injected("store.range"));
+        }
+        self.0.range(room, after, upto, limit).await
+    }
+
+    async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
+        self.0.history(room, before, limit).await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
+        self.0.create_user(user).await
+    }
+
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        self.0.get_user(username).await
+    }
+
+    async fn check_ready(&self) -> StoreResult<()> {
+        self.0.check_ready().await
+    }
+}

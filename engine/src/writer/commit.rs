@@ -1,0 +1,114 @@
+//! One batch into the store.
+//!
+//! Every store call has a deadline (`--store-timeout-ms`): a call that
+//! hangs counts as failed. A failed commit is retried with exponential
+//! backoff and jitter, for as long as the store is down: nothing is lost
+//! and nothing is acknowledged meanwhile. But a batch can also fail
+//! because of one of its messages (a poison message) while the store
+//! itself is fine; retrying it forever would block every room. So after
+//! [`ISOLATE_AFTER_ATTEMPTS`] failures the writer probes the store with a
+//! write of its own: if the probe succeeds, the batch is split in halves,
+//! committed in order, and a single message that still fails while the
+//! store accepts writes is refused. If the probe fails too, the store is
+//! down, and the whole batch is retried.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::{Outcome, WriterShared};
+use crate::metrics::{POISON_MESSAGES, STORE_COMMIT_DURATION, STORE_COMMIT_FAILURES};
+use crate::store::{Appended, NewMessage};
+
+const RETRY_BACKOFF_MIN_MS: u64 = 10;
+const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+/// Failed attempts of one batch before the writer checks whether the
+/// store or the batch is at fault.
+pub(crate) const ISOLATE_AFTER_ATTEMPTS: u32 = 3;
+
+/// Commits `batch`; one outcome per message, in order.
+pub(super) async fn commit(shared: &WriterShared, batch: &[NewMessage]) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
+    // Ranges still to commit, in order: splitting keeps each sender's
+    // messages numbered in the order they were sent.
+    let mut todo: VecDeque<Range<usize>> = VecDeque::new();
+    todo.push_back(0..batch.len());
+    while let Some(range) = todo.pop_front() {
+        match commit_range(shared, &batch[range.clone()]).await {
+            Committed::Stored(stored) => {
+                for (slot, appended) in outcomes[range].iter_mut().zip(stored) {
+                    *slot = Some(Outcome::Appended(appended));
+                }
+            }
+            Committed::BatchAtFault if range.len() == 1 => {
+                let m = &batch[range.start];
+                tracing::error!(room = %m.room, from = %m.from, cid = %m.cid, "refusing a message the store keeps refusing");
+                POISON_MESSAGES.counter().increment(1);
+                outcomes[range.start] = Some(Outcome::Refused);
+            }
+            Committed::BatchAtFault => {
+                let middle = range.start + range.len() / 2;
+                todo.push_front(middle..range.end);
+                todo.push_front(range.start..middle);
+            }
+        }
+    }
+    outcomes.into_iter().map(|o| o.expect("every message of the batch has an outcome")).collect()
+}
+
+enum Committed {
+    Stored(Vec<Appended>),
+    /// The store accepts writes, but not this batch.
+    BatchAtFault,
+}
+
+async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed {
+    let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
+    let mut attempts = 0u32;
+    loop {
+        let started = Instant::now();
+        let reason = match tokio::time::timeout(shared.store_timeout, shared.store.append_batch(batch)).await {
+            Ok(Ok(outcomes)) if outcomes.len() == batch.len() => {
+                STORE_COMMIT_DURATION.histogram().record(started.elapsed().as_secs_f64());
+                shared.health.set_writer_committing(true);
+                return Committed::Stored(outcomes);
+            }
+            Ok(Ok(outcomes)) => {
+                tracing::error!(
+                    expected = batch.len(),
+                    got = outcomes.len(),
+                    "store returned a wrong number of outcomes"
+                );
+                "error"
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, batch = batch.len(), attempts, "store commit failed; retrying");
+                "error"
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = shared.store_timeout.as_millis() as u64,
+                    batch = batch.len(),
+                    "store commit timed out; retrying"
+                );
+                "timeout"
+            }
+        };
+        attempts += 1;
+        shared.health.set_writer_committing(false);
+        STORE_COMMIT_FAILURES.counter_with(reason).increment(1);
+        if attempts >= ISOLATE_AFTER_ATTEMPTS && store_accepts_writes(shared).await {
+            return Committed::BatchAtFault;
+        }
+        let jitter_ms = rand::rng().random_range(0..=backoff_ms / 2);
+        tokio::time::sleep(Duration::from_millis(backoff_ms + jitter_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
+    }
+}
+
+/// A write of the store's own readiness probe, within the deadline.
+async fn store_accepts_writes(shared: &WriterShared) -> bool {
+    matches!(tokio::time::timeout(shared.store_timeout, shared.store.check_ready()).await, Ok(Ok(())))
+}

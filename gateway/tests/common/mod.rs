@@ -2,6 +2,10 @@
 //! port with a fresh temporary data dir, and speaks to it with
 //! `viche-client`.
 //!
+//! Shared by the crate's test binaries: `mongo.rs` and `prometheus.rs`
+//! declare `mod common;`, and the end-to-end suite in `e2e/` includes this
+//! file with `#[path = "../common/mod.rs"]`.
+//!
 //! Each test starts its own server (tests run in parallel). The server is
 //! killed when the [`Server`] is dropped; if the test panicked, the tail of
 //! the server's log is printed to help the diagnosis.

@@ -29,7 +29,7 @@ use viche_client::{ClientError, ClientFrame, Connection, Encoding, ErrorCode, Ev
 const RATE_WINDOW: &str = "5m";
 
 /// Large bodies, so that a client that does not read fills the kernel's
-/// socket buffers and then its outbox (as in `limits.rs`).
+/// socket buffers and then its outbox (as in `e2e/limits.rs`).
 const BIG: usize = 512 * 1024;
 
 fn repo_root() -> PathBuf {

@@ -6,7 +6,7 @@
 //!    frames, and random maps with a `t` drawn from the real types and junk.
 //!    When such an input does decode, re-encoding it decodes to the same frame.
 //! 3. A valid frame with extra unknown keys (anywhere in the map, with values
-//!    of any type) decodes to the same frame (§2: "Unknown keys are ignored").
+//!    of any type) decodes to the same frame (docs/protocol.md: "Unknown keys are ignored").
 //!
 //! MessagePack inputs are written by a small hand-rolled encoder (below), so
 //! that they can hold what serde would never produce: bin, ext, negative and
@@ -20,7 +20,7 @@ use viche_protocol::{
 
 const ENCODINGS: [Encoding; 2] = [Encoding::MsgPack, Encoding::Json];
 
-/// Every key a frame of §3 or §4 may carry.
+/// Every key a client or server frame may carry.
 const KNOWN_KEYS: &[&str] = &[
     "t",
     "ref",

@@ -2,6 +2,10 @@
 //! port with a fresh temporary data dir, and speaks to it with
 //! `viche-client`.
 //!
+//! Shared by the crate's test binaries: `mongo.rs` and `prometheus.rs`
+//! declare `mod common;`, and the end-to-end suite in `e2e/` includes this
+//! file with `#[path = "../common/mod.rs"]`.
+//!
 //! Each test starts its own server (tests run in parallel). The server is
 //! killed when the [`Server`] is dropped; if the test panicked, the tail of
 //! the server's log is printed to help the diagnosis.
@@ -15,7 +19,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use viche_client::{Ack, AuthOk, ClientError, Connection, Encoding, Event, HttpClient, Msg, ServerFrame};
 
 /// The HS256 secret every test server is started with.
@@ -343,16 +346,7 @@ impl Drop for Server {
 
 // ----- tokens ---------------------------------------------------------------
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub iat: u64,
-    pub exp: u64,
-}
-
-pub fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use viche_client::token::{now_s, Claims};
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -360,13 +354,7 @@ pub fn now_ms() -> u64 {
 
 /// An HS256 token for `sub` expiring at `exp` (seconds), signed with `secret`.
 pub fn mint_with(secret: &str, sub: &str, exp: u64) -> String {
-    let claims = Claims { sub: sub.to_string(), iat: now_s(), exp };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("minting a token")
+    viche_client::token::mint(secret, sub, exp)
 }
 
 /// A valid token for `sub` (signed with the server's secret), expiring at `exp`.
@@ -376,11 +364,7 @@ pub fn mint(sub: &str, exp: u64) -> String {
 
 /// Verifies a token the server issued with the test secret.
 pub fn verify(token: &str) -> Claims {
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.leeway = 0;
-    jsonwebtoken::decode::<Claims>(token, &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()), &validation)
-        .expect("a server-issued token verifies with the secret")
-        .claims
+    viche_client::token::verify(SECRET, token).expect("a server-issued token verifies with the secret")
 }
 
 fn b64url(data: &[u8]) -> String {

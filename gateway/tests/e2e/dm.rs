@@ -1,8 +1,6 @@
-//! PROTOCOL.md §3: direct messages and DM rooms.
+//! docs/protocol.md, "Client frames": direct messages and DM rooms.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use viche_client::ServerFrame;
 use viche_protocol::validate::dm_room;
 

@@ -3,12 +3,10 @@
 //! open sessions keep working, and new connections are accepted again once
 //! descriptors are free.
 
-mod common;
-
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");

@@ -1,9 +1,7 @@
-//! PROTOCOL.md §1: register, login, their failures and rate limits, and the
+//! docs/protocol.md, "HTTP API": register, login, their failures and rate limits, and the
 //! operational endpoints.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use viche_client::{ClientError, RawResponse};
 
 async fn post_json(server: &Server, path: &str, body: impl Into<String>) -> RawResponse {

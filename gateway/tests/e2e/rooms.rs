@@ -1,9 +1,7 @@
-//! PROTOCOL.md §3–§4 for public rooms: join, presence, typing, send, ack,
+//! docs/protocol.md, client and server frames, for public rooms: join, presence, typing, send, ack,
 //! msg fan-out, seq numbering, leave, room names.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use viche_client::{ClientFrame, ServerFrame};
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

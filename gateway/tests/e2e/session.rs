@@ -1,11 +1,9 @@
-//! PROTOCOL.md §2: the session lifecycle (hello, tokens, auth refresh,
+//! docs/protocol.md, "Session lifecycle": the session lifecycle (hello, tokens, auth refresh,
 //! heartbeats), ping, bad frames and the two encodings.
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use viche_client::{ClientError, ClientFrame, Connection, Encoding, ErrorCode, Event, ServerFrame};
 
 #[tokio::test]

@@ -1,13 +1,11 @@
-//! PROTOCOL.md "Ordering and durability": an acknowledged message is never
+//! docs/protocol.md "Ordering and durability": an acknowledged message is never
 //! lost, seqs never reused, across a kill -9 and across a graceful stop.
-
-mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use viche_client::{ClientError, ClientFrame, Connection, ErrorCode, Event, Msg, ServerFrame};
 
 #[derive(Default)]

@@ -1,11 +1,9 @@
-//! PROTOCOL.md §3, §6, §7: field and frame limits, rate limits, the
+//! docs/protocol.md, frames, close codes and limits: field and frame limits, rate limits, the
 //! slow-consumer close.
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use viche_client::{ClientError, ClientFrame, Encoding, ErrorCode, Event, ServerFrame};
 
 #[tokio::test]

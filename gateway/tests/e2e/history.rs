@@ -1,13 +1,11 @@
-//! PROTOCOL.md §1, §3, §4: history over WebSocket and HTTP, join with
+//! docs/protocol.md, HTTP API and frames: history over WebSocket and HTTP, join with
 //! `since` (replay then live, no gap, no duplicate), the replay cap.
-
-mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use viche_client::{ClientError, Msg, ServerFrame};
 
 fn range(from: u64, to: u64) -> Vec<u64> {

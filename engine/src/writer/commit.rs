@@ -6,7 +6,8 @@
 //! and nothing is acknowledged meanwhile. But a batch can also fail
 //! because of one of its messages (a poison message) while the store
 //! itself is fine; retrying it forever would block every room. So after
-//! [`ISOLATE_AFTER_ATTEMPTS`] failures the writer probes the store with a
+//! [`ISOLATE_AFTER_ATTEMPTS`] refusals (errors; a timeout is the store's
+//! slowness, not the batch's fault) the writer probes the store with a
 //! write of its own: if the probe succeeds, the batch is split in halves,
 //! committed in order, and a single message that still fails while the
 //! store accepts writes is refused. If the probe fails too, the store is
@@ -24,8 +25,8 @@ use crate::store::{Appended, NewMessage};
 
 const RETRY_BACKOFF_MIN_MS: u64 = 10;
 const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
-/// Failed attempts of one batch before the writer checks whether the
-/// store or the batch is at fault.
+/// Refused attempts of one batch (errors, not timeouts) before the writer
+/// checks whether the store or the batch is at fault.
 pub(crate) const ISOLATE_AFTER_ATTEMPTS: u32 = 3;
 
 /// Commits `batch`; one outcome per message, in order.
@@ -66,7 +67,9 @@ enum Committed {
 
 async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed {
     let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
-    let mut attempts = 0u32;
+    // Failed attempts that the store answered with an error; a timeout is
+    // the store's slowness, never the batch's fault.
+    let mut refusals = 0u32;
     loop {
         let started = Instant::now();
         let reason = match tokio::time::timeout(shared.store_timeout, shared.store.append_batch(batch)).await {
@@ -81,10 +84,12 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
                     got = outcomes.len(),
                     "store returned a wrong number of outcomes"
                 );
+                refusals += 1;
                 "error"
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, batch = batch.len(), attempts, "store commit failed; retrying");
+                tracing::warn!(error = %e, batch = batch.len(), refusals, "store commit failed; retrying");
+                refusals += 1;
                 "error"
             }
             Err(_) => {
@@ -96,10 +101,11 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
                 "timeout"
             }
         };
-        attempts += 1;
         shared.health.set_writer_committing(false);
         STORE_COMMIT_FAILURES.counter_with(reason).increment(1);
-        if attempts >= ISOLATE_AFTER_ATTEMPTS && store_accepts_writes(shared).await {
+        if refusals >= ISOLATE_AFTER_ATTEMPTS && store_accepts_writes(shared).await {
+            // The store is fine: it took the probe's write.
+            shared.health.set_writer_committing(true);
             return Committed::BatchAtFault;
         }
         let jitter_ms = rand::rng().random_range(0..=backoff_ms / 2);

@@ -49,6 +49,9 @@ pub struct Opts {
     pub mongo_uri: Option<String>,
     /// Start the server with this limit of open files (`ulimit -n`).
     pub max_open_files: Option<u64>,
+    /// Failpoints, as the `FAILPOINTS` environment variable of a server
+    /// built with the `failpoints` feature (engine/src/faults.rs).
+    pub failpoints: Option<String>,
 }
 
 /// The MongoDB (FerretDB) the tests may use, if scripts/test.sh started one.
@@ -190,7 +193,7 @@ impl Server {
         // Only the flags below configure a test server, whatever the
         // environment of the test run says.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("VICHE_") {
+            if key.to_string_lossy().starts_with("VICHE_") || key == "FAILPOINTS" {
                 cmd.env_remove(key);
             }
         }
@@ -209,6 +212,7 @@ impl Server {
                 }),
             )
             .env("RUST_LOG", "info")
+            .envs(self.opts.failpoints.iter().map(|spec| ("FAILPOINTS", spec.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

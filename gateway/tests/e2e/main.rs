@@ -21,6 +21,9 @@ mod auth_http;
 mod crash;
 mod dm;
 mod emfile;
+// Needs a server built with the `failpoints` feature (scripts/test.sh builds it so).
+#[cfg(feature = "failpoints")]
+mod faults;
 mod history;
 mod limits;
 mod rooms;

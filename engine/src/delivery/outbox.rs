@@ -17,7 +17,7 @@ use viche_protocol::Close;
 use crate::metrics::SLOW_CONSUMER_CLOSES;
 
 /// One item for the write loop.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum OutItem {
     /// A frame already encoded in the session's encoding.
     Frame(Bytes),

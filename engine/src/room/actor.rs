@@ -7,13 +7,14 @@
 //! actor takes operations off the queue one at a time (`Wake`). An
 //! operation that panics is put back and the actor fails: its supervisor
 //! restarts it (with backoff), and the new actor first reloads the room's
-//! last seq from the store (`Init`) — replaying to members whatever was
-//! stored and not yet published — then does the operation again. An
-//! operation that crashes [`POISON_OP_CRASHES_MAX`] actors in a row is
-//! dropped (a joiner gets `internal`). Store I/O happens here, in the
-//! room's own actor, never in its supervisor; a room that cannot load its
-//! last seq after [`INIT_ATTEMPTS_MAX`] tries tells its members and its
-//! queued joiners to join again, and stops.
+//! last seq from the store (`Init`), replaying whatever was stored and not
+//! yet published to the room's recipients, then does the operation again.
+//! An operation that crashes [`POISON_OP_CRASHES_MAX`] actors in a row is
+//! dropped (a joiner gets `internal`). That store read happens here, in
+//! the room's own actor, never in its supervisor (a room's first actor
+//! needs none: whoever opened the room read its last seq); a restarted
+//! room that cannot load its last seq after [`INIT_ATTEMPTS_MAX`] tries
+//! tells its members and its queued joiners to join again, and stops.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -40,7 +41,7 @@ const INIT_BACKOFF_MS: u64 = 250;
 const INIT_BACKOFF_MAX_MS: u64 = 5_000;
 
 pub(crate) enum RoomMsg {
-    /// Load the room's last seq, then do the queued operations.
+    /// After a restart: load the room's last seq, then do the queued operations.
     Init,
     /// Operations were queued.
     Wake,
@@ -55,6 +56,10 @@ pub(crate) struct RoomArgs {
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
     pub store_timeout: Duration,
+    /// A restart after a crash (the store may hold messages no actor
+    /// published); false for the room's first actor, whose opener read
+    /// the room's last seq.
+    pub restart: bool,
 }
 
 pub(crate) struct RoomActorState {
@@ -75,15 +80,16 @@ impl Actor for RoomActor {
     type Arguments = RoomArgs;
 
     async fn pre_start(&self, myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomActorState, ActorProcessingErr> {
-        let RoomArgs { handle, store, directory, store_timeout } = args;
+        let RoomArgs { handle, store, directory, store_timeout, restart } = args;
         ROOMS_ACTIVE.gauge().increment(1.0);
-        myself.send_message(RoomMsg::Init)?;
+        // Either way, it starts by draining what was queued before it ran.
+        myself.send_message(if restart { RoomMsg::Init } else { RoomMsg::Wake })?;
         Ok(RoomActorState {
             handle,
             store,
             directory,
             store_timeout,
-            ready: false,
+            ready: !restart,
             init_attempts: 0,
             scratch: Vec::new(),
         })
@@ -142,16 +148,25 @@ impl RoomActorState {
         {
             let mut state = handle.state.lock();
             if stored > state.last_published {
-                if !state.members.is_empty() {
-                    // A restart: the members missed what was stored while
-                    // no actor was publishing; replay it, in order.
-                    tracing::warn!(room = %handle.name, from = state.last_published, to = stored, "re-attaching members after restart");
-                    for member in &state.members {
-                        member.outbox.push_unbounded(OutItem::Replay {
-                            room: handle.name.clone(),
-                            after: state.last_published,
-                            upto: stored,
-                        });
+                // Stored, and not published by the actor that crashed: its
+                // recipients get it replayed from the store, in order, and
+                // the queued publishes of those seqs are then skipped.
+                tracing::warn!(room = %handle.name, from = state.last_published, to = stored, "replaying after restart");
+                let replay = OutItem::Replay { room: handle.name.clone(), after: state.last_published, upto: stored };
+                match &handle.kind {
+                    RoomKindOwned::Public => {
+                        for member in &state.members {
+                            member.outbox.push_unbounded(replay.clone());
+                        }
+                    }
+                    RoomKindOwned::Dm(a, b) => {
+                        // A DM's recipients are every session of both users.
+                        self.scratch.clear();
+                        self.directory.sessions_of(a, &mut self.scratch);
+                        self.directory.sessions_of(b, &mut self.scratch);
+                        for session in self.scratch.drain(..) {
+                            session.outbox.push_unbounded(replay.clone());
+                        }
                     }
                 }
                 state.last_published = stored;

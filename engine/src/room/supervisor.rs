@@ -6,8 +6,9 @@
 //! The registry of open rooms is a map that [`Rooms::get`] reads directly:
 //! finding an open room never waits for the supervisor. Only a room that is
 //! not open yet goes through the supervisor, whose work is quick and does
-//! no I/O (a room's actor loads its own last seq); the users of a DM room
-//! are checked by the caller, in its own task, before it asks.
+//! no I/O: the caller, in its own task, reads the room's last seq (and
+//! checks a DM room's users) before it asks. No write to the room can come
+//! between that read and the room's opening: writes need its handle.
 //!
 //! ractor's default `handle_supervisor_evt` stops the supervisor when any
 //! child exits; this one overrides it, so one room's crash touches no
@@ -49,17 +50,18 @@ pub(crate) struct Rooms {
     registry: Arc<Registry>,
     supervisor: ActorRef<SupervisorMsg>,
     store: Arc<dyn Store>,
+    store_timeout: Duration,
 }
 
 impl Rooms {
     pub(crate) async fn start(args: SupervisorArgs, parent: ractor::ActorCell) -> anyhow::Result<Self> {
         let registry: Arc<Registry> = Arc::default();
-        let store = args.store.clone();
+        let (store, store_timeout) = (args.store.clone(), args.store_timeout);
         let state_args = (args, registry.clone());
         let (supervisor, _) = Actor::spawn_linked(None, RoomSupervisor, state_args, parent)
             .await
             .map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Self { registry, supervisor, store })
+        Ok(Self { registry, supervisor, store, store_timeout })
     }
 
     /// Rooms open now (stopped idle rooms excluded).
@@ -76,17 +78,24 @@ impl Rooms {
         let Some(handle) = RoomHandle::new(name.into()) else {
             return Err(Refusal::new(ErrorCode::Invalid, format!("invalid room id {name:?}")));
         };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, room = name, "cannot open a room: the store does not answer");
+            Refusal::new(ErrorCode::Overloaded, "room unavailable; retry")
+        };
         if let RoomKindOwned::Dm(a, b) = &handle.kind {
             for user in [a, b] {
-                match self.store.get_user(user).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err(Refusal::new(ErrorCode::NotFound, "no such user")),
-                    Err(e) => {
-                        tracing::warn!(error = %e, room = name, "cannot check a DM room's users");
-                        return Err(Refusal::new(ErrorCode::Overloaded, "room unavailable; retry"));
-                    }
+                match tokio::time::timeout(self.store_timeout, self.store.get_user(user)).await {
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => return Err(Refusal::new(ErrorCode::NotFound, "no such user")),
+                    Ok(Err(e)) => return Err(unavailable(&e)),
+                    Err(e) => return Err(unavailable(&e)),
                 }
             }
+        }
+        match tokio::time::timeout(self.store_timeout, self.store.last_seq(name)).await {
+            Ok(Ok(last)) => handle.state.lock().last_published = last,
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(e) => return Err(unavailable(&e)),
         }
         let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, Arc::new(handle));
         match result {
@@ -128,12 +137,18 @@ pub(crate) struct SupervisorState {
 }
 
 impl SupervisorState {
-    async fn spawn_room(&mut self, myself: &ActorRef<SupervisorMsg>, handle: Arc<RoomHandle>) -> Result<(), ErrorCode> {
+    async fn spawn_room(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        handle: Arc<RoomHandle>,
+        restart: bool,
+    ) -> Result<(), ErrorCode> {
         let args = RoomArgs {
             handle: handle.clone(),
             store: self.args.store.clone(),
             directory: self.args.directory.clone(),
             store_timeout: self.args.store_timeout,
+            restart,
         };
         match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -181,7 +196,7 @@ impl Actor for RoomSupervisor {
                     let _ = reply.send(Err(ErrorCode::Overloaded));
                     return Ok(());
                 }
-                let result = state.spawn_room(&myself, fresh.clone()).await;
+                let result = state.spawn_room(&myself, fresh.clone(), false).await;
                 if result.is_ok() {
                     state.registry.write().insert(fresh.name.clone(), fresh.clone());
                 }
@@ -192,7 +207,7 @@ impl Actor for RoomSupervisor {
                 if handle.is_closed() {
                     return Ok(());
                 }
-                if state.spawn_room(&myself, handle.clone()).await.is_ok() {
+                if state.spawn_room(&myself, handle.clone(), true).await.is_ok() {
                     ACTOR_RESTARTS.counter_with("room").increment(1);
                 } else {
                     myself.send_after(Duration::from_millis(ROOM_RESTART_BACKOFF_MAX_MS), move || {

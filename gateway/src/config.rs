@@ -112,6 +112,12 @@ pub struct Args {
     pub registrations_per_minute: f64,
     #[arg(long, env = "VICHE_REGISTRATIONS_BURST", default_value_t = limits::REGISTER_RATE_DEFAULT.burst)]
     pub registrations_burst: u32,
+    /// Browser pages that may open a WebSocket, as origins separated by
+    /// commas (`https://chat.example.com`); `*` allows any. Empty: pages
+    /// served by this server only (Origin matches Host). Requests without
+    /// an Origin (not from a browser) are always allowed.
+    #[arg(long, env = "VICHE_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
@@ -171,6 +177,7 @@ impl Args {
                 return Err(format!("{flags} must both be greater than 0"));
             }
         }
+        crate::http::AllowedOrigins::parse(&self.allowed_origins)?;
         if self.max_frame_bytes < 256 {
             return Err("--max-frame-bytes must be at least 256".into());
         }

@@ -4,11 +4,11 @@
 mod config;
 mod exporter;
 mod http;
+mod secret;
 mod server;
 mod web;
 mod ws;
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,8 +20,6 @@ use viche_engine::store::Store;
 use viche_engine::Engine;
 
 use crate::config::Args;
-
-const JWT_SECRET_FILE: &str = "jwt_secret";
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
@@ -93,7 +91,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let secret = match &args.jwt_secret {
         Some(s) => s.clone().into_bytes(),
-        None => load_or_create_secret(&args.data_dir)?,
+        None => secret::load_or_create(&args.data_dir)?,
     };
     let engine = Engine::start(args.engine_config(), store, &secret).await?;
 
@@ -103,7 +101,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "viche listening on http://{}", listener.local_addr()?);
 
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
-    let app = Arc::new(http::App::new(engine.clone(), exporter, args.web_dir.clone(), args.max_connections));
+    let origins = http::AllowedOrigins::parse(&args.allowed_origins).map_err(anyhow::Error::msg)?;
+    let app = Arc::new(http::App::new(engine.clone(), exporter, args.web_dir.clone(), args.max_connections, origins));
     let stop = async {
         tokio::select! {
             () = shutdown_signal() => server::Stop::Signal,
@@ -124,27 +123,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
-}
-
-/// The HS256 key when none is configured: 32 random bytes, created once
-/// (mode 0600) so tokens survive restarts.
-fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(JWT_SECRET_FILE);
-    if let Ok(secret) = std::fs::read(&path) {
-        anyhow::ensure!(secret.len() >= 16, "{} is shorter than 16 bytes", path.display());
-        return Ok(secret);
-    }
-    let secret: [u8; 32] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(hex.as_bytes())?;
-    file.sync_all()?;
-    Ok(hex.into_bytes())
 }

@@ -63,7 +63,20 @@ fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde:
     T::deserialize(&mut de)
 }
 
+/// Whether the frame is a map (an object), as the contract requires: serde
+/// would also take an internally tagged enum from a sequence such as
+/// `["ping", 7]`, which is not a frame.
+fn is_map(bytes: &[u8], encoding: Encoding) -> bool {
+    match encoding {
+        Encoding::MsgPack => matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)),
+        Encoding::Json => bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+    }
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], encoding: Encoding) -> Result<T, DecodeError> {
+    if !is_map(bytes, encoding) {
+        return Err(DecodeError::Malformed { reason: "a frame must be a map".into(), req: None });
+    }
     let result = match encoding {
         Encoding::MsgPack => from_msgpack::<T>(bytes).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
@@ -102,6 +115,21 @@ mod tests {
 
     fn msg() -> Msg {
         Msg { room: "r".into(), seq: 7, from: "alice".into(), body: "hi".into(), cid: "c1".into(), ts: 123 }
+    }
+
+    #[test]
+    fn a_frame_that_is_not_a_map_is_malformed() {
+        for (bytes, encoding) in [
+            (&b"[\"ping\",7]"[..], Encoding::Json),
+            (&b" \"ping\""[..], Encoding::Json),
+            (&b"7"[..], Encoding::Json),
+            (&rmp_serde::to_vec(&("ping", 7u64)).unwrap()[..], Encoding::MsgPack),
+        ] {
+            assert!(decode_client(bytes, encoding).is_err(), "{bytes:?}");
+        }
+        assert!(decode_client(b" {\"t\":\"ping\",\"ref\":7}", Encoding::Json).is_ok());
+        let map = encode_client(&ClientFrame::Ping { req: 7 }, Encoding::MsgPack);
+        assert_eq!(decode_client(&map, Encoding::MsgPack).unwrap(), ClientFrame::Ping { req: 7 });
     }
 
     #[test]

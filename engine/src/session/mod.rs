@@ -123,8 +123,7 @@ impl Session {
             return Flow::Continue;
         }
         let now_ms = ms_since(self.started);
-        while self.rate_limited_at_ms.front().is_some_and(|&t| now_ms.saturating_sub(t) as u64 > RATE_LIMITED_WINDOW_MS)
-        {
+        while self.rate_limited_at_ms.front().is_some_and(|&t| now_ms.wrapping_sub(t) as u64 > RATE_LIMITED_WINDOW_MS) {
             self.rate_limited_at_ms.pop_front();
         }
         self.rate_limited_at_ms.push_back(now_ms);

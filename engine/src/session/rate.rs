@@ -20,9 +20,12 @@ impl TokenBucket {
         Self { tokens: rate.burst as f32, updated_ms: 0 }
     }
 
-    /// Takes one token if there is one. `now_ms` is ms since the session's
-    /// start (monotonic); a session lasting past u32::MAX ms (49 days) just
-    /// refills fully once.
+    /// Takes one token if there is one. `now_ms` is [`ms_since`] the
+    /// session's start: it wraps every 2^32 ms (49.7 days), and the
+    /// difference between two readings is taken modulo 2^32, so a bucket
+    /// keeps refilling for as long as the session lives. (Two takes more
+    /// than 49.7 days apart refill only by the remainder: at worst one
+    /// request is refused before the bucket refills.)
     pub fn try_take(&mut self, rate: Rate, now_ms: u32) -> bool {
         let elapsed_ms = now_ms.wrapping_sub(self.updated_ms);
         self.updated_ms = now_ms;
@@ -37,9 +40,10 @@ impl TokenBucket {
     }
 }
 
-/// Milliseconds since `start`, saturating into u32.
+/// Milliseconds since `start`, modulo 2^32 (compare readings with
+/// `wrapping_sub`).
 pub fn ms_since(start: Instant) -> u32 {
-    start.elapsed().as_millis().min(u32::MAX as u128) as u32
+    start.elapsed().as_millis() as u64 as u32
 }
 
 #[cfg(test)]
@@ -57,5 +61,18 @@ mod tests {
         assert!(!b.try_take(rate, 40), "40 ms refills 0.8 token");
         assert!(b.try_take(rate, 50), "50 ms refills a whole one");
         assert!(b.try_take(rate, 100_000) && b.try_take(rate, 100_000));
+    }
+
+    #[test]
+    fn keeps_refilling_across_the_u32_wrap_of_the_clock() {
+        let rate = Rate { per_second: 20.0, burst: 1 };
+        let mut b = TokenBucket::full(rate);
+        let before_wrap = u32::MAX - 10; // 49.7 days into the session
+        assert!(b.try_take(rate, before_wrap));
+        assert!(!b.try_take(rate, before_wrap), "empty");
+        let after_wrap = before_wrap.wrapping_add(60); // 60 ms later, past the wrap
+        assert!(b.try_take(rate, after_wrap), "refilled across the wrap");
+        assert!(!b.try_take(rate, after_wrap.wrapping_add(10)), "10 ms refills 0.2 token");
+        assert!(b.try_take(rate, after_wrap.wrapping_add(60)));
     }
 }

@@ -19,22 +19,22 @@ pub async fn register(engine: &Engine, addr: SocketAddr, req: Request<Incoming>)
     if let Err(refusal) = engine.admit_registration(addr.ip()) {
         return reply::refusal(refusal);
     }
-    let result = match reply::read_json::<Credentials>(req).await {
-        Ok(creds) => engine.register(creds).await,
-        Err(refusal) => Err(refusal),
+    let creds = match reply::read_json::<Credentials>(req).await {
+        Ok(creds) => creds,
+        Err(response) => return response,
     };
-    match result {
+    match engine.register(creds).await {
         Ok(issued) => token(StatusCode::CREATED, issued),
         Err(refusal) => reply::refusal(refusal),
     }
 }
 
 pub async fn login(engine: &Engine, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let result = match reply::read_json::<Credentials>(req).await {
-        Ok(creds) => engine.login(addr.ip(), creds).await,
-        Err(refusal) => Err(refusal),
+    let creds = match reply::read_json::<Credentials>(req).await {
+        Ok(creds) => creds,
+        Err(response) => return response,
     };
-    match result {
+    match engine.login(addr.ip(), creds).await {
         Ok(issued) => token(StatusCode::OK, issued),
         Err(refusal) => reply::refusal(refusal),
     }

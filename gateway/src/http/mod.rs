@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 use viche_engine::metrics::{HTTP_REQUESTS, HTTP_REQUEST_DURATION};
@@ -34,6 +34,7 @@ use viche_engine::Engine;
 use viche_protocol::ErrorCode;
 
 pub use reply::Body;
+pub use upgrade::AllowedOrigins;
 
 use crate::exporter::Exporter;
 
@@ -46,6 +47,7 @@ pub struct App {
     pub sessions: TaskTracker,
     pub open_connections: AtomicUsize,
     pub connections_max: usize,
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl App {
@@ -54,6 +56,7 @@ impl App {
         exporter: Option<Exporter>,
         web_dir: Option<PathBuf>,
         connections_max: usize,
+        allowed_origins: AllowedOrigins,
     ) -> Self {
         Self {
             engine,
@@ -62,9 +65,17 @@ impl App {
             sessions: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),
             connections_max,
+            allowed_origins,
         }
     }
 }
+
+/// The web client's Content-Security-Policy: its own scripts, styles and
+/// connections only (the WebSocket is same-origin), nothing framed, no
+/// plugins. The client has no inline script or style.
+const CONTENT_SECURITY_POLICY_WEB: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
+form-action 'self'";
 
 /// Every route the server answers. Its label is the `route` of the HTTP
 /// metrics (`viche_engine::metrics::HTTP_ROUTES`, checked by a test).
@@ -141,6 +152,9 @@ pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
         Route::ApiOther => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
         Route::Static => static_file(&app, &req).await,
     };
+    let mut response = response;
+    // No answer of ours may be sniffed into another type (a JSON error as HTML, say).
+    response.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let status = response.status().as_u16().to_string();
     HTTP_REQUESTS.counter_with2(route.label(), status).increment(1);
     HTTP_REQUEST_DURATION.histogram_with(route.label()).record(started.elapsed().as_secs_f64());
@@ -157,6 +171,7 @@ async fn static_file(app: &App, req: &Request<Incoming>) -> Response<Body> {
             let content_type =
                 HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
             r.headers_mut().insert(CONTENT_TYPE, content_type);
+            r.headers_mut().insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY_WEB));
             r
         }
         None => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such file"),

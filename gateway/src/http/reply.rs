@@ -51,11 +51,28 @@ pub fn refusal(refusal: Refusal) -> Response<Body> {
     response
 }
 
-/// The body as JSON of type `T`; a 400 `invalid` answer otherwise.
-pub async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Refusal> {
+/// The body as JSON of type `T`; a 400 `invalid` answer otherwise, and a
+/// 415 when the request does not say `Content-Type: application/json`
+/// (so a cross-site "simple" form POST from a browser is refused before
+/// anything is read).
+#[allow(clippy::result_large_err)] // the error is the answer, built once per bad request
+pub async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        let message = "the body must be JSON, sent with Content-Type: application/json";
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::Invalid, message));
+    }
     let bytes = match Limited::new(req.into_body(), JSON_BODY_BYTES_MAX).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(Refusal::new(ErrorCode::Invalid, "body unreadable or larger than 16 KiB")),
+        Err(_) => {
+            return Err(error(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "body unreadable or larger than 16 KiB"))
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|e| Refusal::new(ErrorCode::Invalid, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, ErrorCode::Invalid, &format!("invalid JSON body: {e}")))
 }

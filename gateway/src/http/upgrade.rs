@@ -8,12 +8,60 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{HOST, ORIGIN};
 use hyper::{Request, Response, StatusCode};
 use viche_engine::metrics::{CONNECTIONS_ACCEPTED, CONNECTIONS_REFUSED};
 use viche_protocol::ErrorCode;
 
 use super::reply::{self, Body};
 use super::App;
+
+/// Which browser pages may open a WebSocket (`--allowed-origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Only pages served by this server: the `Origin`'s host and port are
+    /// the request's `Host` (the default).
+    SameHost,
+    /// `*`: any page.
+    Any,
+    /// These origins exactly (`https://chat.example.com`), and same-host.
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// From the flag's value: empty for [`AllowedOrigins::SameHost`].
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let origins: Vec<String> =
+            value.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect();
+        if origins.is_empty() {
+            return Ok(Self::SameHost);
+        }
+        if origins.iter().any(|o| o == "*") {
+            return Ok(Self::Any);
+        }
+        for o in &origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(format!("--allowed-origins: {o:?} is not an origin like https://chat.example.com"));
+            }
+        }
+        Ok(Self::List(origins))
+    }
+}
+
+/// A request without `Origin` is not from a browser page (a browser always
+/// sends it on a WebSocket upgrade), so no other site can be behind it.
+fn origin_allowed(allowed: &AllowedOrigins, req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
+    let same_host = || {
+        let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+        req.headers().get(HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    };
+    match allowed {
+        AllowedOrigins::Any => true,
+        AllowedOrigins::SameHost => same_host(),
+        AllowedOrigins::List(list) => same_host() || list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+    }
+}
 
 /// One of the `--max-connections` open connections.
 struct ConnectionSlot(Arc<App>);
@@ -27,6 +75,9 @@ impl Drop for ConnectionSlot {
 pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return reply::error(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "expected a WebSocket upgrade");
+    }
+    if !origin_allowed(&app.allowed_origins, &req) {
+        return reply::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this origin may not open a WebSocket here");
     }
     if app.open_connections.load(Ordering::Relaxed) >= app.connections_max {
         CONNECTIONS_REFUSED.counter_with("max_connections").increment(1);

@@ -16,6 +16,7 @@
 //! room that cannot load its last seq after [`INIT_ATTEMPTS_MAX`] tries
 //! tells its members and its queued joiners to join again, and stops.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::faults::failpoint;
 use crate::metrics::ROOMS_ACTIVE;
 use crate::store::Store;
 
+/// Slots of a room's (empty) operation queue kept after a burst.
+const OPS_CAPACITY_KEPT_MAX: usize = 8;
 /// Actors in a row that may crash on the same operation before it is dropped.
 pub(crate) const POISON_OP_CRASHES_MAX: u32 = 3;
 /// Tries to load the room's last seq before the room gives up.
@@ -192,7 +195,17 @@ impl RoomActorState {
         let handle = self.handle.clone();
         handle.wake_sent.store(false, Ordering::Release);
         loop {
-            let Some(mut op) = handle.state.lock().ops.pop_front() else { return Ok(()) };
+            let next = {
+                let mut state = handle.state.lock();
+                let next = state.ops.pop_front();
+                if next.is_none() && state.ops.capacity() > OPS_CAPACITY_KEPT_MAX {
+                    // A burst (a reconnect storm's joins) should not leave a
+                    // large idle allocation behind in every room.
+                    state.ops = VecDeque::new();
+                }
+                next
+            };
+            let Some(mut op) = next else { return Ok(()) };
             match catch_unwind(AssertUnwindSafe(|| self.apply(&mut op))) {
                 Ok(()) => handle.state.lock().head_crashes = 0,
                 Err(panic) => {

@@ -38,15 +38,10 @@ impl Engine {
         #[cfg(feature = "failpoints")]
         let store: Arc<dyn Store> = Arc::new(crate::store::failpoints::FailpointStore(store));
         let store_timeout = Duration::from_millis(config.store_timeout_ms);
+        let store: Arc<dyn Store> = Arc::new(crate::store::deadline::DeadlineStore::new(store, store_timeout));
         let health = Arc::new(Health::new());
         let directory = Arc::new(Directory::default());
-        let writer = writer_parts(
-            store.clone(),
-            health.clone(),
-            config.writer_queue_max,
-            config.writer_batch_max,
-            store_timeout,
-        );
+        let writer = writer_parts(store.clone(), health.clone(), config.writer_queue_max, config.writer_batch_max);
         let args = EngineSupervisorArgs { writer: writer.shared().clone(), health: health.clone() };
         let (root, _) =
             Actor::spawn(None, EngineSupervisor, args).await.map_err(|e| anyhow::anyhow!("engine supervisor: {e}"))?;
@@ -56,7 +51,6 @@ impl Engine {
                 directory: directory.clone(),
                 room_idle_ms: config.room_idle_ms,
                 rooms_max: config.rooms_max,
-                store_timeout,
             },
             root.get_cell(),
         )

@@ -58,7 +58,6 @@ pub(crate) struct RoomArgs {
     pub handle: Arc<RoomHandle>,
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
-    pub store_timeout: Duration,
     /// A restart after a crash (the store may hold messages no actor
     /// published); false for the room's first actor, whose opener read
     /// the room's last seq.
@@ -69,7 +68,6 @@ pub(crate) struct RoomActorState {
     handle: Arc<RoomHandle>,
     store: Arc<dyn Store>,
     directory: Arc<Directory>,
-    store_timeout: Duration,
     /// Loaded the room's last seq: operations may run.
     ready: bool,
     init_attempts: u32,
@@ -83,19 +81,11 @@ impl Actor for RoomActor {
     type Arguments = RoomArgs;
 
     async fn pre_start(&self, myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomActorState, ActorProcessingErr> {
-        let RoomArgs { handle, store, directory, store_timeout, restart } = args;
+        let RoomArgs { handle, store, directory, restart } = args;
         ROOMS_ACTIVE.gauge().increment(1.0);
         // Either way, it starts by draining what was queued before it ran.
         myself.send_message(if restart { RoomMsg::Init } else { RoomMsg::Wake })?;
-        Ok(RoomActorState {
-            handle,
-            store,
-            directory,
-            store_timeout,
-            ready: !restart,
-            init_attempts: 0,
-            scratch: Vec::new(),
-        })
+        Ok(RoomActorState { handle, store, directory, ready: !restart, init_attempts: 0, scratch: Vec::new() })
     }
 
     async fn post_stop(
@@ -128,13 +118,10 @@ impl Actor for RoomActor {
 impl RoomActorState {
     async fn init(&mut self, myself: &ActorRef<RoomMsg>) -> Result<(), ActorProcessingErr> {
         let handle = self.handle.clone();
-        let stored = match tokio::time::timeout(self.store_timeout, self.store.last_seq(&handle.name)).await {
-            Ok(Ok(stored)) => stored,
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {} ms", self.store_timeout.as_millis()),
-                };
+        let stored = match self.store.last_seq(&handle.name).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                let error = e.to_string();
                 self.init_attempts += 1;
                 if self.init_attempts >= INIT_ATTEMPTS_MAX {
                     tracing::error!(room = %handle.name, error, attempts = self.init_attempts, "room cannot start; telling its members");

@@ -50,18 +50,17 @@ pub(crate) struct Rooms {
     registry: Arc<Registry>,
     supervisor: ActorRef<SupervisorMsg>,
     store: Arc<dyn Store>,
-    store_timeout: Duration,
 }
 
 impl Rooms {
     pub(crate) async fn start(args: SupervisorArgs, parent: ractor::ActorCell) -> anyhow::Result<Self> {
         let registry: Arc<Registry> = Arc::default();
-        let (store, store_timeout) = (args.store.clone(), args.store_timeout);
+        let store = args.store.clone();
         let state_args = (args, registry.clone());
         let (supervisor, _) = Actor::spawn_linked(None, RoomSupervisor, state_args, parent)
             .await
             .map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Self { registry, supervisor, store, store_timeout })
+        Ok(Self { registry, supervisor, store })
     }
 
     /// Rooms open now (stopped idle rooms excluded).
@@ -84,17 +83,15 @@ impl Rooms {
         };
         if let RoomKindOwned::Dm(a, b) = &handle.kind {
             for user in [a, b] {
-                match tokio::time::timeout(self.store_timeout, self.store.get_user(user)).await {
-                    Ok(Ok(Some(_))) => {}
-                    Ok(Ok(None)) => return Err(Refusal::new(ErrorCode::NotFound, "no such user")),
-                    Ok(Err(e)) => return Err(unavailable(&e)),
+                match self.store.get_user(user).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(Refusal::new(ErrorCode::NotFound, "no such user")),
                     Err(e) => return Err(unavailable(&e)),
                 }
             }
         }
-        match tokio::time::timeout(self.store_timeout, self.store.last_seq(name)).await {
-            Ok(Ok(last)) => handle.state.lock().last_published = last,
-            Ok(Err(e)) => return Err(unavailable(&e)),
+        match self.store.last_seq(name).await {
+            Ok(last) => handle.state.lock().last_published = last,
             Err(e) => return Err(unavailable(&e)),
         }
         let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, Arc::new(handle));
@@ -126,7 +123,6 @@ pub(crate) struct SupervisorArgs {
     pub directory: Arc<Directory>,
     pub room_idle_ms: u64,
     pub rooms_max: usize,
-    pub store_timeout: Duration,
 }
 
 pub(crate) struct SupervisorState {
@@ -147,7 +143,6 @@ impl SupervisorState {
             handle: handle.clone(),
             store: self.args.store.clone(),
             directory: self.args.directory.clone(),
-            store_timeout: self.args.store_timeout,
             restart,
         };
         match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {

@@ -5,6 +5,7 @@
 //! dedupes by (from, cid), inside the same atomic commit: so a failed or
 //! retried batch can never leave a gap, reuse a seq, or store a cid twice.
 
+pub(crate) mod deadline;
 pub mod embedded;
 #[cfg(feature = "failpoints")]
 pub(crate) mod failpoints;
@@ -53,6 +54,9 @@ pub enum StoreError {
     /// An I/O error; the embedded store reopens its file after one.
     #[error("store I/O error: {0}")]
     Io(String),
+    /// No answer within the deadline (`--store-timeout-ms`).
+    #[error("store timeout: {0}")]
+    Timeout(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

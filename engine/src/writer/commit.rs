@@ -1,7 +1,8 @@
 //! One batch into the store.
 //!
-//! Every store call has a deadline (`--store-timeout-ms`): a call that
-//! hangs counts as failed. A failed commit is retried with exponential
+//! Every store call has a deadline (`--store-timeout-ms`, applied by the
+//! engine's store wrapper, `store/deadline.rs`): a call that hangs counts
+//! as failed. A failed commit is retried with exponential
 //! backoff and jitter, for as long as the store is down: nothing is lost
 //! and nothing is acknowledged meanwhile. But a batch can also fail
 //! because of one of its messages (a poison message) while the store
@@ -21,7 +22,7 @@ use rand::Rng;
 
 use super::{Outcome, WriterShared};
 use crate::metrics::{POISON_MESSAGES, STORE_COMMIT_DURATION, STORE_COMMIT_FAILURES};
-use crate::store::{Appended, NewMessage};
+use crate::store::{Appended, NewMessage, StoreError};
 
 const RETRY_BACKOFF_MIN_MS: u64 = 10;
 const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
@@ -72,13 +73,13 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
     let mut refusals = 0u32;
     loop {
         let started = Instant::now();
-        let reason = match tokio::time::timeout(shared.store_timeout, shared.store.append_batch(batch)).await {
-            Ok(Ok(outcomes)) if outcomes.len() == batch.len() => {
+        let reason = match shared.store.append_batch(batch).await {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
                 STORE_COMMIT_DURATION.histogram().record(started.elapsed().as_secs_f64());
                 shared.health.set_writer_committing(true);
                 return Committed::Stored(outcomes);
             }
-            Ok(Ok(outcomes)) => {
+            Ok(outcomes) => {
                 tracing::error!(
                     expected = batch.len(),
                     got = outcomes.len(),
@@ -87,18 +88,14 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
                 refusals += 1;
                 "error"
             }
-            Ok(Err(e)) => {
+            Err(StoreError::Timeout(e)) => {
+                tracing::warn!(error = %e, batch = batch.len(), "store commit timed out; retrying");
+                "timeout"
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, batch = batch.len(), refusals, "store commit failed; retrying");
                 refusals += 1;
                 "error"
-            }
-            Err(_) => {
-                tracing::warn!(
-                    timeout_ms = shared.store_timeout.as_millis() as u64,
-                    batch = batch.len(),
-                    "store commit timed out; retrying"
-                );
-                "timeout"
             }
         };
         shared.health.set_writer_committing(false);
@@ -114,7 +111,7 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
     }
 }
 
-/// A write of the store's own readiness probe, within the deadline.
+/// A write of the store's own readiness probe (within the store's deadline).
 async fn store_accepts_writes(shared: &WriterShared) -> bool {
-    matches!(tokio::time::timeout(shared.store_timeout, shared.store.check_ready()).await, Ok(Ok(())))
+    shared.store.check_ready().await.is_ok()
 }

@@ -26,7 +26,7 @@ mod commit;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -66,7 +66,6 @@ pub(crate) struct WriterShared {
     store: Arc<dyn Store>,
     health: Arc<Health>,
     batch_max: usize,
-    store_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -124,9 +123,8 @@ pub(crate) fn writer_parts(
     health: Arc<Health>,
     queue_max: usize,
     batch_max: usize,
-    store_timeout: Duration,
 ) -> WriterHandle {
-    assert!(queue_max > 0 && batch_max > 0 && !store_timeout.is_zero());
+    assert!(queue_max > 0 && batch_max > 0);
     let (tx, rx) = mpsc::channel(queue_max);
     let shared = Arc::new(WriterShared {
         rx: tokio::sync::Mutex::new(rx),
@@ -135,7 +133,6 @@ pub(crate) fn writer_parts(
         store,
         health,
         batch_max,
-        store_timeout,
     });
     WriterHandle { tx, shared }
 }

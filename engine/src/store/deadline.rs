@@ -1,0 +1,64 @@
+//! Every store call within a deadline (`--store-timeout-ms`): a call with
+//! no answer by then fails with [`StoreError::Timeout`], so nothing in the
+//! engine (the writer, a room, a login, a history page, `/readyz`) can
+//! hang on a store that hangs (MongoDB's `majority` without a `wtimeout`,
+//! a disk that stalls). The engine wraps whichever store it was given.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use viche_protocol::Msg;
+
+use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+
+pub(crate) struct DeadlineStore {
+    inner: Arc<dyn Store>,
+    timeout: Duration,
+}
+
+impl DeadlineStore {
+    pub(crate) fn new(inner: Arc<dyn Store>, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero());
+        Self { inner, timeout }
+    }
+
+    async fn within<T>(&self, op: &'static str, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(format!("{op}: no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DeadlineStore {
+    async fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        self.within("append_batch", self.inner.append_batch(batch)).await
+    }
+
+    async fn last_seq(&self, room: &str) -> StoreResult<u64> {
+        self.within("last_seq", self.inner.last_seq(room)).await
+    }
+
+    async fn range(&self, room: &str, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<Msg>> {
+        self.within("range", self.inner.range(room, after, upto, limit)).await
+    }
+
+    async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
+        self.within("history", self.inner.history(room, before, limit)).await
+    }
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
+        self.within("create_user", self.inner.create_user(user)).await
+    }
+
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        self.within("get_user", self.inner.get_user(username)).await
+    }
+
+    async fn check_ready(&self) -> StoreResult<()> {
+        self.within("check_ready", self.inner.check_ready()).await
+    }
+}

@@ -18,6 +18,7 @@
 //! - `metrics.rs`: every metric, declared once.
 
 pub mod accounts;
+pub mod address;
 pub mod clock;
 pub mod config;
 pub mod delivery;

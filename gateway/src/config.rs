@@ -118,6 +118,11 @@ pub struct Args {
     /// an Origin (not from a browser) are always allowed.
     #[arg(long, env = "VICHE_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` headers name
+    /// the real client (CIDRs separated by commas). Empty: the TCP peer is
+    /// the client, and those headers are ignored.
+    #[arg(long, env = "VICHE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
@@ -178,6 +183,7 @@ impl Args {
             }
         }
         crate::http::AllowedOrigins::parse(&self.allowed_origins)?;
+        crate::http::TrustedProxies::parse(&self.trusted_proxies)?;
         if self.max_frame_bytes < 256 {
             return Err("--max-frame-bytes must be at least 256".into());
         }

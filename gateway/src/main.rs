@@ -102,7 +102,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
     let origins = http::AllowedOrigins::parse(&args.allowed_origins).map_err(anyhow::Error::msg)?;
-    let app = Arc::new(http::App::new(engine.clone(), exporter, args.web_dir.clone(), args.max_connections, origins));
+    let proxies = http::TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg)?;
+    let app = Arc::new(http::App::new(
+        engine.clone(),
+        exporter,
+        args.web_dir.clone(),
+        args.max_connections,
+        origins,
+        proxies,
+    ));
     let stop = async {
         tokio::select! {
             () = shutdown_signal() => server::Stop::Signal,

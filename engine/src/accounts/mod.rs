@@ -19,6 +19,7 @@ pub use limiter::KeyedLimiter;
 pub use password::PasswordHasherPool;
 pub use token::{Claims, Jwt, VerifiedToken};
 
+use crate::address::limit_key;
 use crate::clock::now_ms;
 use crate::config::EngineConfig;
 use crate::metrics::{AUTH_FAILURES, LOGINS, RATE_LIMITED, REGISTRATIONS};
@@ -65,7 +66,7 @@ impl Accounts {
     /// Charges one registration attempt to `client`, before anything else
     /// of the request is read.
     pub(crate) fn admit_registration(&self, client: IpAddr) -> Result<(), Refusal> {
-        self.registrations_by_addr.take(&client.to_string()).map_err(|retry_after_s| {
+        self.registrations_by_addr.take(&limit_key(client).to_string()).map_err(|retry_after_s| {
             RATE_LIMITED.counter_with("register").increment(1);
             Refusal::rate_limited(retry_after_s)
         })
@@ -93,7 +94,7 @@ impl Accounts {
         creds: Credentials,
     ) -> Result<IssuedToken, Refusal> {
         check_credentials(&creds)?;
-        let addr = client.to_string();
+        let addr = limit_key(client).to_string();
         let limited = self
             .failed_logins_by_user
             .retry_after_s(&creds.username)

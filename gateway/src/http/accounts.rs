@@ -1,7 +1,7 @@
 //! `POST /api/register` and `POST /api/login`: the body is read here, the
 //! rules are the engine's.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -14,9 +14,9 @@ fn token(status: StatusCode, issued: IssuedToken) -> Response<Body> {
     reply::json(status, json!({ "user": issued.user, "token": issued.token, "expires_at": issued.expires_at_ms }))
 }
 
-pub async fn register(engine: &Engine, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn register(engine: &Engine, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
     // Charged before the body is read: a flood of bad bodies is limited too.
-    if let Err(refusal) = engine.admit_registration(addr.ip()) {
+    if let Err(refusal) = engine.admit_registration(client) {
         return reply::refusal(refusal);
     }
     let creds = match reply::read_json::<Credentials>(req).await {
@@ -29,12 +29,12 @@ pub async fn register(engine: &Engine, addr: SocketAddr, req: Request<Incoming>)
     }
 }
 
-pub async fn login(engine: &Engine, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn login(engine: &Engine, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
     let creds = match reply::read_json::<Credentials>(req).await {
         Ok(creds) => creds,
         Err(response) => return response,
     };
-    match engine.login(addr.ip(), creds).await {
+    match engine.login(client, creds).await {
         Ok(issued) => token(StatusCode::OK, issued),
         Err(refusal) => reply::refusal(refusal),
     }

@@ -12,6 +12,7 @@
 //! not the expected JSON is a 400 `invalid`.
 
 mod accounts;
+mod client_addr;
 mod health;
 mod history;
 mod reply;
@@ -33,6 +34,7 @@ use viche_engine::metrics::{HTTP_REQUESTS, HTTP_REQUEST_DURATION};
 use viche_engine::Engine;
 use viche_protocol::ErrorCode;
 
+pub use client_addr::TrustedProxies;
 pub use reply::Body;
 pub use upgrade::AllowedOrigins;
 
@@ -48,6 +50,7 @@ pub struct App {
     pub open_connections: AtomicUsize,
     pub connections_max: usize,
     pub allowed_origins: AllowedOrigins,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl App {
@@ -57,6 +60,7 @@ impl App {
         web_dir: Option<PathBuf>,
         connections_max: usize,
         allowed_origins: AllowedOrigins,
+        trusted_proxies: TrustedProxies,
     ) -> Self {
         Self {
             engine,
@@ -66,6 +70,7 @@ impl App {
             open_connections: AtomicUsize::new(0),
             connections_max,
             allowed_origins,
+            trusted_proxies,
         }
     }
 }
@@ -141,9 +146,11 @@ impl Route {
 pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = Route::of(req.method(), req.uri().path());
+    // The address every per-address limit of this request is charged to.
+    let client = app.trusted_proxies.client(addr.ip(), req.headers());
     let response = match route {
-        Route::Register => accounts::register(&app.engine, addr, req).await,
-        Route::Login => accounts::login(&app.engine, addr, req).await,
+        Route::Register => accounts::register(&app.engine, client, req).await,
+        Route::Login => accounts::login(&app.engine, client, req).await,
         Route::History => history::history(&app.engine, &req).await,
         Route::Healthz => health::healthz(),
         Route::Readyz => health::readyz(&app).await,

@@ -22,8 +22,17 @@ pub const TOKEN_TTL_S_DEFAULT: u64 = 86_400;
 /// A store call with no answer within this long counts as failed (the
 /// writer retries it; a room retries loading its last seq).
 pub const STORE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// argon2id hashes computed at once (each takes ~19 MiB and a core).
+/// argon2id hashes computed at once (each takes ~19 MiB, held for the
+/// life of the process, and a core).
 pub const ARGON2_CONCURRENCY_DEFAULT: usize = 2;
+/// Password checks waiting for their turn; past it, 503 with Retry-After.
+/// The longest wait is about this × one hash (~50 ms) ÷ the concurrency:
+/// 1.6 s with the defaults.
+pub const ARGON2_QUEUE_MAX_DEFAULT: usize = 64;
+/// Failed logins per client address, across all usernames.
+pub const FAILED_LOGIN_ADDRESS_RATE_DEFAULT: Rate = Rate { per_second: 30.0 / 60.0, burst: 30 };
+/// Failed logins per username, from every address together.
+pub const FAILED_LOGIN_USER_RATE_DEFAULT: Rate = Rate { per_second: 100.0 / 60.0, burst: 100 };
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,9 +52,14 @@ pub struct EngineConfig {
     pub rooms_max: usize,
     pub token_ttl_s: u64,
     pub argon2_concurrency: usize,
+    pub argon2_queue_max: usize,
     pub store_timeout_ms: u64,
-    /// Failed logins, per username and per client address.
+    /// Failed logins, per (username, client address).
     pub failed_login_rate: Rate,
+    /// Failed logins, per client address.
+    pub failed_login_address_rate: Rate,
+    /// Failed logins, per username.
+    pub failed_login_user_rate: Rate,
     /// Registrations per client address.
     pub register_rate: Rate,
 }
@@ -69,8 +83,11 @@ impl Default for EngineConfig {
             rooms_max: ROOMS_MAX_DEFAULT,
             token_ttl_s: TOKEN_TTL_S_DEFAULT,
             argon2_concurrency: ARGON2_CONCURRENCY_DEFAULT,
+            argon2_queue_max: ARGON2_QUEUE_MAX_DEFAULT,
             store_timeout_ms: STORE_TIMEOUT_MS_DEFAULT,
             failed_login_rate: limits::FAILED_LOGIN_RATE_DEFAULT,
+            failed_login_address_rate: FAILED_LOGIN_ADDRESS_RATE_DEFAULT,
+            failed_login_user_rate: FAILED_LOGIN_USER_RATE_DEFAULT,
             register_rate: limits::REGISTER_RATE_DEFAULT,
         }
     }
@@ -86,7 +103,16 @@ impl EngineConfig {
         assert!(self.writer_queue_max > 0 && self.writer_batch_max > 0);
         assert!(self.session_rooms_max > 0 && self.rooms_max > 0);
         assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
-        for rate in [self.send_rate, self.typing_rate, self.join_rate, self.failed_login_rate, self.register_rate] {
+        let rates = [
+            self.send_rate,
+            self.typing_rate,
+            self.join_rate,
+            self.failed_login_rate,
+            self.failed_login_address_rate,
+            self.failed_login_user_rate,
+            self.register_rate,
+        ];
+        for rate in rates {
             assert!(rate.per_second > 0.0 && rate.burst > 0, "a rate of zero would refuse everything");
         }
     }

@@ -132,7 +132,7 @@ pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
 pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
 
 /// `kind` label values of `viche_rate_limited_total`.
-pub const RATE_LIMITED_KINDS: [&str; 5] = ["send", "typing", "join", "login", "register"];
+pub const RATE_LIMITED_KINDS: [&str; 6] = ["send", "typing", "join", "login", "register", "argon2_queue"];
 /// `reason` label values of `viche_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: [&str; 4] = ["wrong_password", "unknown_user", "bad_token", "no_hello"];
 /// `route` label values of the HTTP metrics (the gateway's route table; a
@@ -235,7 +235,7 @@ metrics_table! {
         "typing notices dropped because a room's actor had 256 of them queued.";
     RATE_LIMITED: "viche_rate_limited_total", Counter, Count, Live,
         &[Label { key: "kind", values: &RATE_LIMITED_KINDS }],
-        "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429).";
+        "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429; argon2_queue: HTTP 503, too many password checks waiting).";
     AUTH_FAILURES: "viche_auth_failures_total", Counter, Count, Live,
         &[Label { key: "reason", values: &AUTH_FAILURE_REASONS }],
         "Authentication failures, by reason.";

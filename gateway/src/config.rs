@@ -87,6 +87,10 @@ pub struct Args {
     /// Password hashes computed at once (argon2id is CPU- and memory-heavy).
     #[arg(long, env = "VICHE_ARGON2_CONCURRENCY", default_value_t = engine::ARGON2_CONCURRENCY_DEFAULT)]
     pub argon2_concurrency: usize,
+    /// Password checks waiting for a turn; past it, logins and registrations
+    /// get 503 with Retry-After.
+    #[arg(long, env = "VICHE_ARGON2_QUEUE_MAX", default_value_t = engine::ARGON2_QUEUE_MAX_DEFAULT)]
+    pub argon2_queue_max: usize,
     /// `send` + `dm` per session: tokens per second and burst.
     #[arg(long, env = "VICHE_SEND_PER_SECOND", default_value_t = limits::SEND_RATE_DEFAULT.per_second)]
     pub send_per_second: f64,
@@ -102,11 +106,22 @@ pub struct Args {
     pub join_per_second: f64,
     #[arg(long, env = "VICHE_JOIN_BURST", default_value_t = limits::JOIN_RATE_DEFAULT.burst)]
     pub join_burst: u32,
-    /// Failed logins per username and per client address, per minute.
+    /// Failed logins per (username, client address), per minute.
     #[arg(long, env = "VICHE_FAILED_LOGINS_PER_MINUTE", default_value_t = limits::FAILED_LOGIN_RATE_DEFAULT.per_second * 60.0)]
     pub failed_logins_per_minute: f64,
     #[arg(long, env = "VICHE_FAILED_LOGINS_BURST", default_value_t = limits::FAILED_LOGIN_RATE_DEFAULT.burst)]
     pub failed_logins_burst: u32,
+    /// Failed logins per client address (all usernames), per minute.
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_ADDRESS_PER_MINUTE", default_value_t = engine::FAILED_LOGIN_ADDRESS_RATE_DEFAULT.per_second * 60.0)]
+    pub failed_logins_per_address_per_minute: f64,
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_ADDRESS_BURST", default_value_t = engine::FAILED_LOGIN_ADDRESS_RATE_DEFAULT.burst)]
+    pub failed_logins_per_address_burst: u32,
+    /// Failed logins per username (all addresses), per minute: a ceiling
+    /// on guessing one account from many addresses.
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_USER_PER_MINUTE", default_value_t = engine::FAILED_LOGIN_USER_RATE_DEFAULT.per_second * 60.0)]
+    pub failed_logins_per_user_per_minute: f64,
+    #[arg(long, env = "VICHE_FAILED_LOGINS_PER_USER_BURST", default_value_t = engine::FAILED_LOGIN_USER_RATE_DEFAULT.burst)]
+    pub failed_logins_per_user_burst: u32,
     /// Registrations per client address, per minute.
     #[arg(long, env = "VICHE_REGISTRATIONS_PER_MINUTE", default_value_t = limits::REGISTER_RATE_DEFAULT.per_second * 60.0)]
     pub registrations_per_minute: f64,
@@ -172,6 +187,16 @@ impl Args {
                 self.failed_logins_burst,
             ),
             (
+                "--failed-logins-per-address-per-minute/--failed-logins-per-address-burst",
+                self.failed_logins_per_address_per_minute,
+                self.failed_logins_per_address_burst,
+            ),
+            (
+                "--failed-logins-per-user-per-minute/--failed-logins-per-user-burst",
+                self.failed_logins_per_user_per_minute,
+                self.failed_logins_per_user_burst,
+            ),
+            (
                 "--registrations-per-minute/--registrations-burst",
                 self.registrations_per_minute,
                 self.registrations_burst,
@@ -230,6 +255,15 @@ impl Args {
             join_rate: Rate { per_second: self.join_per_second, burst: self.join_burst },
             token_ttl_s: self.token_ttl,
             argon2_concurrency: self.argon2_concurrency,
+            argon2_queue_max: self.argon2_queue_max,
+            failed_login_address_rate: Rate {
+                per_second: self.failed_logins_per_address_per_minute / 60.0,
+                burst: self.failed_logins_per_address_burst,
+            },
+            failed_login_user_rate: Rate {
+                per_second: self.failed_logins_per_user_per_minute / 60.0,
+                burst: self.failed_logins_per_user_burst,
+            },
             store_timeout_ms: self.store_timeout_ms,
             failed_login_rate: Rate {
                 per_second: self.failed_logins_per_minute / 60.0,

@@ -491,6 +491,8 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
         max_frame_bytes: Some(1024 * 1024),
         max_body_bytes: Some(BIG as u64),
         outbox_max_bytes: Some(4 * 1024 * 1024),
+        // A few failed logins from one address are enough to see 429s.
+        extra_args: vec!["--failed-logins-per-address-burst".into(), "8".into()],
         ..Opts::default()
     })
     .await;

@@ -61,6 +61,16 @@ impl KeyedLimiter {
         *entry = (tokens - 1.0, now);
         Ok(())
     }
+
+    /// Returns a token taken for `key` (an attempt that turned out not to
+    /// count, such as a login with the right password), up to the burst.
+    pub fn give_back(&self, key: &str) {
+        let now = Instant::now();
+        if let Some(entry) = self.buckets.lock().get_mut(key) {
+            let tokens = self.tokens_now(entry.0, entry.1, now);
+            *entry = ((tokens + 1.0).min(self.rate.burst as f64), now);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +87,21 @@ mod tests {
         assert!((1..=6).contains(&retry), "one token refills in 6 s, got {retry}");
         assert!(l.retry_after_s("alice").is_some());
         assert!(l.take("bob").is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_up_to_the_burst() {
+        let l = KeyedLimiter::new(Rate { per_second: 0.001, burst: 2 }, 100);
+        assert!(l.take("k").is_ok() && l.take("k").is_ok());
+        assert!(l.take("k").is_err());
+        l.give_back("k");
+        assert!(l.take("k").is_ok(), "the returned token");
+        l.give_back("k");
+        l.give_back("k");
+        l.give_back("k");
+        assert!(l.take("k").is_ok() && l.take("k").is_ok());
+        assert!(l.take("k").is_err(), "never more than the burst");
+        l.give_back("unknown"); // nothing to give back to
     }
 
     #[test]

@@ -2,9 +2,23 @@
 //!
 //! The rules live here, not in a transport: usernames and passwords are
 //! checked against the contract's bounds, passwords are hashed with
-//! argon2id, an unknown username costs the same verify as a wrong
-//! password (the dummy-hash timing defence), and failed logins and
-//! registrations are rate-limited per username and per client address.
+//! argon2id (`password.rs`: bounded concurrency, queue and memory), an
+//! unknown username costs the same verify as a wrong password (the
+//! dummy-hash timing defence), and registrations and failed logins are
+//! rate-limited.
+//!
+//! Failed logins are limited three ways, and a login reserves a token of
+//! each *before* its password is checked (then gives them back if the
+//! password was right), so N guesses sent at once get at most the burst
+//! checked, not N:
+//! - per (username, client address): the tight limit (10/min): a guesser
+//!   at one address gets 10 guesses at any one account;
+//! - per client address: a guesser at one address gets 30 guesses a
+//!   minute across all accounts;
+//! - per username, from anywhere: a high ceiling (100/min) on the guesses
+//!   at one account from many addresses. It is well above what one
+//!   address may spend, so a guesser hammering a victim's name does not
+//!   lock the victim, who logs in from another address, out.
 
 mod limiter;
 mod password;
@@ -16,7 +30,7 @@ use serde::Deserialize;
 use viche_protocol::{validate, ErrorCode};
 
 pub use limiter::KeyedLimiter;
-pub use password::PasswordHasherPool;
+pub use password::{HashError, PasswordHasherPool};
 pub use token::{Claims, Jwt, VerifiedToken};
 
 use crate::address::limit_key;
@@ -47,8 +61,9 @@ pub struct IssuedToken {
 pub(crate) struct Accounts {
     jwt: Jwt,
     hasher: PasswordHasherPool,
-    failed_logins_by_user: KeyedLimiter,
+    failed_logins_by_user_addr: KeyedLimiter,
     failed_logins_by_addr: KeyedLimiter,
+    failed_logins_by_user: KeyedLimiter,
     registrations_by_addr: KeyedLimiter,
 }
 
@@ -56,9 +71,10 @@ impl Accounts {
     pub(crate) fn new(config: &EngineConfig, jwt: Jwt) -> Self {
         Self {
             jwt,
-            hasher: PasswordHasherPool::new(config.argon2_concurrency),
-            failed_logins_by_user: KeyedLimiter::new(config.failed_login_rate, LIMITER_KEYS_MAX),
-            failed_logins_by_addr: KeyedLimiter::new(config.failed_login_rate, LIMITER_KEYS_MAX),
+            hasher: PasswordHasherPool::new(config.argon2_concurrency, config.argon2_queue_max),
+            failed_logins_by_user_addr: KeyedLimiter::new(config.failed_login_rate, LIMITER_KEYS_MAX),
+            failed_logins_by_addr: KeyedLimiter::new(config.failed_login_address_rate, LIMITER_KEYS_MAX),
+            failed_logins_by_user: KeyedLimiter::new(config.failed_login_user_rate, LIMITER_KEYS_MAX),
             registrations_by_addr: KeyedLimiter::new(config.register_rate, LIMITER_KEYS_MAX),
         }
     }
@@ -78,7 +94,7 @@ impl Accounts {
         if store.get_user(&creds.username).await.map_err(store_failed)?.is_some() {
             return Err(username_taken());
         }
-        let hash = self.hasher.hash(creds.password).await.map_err(|e| internal("hashing a password", e))?;
+        let hash = self.hasher.hash(creds.password).await.map_err(hash_failed)?;
         let record = UserRecord { username: creds.username.clone(), password_hash: hash, created_ms: now_ms() };
         if !store.create_user(&record).await.map_err(store_failed)? {
             return Err(username_taken());
@@ -95,29 +111,55 @@ impl Accounts {
     ) -> Result<IssuedToken, Refusal> {
         check_credentials(&creds)?;
         let addr = limit_key(client).to_string();
-        let limited = self
-            .failed_logins_by_user
-            .retry_after_s(&creds.username)
-            .max(self.failed_logins_by_addr.retry_after_s(&addr));
-        if let Some(retry_after_s) = limited {
-            RATE_LIMITED.counter_with("login").increment(1);
-            return Err(Refusal::rate_limited(retry_after_s));
+        let pair = format!("{}\n{addr}", creds.username);
+        let reservation = self.reserve_login(&creds.username, &pair, &addr)?;
+        let result = self.check_password(store, &creds).await;
+        match result {
+            Ok(true) => {
+                reservation.give_back(self);
+                LOGINS.counter().increment(1);
+                Ok(self.issue(creds.username))
+            }
+            Ok(false) => Err(Refusal::new(ErrorCode::Unauthorized, "wrong username or password")),
+            Err(refusal) => {
+                reservation.give_back(self); // not a guess: the check did not run
+                Err(refusal)
+            }
         }
+    }
+
+    /// Takes one failed-login token of each limit, or none (429).
+    fn reserve_login<'k>(&self, user: &'k str, pair: &'k str, addr: &'k str) -> Result<Reservation<'k>, Refusal> {
+        let limits = [
+            (&self.failed_logins_by_user_addr, pair),
+            (&self.failed_logins_by_addr, addr),
+            (&self.failed_logins_by_user, user),
+        ];
+        for (taken, (limiter, key)) in limits.iter().enumerate() {
+            if let Err(retry_after_s) = limiter.take(key) {
+                for (limiter, key) in &limits[..taken] {
+                    limiter.give_back(key);
+                }
+                RATE_LIMITED.counter_with("login").increment(1);
+                return Err(Refusal::rate_limited(retry_after_s));
+            }
+        }
+        Ok(Reservation { user, pair, addr })
+    }
+
+    /// Whether the password is the user's (an unknown user's is checked
+    /// against a dummy hash: same answer, same time). Counts failures.
+    async fn check_password(&self, store: &dyn Store, creds: &Credentials) -> Result<bool, Refusal> {
         let user = store.get_user(&creds.username).await.map_err(store_failed)?;
-        // An unknown user costs the same hash as a known one: same answer, same time.
         let hash =
             user.as_ref().map_or_else(|| PasswordHasherPool::dummy_hash().to_string(), |u| u.password_hash.clone());
-        let verified =
-            self.hasher.verify(creds.password, hash).await.map_err(|e| internal("verifying a password", e))?;
-        if !(verified && user.is_some()) {
-            let reason = if user.is_some() { "wrong_password" } else { "unknown_user" };
-            AUTH_FAILURES.counter_with(reason).increment(1);
-            let _ = self.failed_logins_by_user.take(&creds.username);
-            let _ = self.failed_logins_by_addr.take(&addr);
-            return Err(Refusal::new(ErrorCode::Unauthorized, "wrong username or password"));
+        let verified = self.hasher.verify(creds.password.clone(), hash).await.map_err(hash_failed)?;
+        if verified && user.is_some() {
+            return Ok(true);
         }
-        LOGINS.counter().increment(1);
-        Ok(self.issue(creds.username))
+        let reason = if user.is_some() { "wrong_password" } else { "unknown_user" };
+        AUTH_FAILURES.counter_with(reason).increment(1);
+        Ok(false)
     }
 
     /// Checks a token's signature, algorithm and expiry; counts refusals.
@@ -146,6 +188,36 @@ fn check_credentials(c: &Credentials) -> Result<(), Refusal> {
 
 fn username_taken() -> Refusal {
     Refusal::new(ErrorCode::Conflict, "username taken")
+}
+
+/// The failed-login tokens one login holds while its password is checked.
+struct Reservation<'k> {
+    user: &'k str,
+    pair: &'k str,
+    addr: &'k str,
+}
+
+impl Reservation<'_> {
+    fn give_back(self, accounts: &Accounts) {
+        accounts.failed_logins_by_user_addr.give_back(self.pair);
+        accounts.failed_logins_by_addr.give_back(self.addr);
+        accounts.failed_logins_by_user.give_back(self.user);
+    }
+}
+
+/// Too many password checks waiting: 503 with `Retry-After`.
+fn hash_failed(e: HashError) -> Refusal {
+    match e {
+        HashError::Busy => {
+            RATE_LIMITED.counter_with("argon2_queue").increment(1);
+            Refusal {
+                code: ErrorCode::Overloaded,
+                message: "too many logins at once; retry shortly".into(),
+                retry_after_s: Some(1),
+            }
+        }
+        HashError::Failed(e) => internal("hashing a password", e),
+    }
 }
 
 fn store_failed(e: crate::store::StoreError) -> Refusal {

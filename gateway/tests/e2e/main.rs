@@ -17,6 +17,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse;
 mod auth_http;
 mod crash;
 mod dm;

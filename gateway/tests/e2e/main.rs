@@ -27,6 +27,7 @@ mod emfile;
 mod faults;
 mod history;
 mod limits;
+mod memory;
 mod rooms;
 mod session;
 mod web_client;

@@ -14,9 +14,10 @@ use viche_protocol::{Close, Encoding, Msg};
 use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, VerifiedToken};
 use crate::config::EngineConfig;
 use crate::delivery::{Directory, Outbox, SessionHandle};
-use crate::health::Health;
+use crate::health::{Health, STORE_PROBE_INTERVAL_MS};
 use crate::history;
 pub use crate::history::HistoryPage;
+use crate::metrics::STORE_PROBES;
 use crate::refusal::Refusal;
 use crate::room::{Rooms, SupervisorArgs};
 use crate::services::Services;
@@ -59,6 +60,7 @@ impl Engine {
             .await
             .map_err(|e| anyhow::anyhow!("session supervisor: {e}"))?;
         let accounts = Accounts::new(&config, Jwt::new(jwt_secret, config.token_ttl_s));
+        tokio::spawn(probe_store(store.clone(), health.clone()));
         let services = Arc::new(Services { config, store, writer, directory, rooms, accounts, health, sessions });
         Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1) }))
     }
@@ -120,14 +122,10 @@ impl Engine {
         history::replay_page(self.services.store.as_ref(), room, after, upto).await
     }
 
-    /// Probes the store (a small durable write); `Err` says why it failed.
-    pub async fn probe_store(&self) -> Result<(), StoreError> {
-        self.services.store.check_ready().await
-    }
-
-    /// Why the engine cannot take messages now (the writer is restarting,
-    /// its last commit failed, or the engine failed for good), if it cannot.
-    /// The store's own probe is [`Engine::probe_store`].
+    /// Why the engine cannot take messages now (the store failed its last
+    /// probe, the writer is restarting or its last commit failed, or the
+    /// engine failed for good), if it cannot. Reads flags only: no store
+    /// call.
     pub fn not_ready(&self) -> Option<String> {
         self.services.health.not_ready()
     }
@@ -172,5 +170,21 @@ impl Engine {
         for session in self.services.directory.all() {
             session.outbox.close(close, true);
         }
+    }
+}
+
+/// Probes the store with a small write every [`STORE_PROBE_INTERVAL_MS`]
+/// (within the store's deadline) and records the result for readiness.
+async fn probe_store(store: Arc<dyn Store>, health: Arc<Health>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STORE_PROBE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = store.check_ready().await;
+        STORE_PROBES.counter_with(if result.is_ok() { "ok" } else { "failed" }).increment(1);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "the store failed its readiness probe");
+        }
+        health.set_store_probe(result.err().map(|e| e.to_string()));
     }
 }

@@ -1,14 +1,25 @@
-//! What the engine knows about its own health: whether the writer is up
-//! and its last commit succeeded (readiness), and whether the engine has
-//! failed for good (a supervisor gave up), which the process answers by
-//! exiting non-zero so that its orchestrator restarts it.
+//! What the engine knows about its own health: whether the store answered
+//! its last readiness probe, whether the writer is up and its last commit
+//! succeeded (readiness), and whether the engine has failed for good (a
+//! supervisor gave up), which the process answers by exiting non-zero so
+//! that its orchestrator restarts it.
+//!
+//! Readiness is read from these flags, never by calling the store: the
+//! store is probed on a schedule of its own ([`STORE_PROBE_INTERVAL_MS`],
+//! `Engine::start`), so `/readyz`, which anyone may call as often as they
+//! like, costs the store nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// How often the store is probed with a small write.
+pub(crate) const STORE_PROBE_INTERVAL_MS: u64 = 5_000;
+
 pub(crate) struct Health {
+    /// Why the store's last probe failed; `None` when it succeeded.
+    store_probe_failure: Mutex<Option<String>>,
     /// The writer actor is running (false between its crash and restart).
     writer_up: AtomicBool,
     /// The writer's last commit attempt succeeded.
@@ -21,6 +32,7 @@ pub(crate) struct Health {
 impl Health {
     pub(crate) fn new() -> Self {
         Self {
+            store_probe_failure: Mutex::new(None),
             writer_up: AtomicBool::new(false),
             writer_committing: AtomicBool::new(true),
             failure: Mutex::new(None),
@@ -40,10 +52,17 @@ impl Health {
         self.writer_committing.store(ok, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_store_probe(&self, failure: Option<String>) {
+        *self.store_probe_failure.lock() = failure;
+    }
+
     /// Why the engine cannot take messages now, if it cannot.
     pub(crate) fn not_ready(&self) -> Option<String> {
         if let Some(failure) = self.failure.lock().clone() {
             return Some(format!("the engine failed: {failure}"));
+        }
+        if let Some(failure) = self.store_probe_failure.lock().clone() {
+            return Some(format!("store not ready: {failure}"));
         }
         if !self.writer_up() {
             return Some("the writer is restarting".into());

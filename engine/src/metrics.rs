@@ -224,7 +224,10 @@ metrics_table! {
     WRITER_REJECTED: "viche_writer_rejected_total", Counter, Count, Live, NO_LABELS,
         "Sends refused with overloaded because the writer's queue was full or the writer was restarting.";
     STORE_READY: "viche_store_ready", Gauge, Count, Live, NO_LABELS,
-        "1 when the store answers its readiness probe and the writer is up and its last commit succeeded (as /readyz), else 0.";
+        "1 when the store answered its last readiness probe and the writer is up and its last commit succeeded (as /readyz), else 0.";
+    STORE_PROBES: "viche_store_probes_total", Counter, Count, Live,
+        &[Label { key: "result", values: &["ok", "failed"] }],
+        "Readiness probes of the store (a small write every 5 s, whatever /readyz is asked), by result.";
 
     // Delivery and abuse.
     OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,

@@ -8,7 +8,6 @@
 //! the dashboards and alerts in `grafana/` use only names exported here
 //! (checked by `gateway/tests/prometheus.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +26,6 @@ pub const BATCH_SIZE_BUCKETS: &[f64] =
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes (a scrape folds them too); without it they would pile up.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the store's readiness is probed in the background, so that
-/// `viche_store_ready` is true to `/readyz` even if nothing calls it.
-const READY_PROBE_INTERVAL: Duration = Duration::from_secs(10);
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The last result of the store's readiness check (`/readyz` or the
-/// background probe).
-static STORE_PROBE_OK: AtomicBool = AtomicBool::new(true);
-
 /// What `/metrics` renders from.
 pub struct Exporter {
     handle: PrometheusHandle,
@@ -77,15 +67,6 @@ impl Exporter {
                 upkeep.run_upkeep();
             }
         });
-        let probed = engine.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(READY_PROBE_INTERVAL);
-            loop {
-                tick.tick().await;
-                let ok = matches!(tokio::time::timeout(READY_PROBE_TIMEOUT, probed.probe_store()).await, Ok(Ok(())));
-                record_store_probe(&probed, ok);
-            }
-        });
         Self { handle, process, engine }
     }
 
@@ -98,15 +79,9 @@ impl Exporter {
     }
 }
 
-/// Records the outcome of a store readiness check and updates
-/// `viche_store_ready` (store answers and the writer's last commit succeeded).
-pub fn record_store_probe(engine: &Engine, ok: bool) {
-    STORE_PROBE_OK.store(ok, Ordering::Relaxed);
-    set_ready_gauge(engine);
-}
-
+/// `viche_store_ready`: the answer `/readyz` gives now.
 fn set_ready_gauge(engine: &Engine) {
-    let ready = STORE_PROBE_OK.load(Ordering::Relaxed) && engine.not_ready().is_none();
+    let ready = engine.not_ready().is_none();
     table::STORE_READY.gauge().set(if ready { 1.0 } else { 0.0 });
 }
 

@@ -153,7 +153,7 @@ pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
         Route::Login => accounts::login(&app.engine, client, req).await,
         Route::History => history::history(&app.engine, &req).await,
         Route::Healthz => health::healthz(),
-        Route::Readyz => health::readyz(&app).await,
+        Route::Readyz => health::readyz(&app),
         Route::Metrics => health::metrics(&app),
         Route::Ws => upgrade::upgrade(&app, req),
         Route::ApiOther => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),

@@ -184,3 +184,25 @@ async fn a_json_frame_that_is_not_a_map_is_a_bad_frame() {
     }
     conn.ping().await.expect("the session stays open");
 }
+
+/// The value of a series in a `/metrics` scrape (0 when absent).
+async fn scrape_value(server: &Server, series: &str) -> f64 {
+    let text = server.http().get_raw("/metrics", None).await.unwrap().body;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn readyz_costs_the_store_nothing() {
+    let server = Server::start().await;
+    let probes = r#"viche_store_probes_total{result="ok"}"#;
+    let before = scrape_value(&server, probes).await;
+    for _ in 0..50 {
+        let ready = server.http().get_raw("/readyz", None).await.unwrap();
+        assert_eq!(ready.status, 200, "{}", ready.body);
+    }
+    let after = scrape_value(&server, probes).await;
+    // The store is probed every 5 s whatever /readyz is asked: at most a
+    // couple of probes happened meanwhile, not 50.
+    assert!(after - before <= 2.0, "{} store probes for 50 /readyz", after - before);
+    assert!(before >= 1.0, "the store is probed on its own schedule");
+}

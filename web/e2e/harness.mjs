@@ -12,7 +12,8 @@ import { chromium } from 'playwright-core';
 export const WEB = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT = resolve(WEB, '..');
 export const OUT = join(WEB, 'test-output');
-export const BIN = process.env.VICHE_BIN ?? join(ROOT, 'target', 'debug', 'viche');
+// cargo builds into CARGO_TARGET_DIR (relative to the root, where run.mjs runs it) when set.
+export const BIN = process.env.VICHE_BIN ?? join(resolve(ROOT, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug', 'viche');
 export const PASSWORD = 'correct horse battery';
 /** Generous: this machine has 2 cores shared with cargo. */
 export const T = 30_000;

@@ -29,6 +29,17 @@ pub const ARGON2_CONCURRENCY_DEFAULT: usize = 2;
 /// The longest wait is about this × one hash (~50 ms) ÷ the concurrency:
 /// 1.6 s with the defaults.
 pub const ARGON2_QUEUE_MAX_DEFAULT: usize = 64;
+/// Sessions one user may have open at once (devices, tabs).
+pub const USER_SESSIONS_MAX_DEFAULT: usize = 64;
+/// Room memberships of one user, summed over its sessions.
+pub const USER_ROOMS_MAX_DEFAULT: usize = 4096;
+/// Messages of one user waiting for the writer: a share of the queue all
+/// users fill, so one cannot take it all.
+pub const WRITER_QUEUE_USER_MAX_DEFAULT: usize = 4096;
+/// `history` requests per session (WebSocket) or per user (HTTP).
+pub const HISTORY_RATE_DEFAULT: Rate = Rate { per_second: 10.0, burst: 20 };
+/// `join`s with `since` (each may replay up to 1000 messages) per session.
+pub const REPLAY_RATE_DEFAULT: Rate = Rate { per_second: 2.0, burst: 20 };
 /// Failed logins per client address, across all usernames.
 pub const FAILED_LOGIN_ADDRESS_RATE_DEFAULT: Rate = Rate { per_second: 30.0 / 60.0, burst: 30 };
 /// Failed logins per username, from every address together.
@@ -49,7 +60,13 @@ pub struct EngineConfig {
     pub writer_batch_max: usize,
     pub room_idle_ms: u64,
     pub session_rooms_max: usize,
+    /// Room memberships of one user, summed over its sessions.
+    pub user_rooms_max: usize,
+    pub user_sessions_max: usize,
     pub rooms_max: usize,
+    pub writer_queue_user_max: usize,
+    pub history_rate: Rate,
+    pub replay_rate: Rate,
     pub token_ttl_s: u64,
     pub argon2_concurrency: usize,
     pub argon2_queue_max: usize,
@@ -80,7 +97,12 @@ impl Default for EngineConfig {
             writer_batch_max: WRITER_BATCH_MAX_DEFAULT,
             room_idle_ms: ROOM_IDLE_MS_DEFAULT,
             session_rooms_max: SESSION_ROOMS_MAX_DEFAULT,
+            user_rooms_max: USER_ROOMS_MAX_DEFAULT,
+            user_sessions_max: USER_SESSIONS_MAX_DEFAULT,
             rooms_max: ROOMS_MAX_DEFAULT,
+            writer_queue_user_max: WRITER_QUEUE_USER_MAX_DEFAULT,
+            history_rate: HISTORY_RATE_DEFAULT,
+            replay_rate: REPLAY_RATE_DEFAULT,
             token_ttl_s: TOKEN_TTL_S_DEFAULT,
             argon2_concurrency: ARGON2_CONCURRENCY_DEFAULT,
             argon2_queue_max: ARGON2_QUEUE_MAX_DEFAULT,
@@ -102,11 +124,14 @@ impl EngineConfig {
         assert!(self.outbox_frames_max > 0 && self.outbox_bytes_max > 0);
         assert!(self.writer_queue_max > 0 && self.writer_batch_max > 0);
         assert!(self.session_rooms_max > 0 && self.rooms_max > 0);
+        assert!(self.user_rooms_max > 0 && self.user_sessions_max > 0 && self.writer_queue_user_max > 0);
         assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
         let rates = [
             self.send_rate,
             self.typing_rate,
             self.join_rate,
+            self.history_rate,
+            self.replay_rate,
             self.failed_login_rate,
             self.failed_login_address_rate,
             self.failed_login_user_rate,

@@ -11,13 +11,13 @@ use std::time::Duration;
 use ractor::Actor;
 use viche_protocol::{Close, Encoding, Msg};
 
-use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, VerifiedToken};
+use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, KeyedLimiter, VerifiedToken};
 use crate::config::EngineConfig;
 use crate::delivery::{Directory, Outbox, SessionHandle};
 use crate::health::{Health, STORE_PROBE_INTERVAL_MS};
 use crate::history;
 pub use crate::history::HistoryPage;
-use crate::metrics::STORE_PROBES;
+use crate::metrics::{RATE_LIMITED, SESSIONS_REFUSED, STORE_PROBES};
 use crate::refusal::Refusal;
 use crate::room::{Rooms, SupervisorArgs};
 use crate::services::Services;
@@ -29,7 +29,12 @@ use crate::writer::writer_parts;
 pub struct Engine {
     services: Arc<Services>,
     next_session_id: AtomicU64,
+    /// HTTP history pages per user (a WebSocket session has its own bucket).
+    history_by_user: KeyedLimiter,
 }
+
+/// Users whose HTTP history rate is tracked at once.
+const HISTORY_LIMITER_KEYS_MAX: usize = 100_000;
 
 impl Engine {
     /// Starts the supervision tree on `store` (docs/architecture.md,
@@ -62,7 +67,8 @@ impl Engine {
         let accounts = Accounts::new(&config, Jwt::new(jwt_secret, config.token_ttl_s));
         tokio::spawn(probe_store(store.clone(), health.clone()));
         let services = Arc::new(Services { config, store, writer, directory, rooms, accounts, health, sessions });
-        Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1) }))
+        let history_by_user = KeyedLimiter::new(services.config.history_rate, HISTORY_LIMITER_KEYS_MAX);
+        Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1), history_by_user }))
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -87,8 +93,10 @@ impl Engine {
         self.services.accounts.login(self.services.store.as_ref(), client, creds).await
     }
 
-    /// Registers an authenticated connection and returns its session.
-    pub fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Session {
+    /// Registers an authenticated connection and returns its session;
+    /// refused (`forbidden`; the transport closes with 4009) when the user
+    /// already has `user_sessions_max` sessions.
+    pub fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Result<Session, Refusal> {
         let config = &self.services.config;
         let handle = Arc::new(SessionHandle {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
@@ -96,11 +104,18 @@ impl Engine {
             encoding,
             outbox: Outbox::new(config.outbox_frames_max, config.outbox_bytes_max),
         });
-        self.services.directory.register(handle.clone());
-        Session::new(self.services.clone(), handle, token_exp_ms)
+        let share = self.services.directory.register(handle.clone(), config.user_sessions_max).map_err(|e| {
+            SESSIONS_REFUSED.counter().increment(1);
+            Refusal::new(
+                viche_protocol::ErrorCode::Forbidden,
+                format!("this user already has {} sessions open; close one first", e.sessions_max),
+            )
+        })?;
+        Ok(Session::new(self.services.clone(), handle, share, token_exp_ms))
     }
 
-    /// A page of `room`'s history as `user` may read it (no join needed).
+    /// A page of `room`'s history as `user` may read it (no join needed),
+    /// within the user's history rate (`history_rate`, over HTTP).
     pub async fn history(
         &self,
         user: &str,
@@ -108,6 +123,10 @@ impl Engine {
         before: Option<u64>,
         limit: Option<u64>,
     ) -> Result<HistoryPage, Refusal> {
+        if let Err(retry_after_s) = self.history_by_user.take(user) {
+            RATE_LIMITED.counter_with("history").increment(1);
+            return Err(Refusal::rate_limited(retry_after_s));
+        }
         history::page(self.services.store.as_ref(), user, room, before, limit).await
     }
 

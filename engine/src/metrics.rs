@@ -123,8 +123,8 @@ pub const SERVER_FRAME_TYPES: [&str; 9] =
 /// `code` label values of `viche_connections_closed_total`: every
 /// `CloseCode` (a test checks), and `none` for a connection that ended
 /// without a close frame from us.
-pub const CLOSE_CODE_LABELS: [&str; 10] =
-    ["1000", "1001", "1002", "1009", "1011", "4001", "4002", "4008", "4029", "none"];
+pub const CLOSE_CODE_LABELS: [&str; 11] =
+    ["1000", "1001", "1002", "1009", "1011", "4001", "4002", "4008", "4009", "4029", "none"];
 
 /// `kind` label values of `viche_actor_failures_total`.
 pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
@@ -132,7 +132,8 @@ pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
 pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
 
 /// `kind` label values of `viche_rate_limited_total`.
-pub const RATE_LIMITED_KINDS: [&str; 6] = ["send", "typing", "join", "login", "register", "argon2_queue"];
+pub const RATE_LIMITED_KINDS: [&str; 8] =
+    ["send", "typing", "join", "history", "replay", "login", "register", "argon2_queue"];
 /// `reason` label values of `viche_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: [&str; 4] = ["wrong_password", "unknown_user", "bad_token", "no_hello"];
 /// `route` label values of the HTTP metrics (the gateway's route table; a
@@ -174,6 +175,8 @@ metrics_table! {
         "WebSocket upgrades refused, by reason (max_connections: HTTP 503).";
     SESSIONS: "viche_sessions", Gauge, Count, Live, NO_LABELS,
         "Authenticated sessions (past hello) now.";
+    SESSIONS_REFUSED: "viche_sessions_refused_total", Counter, Count, Live, NO_LABELS,
+        "Sessions refused at hello because their user already had --max-sessions-per-user open (closed with 4009).";
     ROOMS_ACTIVE: "viche_rooms_active", Gauge, Count, Live, NO_LABELS,
         "Room actors running now.";
     ACTOR_FAILURES: "viche_actor_failures_total", Counter, Count, Live,
@@ -238,7 +241,7 @@ metrics_table! {
         "typing notices dropped because a room's actor had 256 of them queued.";
     RATE_LIMITED: "viche_rate_limited_total", Counter, Count, Live,
         &[Label { key: "kind", values: &RATE_LIMITED_KINDS }],
-        "Requests refused for rate, by kind (send, typing, join: WebSocket; login, register: HTTP 429; argon2_queue: HTTP 503, too many password checks waiting).";
+        "Requests refused for rate, by kind (send, typing, join, replay: WebSocket; history: WebSocket or HTTP; login, register: HTTP 429; argon2_queue: HTTP 503, too many password checks waiting).";
     AUTH_FAILURES: "viche_auth_failures_total", Counter, Count, Live,
         &[Label { key: "reason", values: &AUTH_FAILURE_REASONS }],
         "Authentication failures, by reason.";

@@ -34,7 +34,7 @@ async fn start(config: EngineConfig) -> Fixture {
 }
 
 fn open(f: &Fixture, user: &str) -> Session {
-    f.engine.open_session(user, Encoding::MsgPack, now_ms() + 3_600_000)
+    f.engine.open_session(user, Encoding::MsgPack, now_ms() + 3_600_000).expect("a session")
 }
 
 /// A session's frames as its client would read them: replay markers are

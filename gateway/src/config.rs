@@ -138,6 +138,29 @@ pub struct Args {
     /// the client, and those headers are ignored.
     #[arg(long, env = "VICHE_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// Sessions one user may have open at once; the next is refused at
+    /// `hello` with an `error` and close 4009.
+    #[arg(long, env = "VICHE_MAX_SESSIONS_PER_USER", default_value_t = engine::USER_SESSIONS_MAX_DEFAULT)]
+    pub max_sessions_per_user: usize,
+    /// Room memberships of one user, summed over its sessions; past it, `join` gets `invalid`.
+    #[arg(long, env = "VICHE_MAX_ROOMS_PER_USER", default_value_t = engine::USER_ROOMS_MAX_DEFAULT)]
+    pub max_rooms_per_user: usize,
+    /// Rooms active in this process at once; past it, joins to new rooms get `overloaded`.
+    #[arg(long, env = "VICHE_ROOMS_MAX", default_value_t = engine::ROOMS_MAX_DEFAULT)]
+    pub rooms_max: usize,
+    /// Messages of one user waiting for the writer; past it, that user's sends get `overloaded`.
+    #[arg(long, env = "VICHE_WRITER_QUEUE_PER_USER_MAX", default_value_t = engine::WRITER_QUEUE_USER_MAX_DEFAULT)]
+    pub writer_queue_per_user_max: usize,
+    /// `history` per session (WebSocket) or per user (HTTP): tokens per second and burst.
+    #[arg(long, env = "VICHE_HISTORY_PER_SECOND", default_value_t = engine::HISTORY_RATE_DEFAULT.per_second)]
+    pub history_per_second: f64,
+    #[arg(long, env = "VICHE_HISTORY_BURST", default_value_t = engine::HISTORY_RATE_DEFAULT.burst)]
+    pub history_burst: u32,
+    /// `join` with `since` (a replay) per session.
+    #[arg(long, env = "VICHE_REPLAYS_PER_SECOND", default_value_t = engine::REPLAY_RATE_DEFAULT.per_second)]
+    pub replays_per_second: f64,
+    #[arg(long, env = "VICHE_REPLAYS_BURST", default_value_t = engine::REPLAY_RATE_DEFAULT.burst)]
+    pub replays_burst: u32,
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
@@ -169,6 +192,10 @@ impl Args {
             ("--writer-batch-max", self.writer_batch_max),
             ("--argon2-concurrency", self.argon2_concurrency),
             ("--store-timeout-ms", self.store_timeout_ms as usize),
+            ("--max-sessions-per-user", self.max_sessions_per_user),
+            ("--max-rooms-per-user", self.max_rooms_per_user),
+            ("--rooms-max", self.rooms_max),
+            ("--writer-queue-per-user-max", self.writer_queue_per_user_max),
             ("--max-connections", self.max_connections),
             ("--token-ttl", self.token_ttl as usize),
         ];
@@ -181,6 +208,8 @@ impl Args {
             ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
             ("--typing-per-second/--typing-burst", self.typing_per_second, self.typing_burst),
             ("--join-per-second/--join-burst", self.join_per_second, self.join_burst),
+            ("--history-per-second/--history-burst", self.history_per_second, self.history_burst),
+            ("--replays-per-second/--replays-burst", self.replays_per_second, self.replays_burst),
             (
                 "--failed-logins-per-minute/--failed-logins-burst",
                 self.failed_logins_per_minute,
@@ -256,6 +285,12 @@ impl Args {
             token_ttl_s: self.token_ttl,
             argon2_concurrency: self.argon2_concurrency,
             argon2_queue_max: self.argon2_queue_max,
+            user_sessions_max: self.max_sessions_per_user,
+            user_rooms_max: self.max_rooms_per_user,
+            rooms_max: self.rooms_max,
+            writer_queue_user_max: self.writer_queue_per_user_max,
+            history_rate: Rate { per_second: self.history_per_second, burst: self.history_burst },
+            replay_rate: Rate { per_second: self.replays_per_second, burst: self.replays_burst },
             failed_login_address_rate: Rate {
                 per_second: self.failed_logins_per_address_per_minute / 60.0,
                 burst: self.failed_logins_per_address_burst,

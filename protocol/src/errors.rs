@@ -80,12 +80,14 @@ pub enum CloseCode {
     HelloTimeout = 4002,
     /// The client does not read fast enough; its outbound queue is full.
     SlowConsumer = 4008,
+    /// The user already has as many sessions open as the server allows.
+    TooManySessions = 4009,
     /// The client kept sending after `rate_limited`.
     RateLimited = 4029,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 9] = [
+    pub const ALL: [CloseCode; 10] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -94,6 +96,7 @@ impl CloseCode {
         CloseCode::Unauthorized,
         CloseCode::HelloTimeout,
         CloseCode::SlowConsumer,
+        CloseCode::TooManySessions,
         CloseCode::RateLimited,
     ];
 
@@ -112,6 +115,7 @@ impl CloseCode {
             CloseCode::Unauthorized => "4001",
             CloseCode::HelloTimeout => "4002",
             CloseCode::SlowConsumer => "4008",
+            CloseCode::TooManySessions => "4009",
             CloseCode::RateLimited => "4029",
         }
     }
@@ -150,6 +154,8 @@ impl Close {
     pub const SLOW_CONSUMER: Close =
         Close { code: CloseCode::SlowConsumer, reason: "slow consumer: outbound queue full" };
     pub const RATE_LIMITED: Close = Close { code: CloseCode::RateLimited, reason: "kept sending after rate_limited" };
+    pub const TOO_MANY_SESSIONS: Close =
+        Close { code: CloseCode::TooManySessions, reason: "too many sessions for this user" };
 }
 
 #[cfg(test)]

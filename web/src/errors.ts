@@ -79,6 +79,8 @@ export function describeClose(code: number): string {
       return 'Your sign-in has expired. Please log in again.';
     case 4002:
       return 'The server did not hear from this app in time.';
+    case 4009:
+      return 'You have too many tabs or devices open. Close one, then reload this page.';
     case 4008:
       return 'Messages arrived faster than this device could read them.';
     case 4029:

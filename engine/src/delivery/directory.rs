@@ -1,11 +1,15 @@
 //! User → live sessions, for DMs (every session of both users receives a
-//! DM) and for counting who is online.
+//! DM), for counting who is online, and for what one user may take of the
+//! capacity everyone shares: at most `sessions_max` sessions, and a
+//! [`UserShare`] counting the user's room memberships and writes in flight
+//! across all its sessions.
 //!
 //! A read-mostly map rather than an actor: a DM's delivery reads it once per
 //! message, and an actor round trip there would add latency for nothing;
 //! the lock is held only to copy out a few `Arc`s.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -13,26 +17,74 @@ use parking_lot::RwLock;
 use super::session_handle::{SessionHandle, SessionId};
 use crate::metrics::SESSIONS;
 
+/// What all the sessions of one user hold together; each session keeps a
+/// clone, so counting costs no lookup.
+#[derive(Debug, Default)]
+pub struct UserShare {
+    /// Rooms joined, summed over the user's sessions.
+    pub room_memberships: AtomicU32,
+    /// Messages submitted to the writer and not yet answered.
+    pub writes_pending: AtomicU32,
+}
+
+impl UserShare {
+    /// Takes one unit of `counter` if it stays within `max`.
+    pub fn try_take(counter: &AtomicU32, max: usize) -> bool {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    pub fn give_back(counter: &AtomicU32) {
+        let previous = counter.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(previous > 0, "a user share given back more than taken");
+    }
+}
+
+struct UserEntry {
+    sessions: Vec<Arc<SessionHandle>>,
+    share: Arc<UserShare>,
+}
+
+/// The user already has `sessions_max` sessions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManySessions {
+    pub sessions_max: usize,
+}
+
 #[derive(Default)]
 pub struct Directory {
-    users: RwLock<HashMap<Arc<str>, Vec<Arc<SessionHandle>>>>,
+    users: RwLock<HashMap<Arc<str>, UserEntry>>,
 }
 
 impl Directory {
-    pub fn register(&self, peer: Arc<SessionHandle>) {
-        self.users.write().entry(peer.user.clone()).or_default().push(peer);
+    /// Adds a session, unless its user has `sessions_max` already; returns
+    /// the user's share.
+    pub fn register(
+        &self,
+        session: Arc<SessionHandle>,
+        sessions_max: usize,
+    ) -> Result<Arc<UserShare>, TooManySessions> {
+        let mut users = self.users.write();
+        let entry = users
+            .entry(session.user.clone())
+            .or_insert_with(|| UserEntry { sessions: Vec::new(), share: Arc::default() });
+        if entry.sessions.len() >= sessions_max {
+            return Err(TooManySessions { sessions_max });
+        }
+        entry.sessions.push(session);
         SESSIONS.gauge().increment(1.0);
+        Ok(entry.share.clone())
     }
 
     pub fn unregister(&self, user: &str, id: SessionId) {
         let mut users = self.users.write();
-        if let Some(peers) = users.get_mut(user) {
-            let before = peers.len();
-            peers.retain(|p| p.id != id);
-            if peers.len() < before {
+        if let Some(entry) = users.get_mut(user) {
+            let before = entry.sessions.len();
+            entry.sessions.retain(|p| p.id != id);
+            if entry.sessions.len() < before {
                 SESSIONS.gauge().decrement(1.0);
             }
-            if peers.is_empty() {
+            if entry.sessions.is_empty() {
                 users.remove(user);
             }
         }
@@ -40,17 +92,54 @@ impl Directory {
 
     /// Every live session of `user`, appended to `out`.
     pub fn sessions_of(&self, user: &str, out: &mut Vec<Arc<SessionHandle>>) {
-        if let Some(peers) = self.users.read().get(user) {
-            out.extend(peers.iter().cloned());
+        if let Some(entry) = self.users.read().get(user) {
+            out.extend(entry.sessions.iter().cloned());
         }
     }
 
     /// Every live session of every user (for shutdown).
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
-        self.users.read().values().flatten().cloned().collect()
+        self.users.read().values().flat_map(|e| e.sessions.iter().cloned()).collect()
     }
 
     pub fn online_users(&self) -> usize {
         self.users.read().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Outbox;
+
+    fn session(id: u64, user: &str) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
+            id,
+            user: user.into(),
+            encoding: viche_protocol::Encoding::MsgPack,
+            outbox: Outbox::new(8, 1024),
+        })
+    }
+
+    #[test]
+    fn a_user_has_at_most_sessions_max_sessions_and_one_share() {
+        let d = Directory::default();
+        let a = d.register(session(1, "ann"), 2).unwrap();
+        let b = d.register(session(2, "ann"), 2).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the sessions of a user share one count");
+        assert_eq!(d.register(session(3, "ann"), 2).err(), Some(TooManySessions { sessions_max: 2 }));
+        assert!(d.register(session(4, "bob"), 2).is_ok(), "users are independent");
+        d.unregister("ann", 1);
+        assert!(d.register(session(5, "ann"), 2).is_ok(), "a closed session frees its place");
+    }
+
+    #[test]
+    fn a_share_is_taken_within_its_bound_and_given_back() {
+        let share = UserShare::default();
+        assert!(UserShare::try_take(&share.writes_pending, 2));
+        assert!(UserShare::try_take(&share.writes_pending, 2));
+        assert!(!UserShare::try_take(&share.writes_pending, 2));
+        UserShare::give_back(&share.writes_pending);
+        assert!(UserShare::try_take(&share.writes_pending, 2));
     }
 }

@@ -24,14 +24,14 @@ use rate::ms_since;
 pub use rate::TokenBucket;
 pub(crate) use supervisor::{SessionEvent, SessionSupervisor};
 
-use crate::delivery::SessionHandle;
+use crate::delivery::{SessionHandle, UserShare};
 use crate::history;
-use crate::metrics::RATE_LIMITED;
+use crate::metrics::{RATE_LIMITED, WRITER_REJECTED};
 use crate::refusal::Refusal;
 use crate::room::{check_access, RoomHandle};
 use crate::services::Services;
 use crate::store::NewMessage;
-use crate::writer::WriteRequest;
+use crate::writer::{UserWrite, WriteRequest};
 
 /// What the connection should do after a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub enum Flow {
 pub struct Session {
     services: Arc<Services>,
     handle: Arc<SessionHandle>,
+    /// What this user's sessions hold together (room memberships, writes).
+    share: Arc<UserShare>,
     token_exp_ms: u64,
     joined: HashMap<Arc<str>, Arc<RoomHandle>>,
     /// The last DM room used, so a conversation does not ask the
@@ -52,6 +54,9 @@ pub struct Session {
     send_bucket: TokenBucket,
     typing_bucket: TokenBucket,
     join_bucket: TokenBucket,
+    history_bucket: TokenBucket,
+    /// `join`s with `since`: each may replay up to 1000 messages.
+    replay_bucket: TokenBucket,
     /// When each recent `rate_limited` answer was given (ms since `started`);
     /// never more than RATE_LIMITED_CLOSE_COUNT + 1 entries.
     rate_limited_at_ms: VecDeque<u32>,
@@ -64,14 +69,22 @@ fn refuse(code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -
 }
 
 impl Session {
-    pub(crate) fn new(services: Arc<Services>, handle: Arc<SessionHandle>, token_exp_ms: u64) -> Self {
+    pub(crate) fn new(
+        services: Arc<Services>,
+        handle: Arc<SessionHandle>,
+        share: Arc<UserShare>,
+        token_exp_ms: u64,
+    ) -> Self {
         let config = &services.config;
         Self {
             send_bucket: TokenBucket::full(config.send_rate),
             typing_bucket: TokenBucket::full(config.typing_rate),
             join_bucket: TokenBucket::full(config.join_rate),
+            history_bucket: TokenBucket::full(config.history_rate),
+            replay_bucket: TokenBucket::full(config.replay_rate),
             services,
             handle,
+            share,
             token_exp_ms,
             joined: HashMap::new(),
             last_dm: None,
@@ -160,26 +173,52 @@ impl Session {
         let config = &self.services.config;
         Self::take(&mut self.join_bucket, config.join_rate, self.started, "join")?;
         check_access(&self.handle.user, &room)?;
-        if let Some(handle) = self.joined.get(room.as_str()) {
-            if handle.join(self.handle.clone(), req, since).is_ok() {
-                return Ok(());
-            }
-        } else if self.joined.len() >= config.session_rooms_max {
-            return refuse(
-                ErrorCode::Invalid,
-                format!("a session may join at most {} rooms", config.session_rooms_max),
-            );
+        if since.is_some() {
+            Self::take(&mut self.replay_bucket, config.replay_rate, self.started, "replay")?;
         }
+        let stale = match self.joined.get(room.as_str()) {
+            Some(handle) if handle.join(self.handle.clone(), req, since).is_ok() => return Ok(()),
+            // The room stopped meanwhile: a fresh one takes its place.
+            Some(_) => true,
+            None if self.joined.len() >= config.session_rooms_max => {
+                let max = config.session_rooms_max;
+                return refuse(ErrorCode::Invalid, format!("a session may join at most {max} rooms"));
+            }
+            None if !UserShare::try_take(&self.share.room_memberships, config.user_rooms_max) => {
+                let max = config.user_rooms_max;
+                return refuse(
+                    ErrorCode::Invalid,
+                    format!("a user may be in at most {max} rooms, over all its sessions"),
+                );
+            }
+            None => false,
+        };
         // A handle can close between the supervisor's answer and our join
         // (the room went idle); then a second fetch gets a fresh room.
         for _ in 0..2 {
-            let handle = self.services.rooms.get(&room).await?;
+            let handle = match self.services.rooms.get(&room).await {
+                Ok(handle) => handle,
+                Err(refusal) => {
+                    self.forget_membership(stale, &room);
+                    return Err(refusal);
+                }
+            };
             if handle.join(self.handle.clone(), req, since).is_ok() {
                 self.joined.insert(handle.name.clone(), handle);
                 return Ok(());
             }
         }
+        self.forget_membership(stale, &room);
         refuse(ErrorCode::Overloaded, "room is restarting; retry")
+    }
+
+    /// A join that did not happen gives its membership back: a new one's
+    /// reserved unit, or a stale one's entry.
+    fn forget_membership(&mut self, stale: bool, room: &str) {
+        if stale {
+            self.joined.remove(room);
+        }
+        UserShare::give_back(&self.share.room_memberships);
     }
 
     fn leave(&mut self, req: u64, room: &str) -> Reply {
@@ -187,6 +226,7 @@ impl Session {
         check_access(&self.handle.user, room)?;
         match self.joined.remove(room) {
             Some(handle) => {
+                UserShare::give_back(&self.share.room_memberships);
                 handle.leave(self.handle.id, Some((self.handle.clone(), req)));
                 Ok(())
             }
@@ -241,9 +281,15 @@ impl Session {
         let Ok(in_flight) = room.begin() else {
             return refuse(ErrorCode::Overloaded, "room is restarting; retry");
         };
+        // This user's share of the writer's queue, which every user fills.
+        let Some(user_write) = UserWrite::take(&self.share, self.services.config.writer_queue_user_max) else {
+            WRITER_REJECTED.counter().increment(1);
+            return refuse(ErrorCode::Overloaded, "too many of your messages are waiting to be stored; retry later");
+        };
         let request = WriteRequest {
             message: NewMessage { room: room.name.clone(), from: self.handle.user.clone(), cid, body, ts_ms: 0 },
             in_flight,
+            _user_write: user_write,
             ack_to: self.handle.clone(),
             req,
             received_at,
@@ -265,6 +311,7 @@ impl Session {
     }
 
     async fn history(&mut self, req: u64, room: &str, before: Option<u64>, limit: Option<u64>) -> Reply {
+        Self::take(&mut self.history_bucket, self.services.config.history_rate, self.started, "history")?;
         let page = history::page(self.services.store.as_ref(), &self.handle.user, room, before, limit).await?;
         self.reply(&ServerFrame::History { req, room: room.to_string(), messages: page.messages, more: page.more })
     }
@@ -274,6 +321,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         for room in self.joined.values() {
             room.leave(self.handle.id, None);
+            UserShare::give_back(&self.share.room_memberships);
         }
         self.services.directory.unregister(&self.handle.user, self.handle.id);
         let exited = SessionEvent::Exited {

@@ -34,7 +34,7 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 pub(crate) use actor::WriterActor;
 
-use crate::delivery::SessionHandle;
+use crate::delivery::{SessionHandle, UserShare};
 use crate::health::Health;
 use crate::metrics::WRITER_REJECTED;
 use crate::room::{InFlight, RoomHandle};
@@ -45,11 +45,29 @@ pub(crate) struct WriteRequest {
     /// The room the message goes to, kept from stopping until the message
     /// is published there (the guard ends when the request is dropped).
     pub in_flight: InFlight,
+    /// The sender's share of the queue, given back when the request ends.
+    pub _user_write: UserWrite,
     /// Who gets the `ack`, and the `ref` of its `send`.
     pub ack_to: Arc<SessionHandle>,
     pub req: u64,
     /// When the session decoded the `send`: the start of send→deliver latency.
     pub received_at: Instant,
+}
+
+/// One message of a user in the writer's hands: counted against that user's
+/// share of the queue (`writer_queue_user_max`) until dropped.
+pub(crate) struct UserWrite(Arc<UserShare>);
+
+impl UserWrite {
+    pub(crate) fn take(share: &Arc<UserShare>, max: usize) -> Option<Self> {
+        UserShare::try_take(&share.writes_pending, max).then(|| Self(share.clone()))
+    }
+}
+
+impl Drop for UserWrite {
+    fn drop(&mut self) {
+        UserShare::give_back(&self.0.writes_pending);
+    }
 }
 
 /// The writer's state that outlives its actor: a restarted writer finds

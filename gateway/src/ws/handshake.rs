@@ -76,7 +76,14 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    let session = engine.open_session(&verified.user, encoding, verified.exp_ms);
+    let session = match engine.open_session(&verified.user, encoding, verified.exp_ms) {
+        Ok(session) => session,
+        Err(refusal) => {
+            let frame = reject(refusal.code, &refusal.message);
+            write_data_then_close(writer, encoding, &frame, Close::TOO_MANY_SESSIONS).await;
+            return None;
+        }
+    };
     let handle = session.session_handle().clone();
     let config = engine.config();
     let welcome = ServerFrame::Welcome {

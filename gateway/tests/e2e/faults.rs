@@ -489,3 +489,35 @@ async fn sessions_that_panic_give_back_their_connection_slot() {
     let _a = server.connect(&token).await;
     let _b = server.connect(&token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_fill_the_writer_queue_everyone_shares() {
+    // A store that takes 1.5 s per commit, and a share of 2 messages per user.
+    let server = Server::start_with(Opts {
+        failpoints: Some("store.append=sleep(1500)".into()),
+        extra_args: vec!["--writer-queue-per-user-max".into(), "2".into()],
+        ..Opts::default()
+    })
+    .await;
+    let mut greedy = server.session("greedy").await;
+    greedy.join("lobby", None).await.unwrap();
+    let reqs: Vec<u64> = (0..6).map(|_| greedy.alloc_ref()).collect();
+    for (i, req) in reqs.iter().enumerate() {
+        let frame =
+            viche_client::ClientFrame::Send { req: *req, room: "lobby".into(), body: "x".into(), cid: format!("g{i}") };
+        greedy.send_frame(&frame).await.unwrap();
+    }
+    let mut refused = 0;
+    for req in &reqs {
+        match greedy.wait_reply(*req, T).await {
+            Ok(ServerFrame::Ack { .. }) => {}
+            Err(ClientError::Server { code: ErrorCode::Overloaded, .. }) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused >= 3, "past its share of 2 waiting, the user's sends are refused ({refused} of 6)");
+    // Another user's message still goes in meanwhile.
+    let mut other = server.session("patient").await;
+    other.join("lobby", None).await.unwrap();
+    other.send("lobby", "still room for me", "p1").await.expect("another user is not refused");
+}

@@ -22,6 +22,7 @@ mod auth_http;
 mod crash;
 mod dm;
 mod emfile;
+mod fairness;
 // Needs a server built with the `failpoints` feature (scripts/test.sh builds it so).
 #[cfg(feature = "failpoints")]
 mod faults;

@@ -54,6 +54,8 @@ pub struct JoinOk {
     pub members: Vec<String>,
     /// With `since`: older missed messages remain beyond the replay.
     pub more: bool,
+    /// How many users are in the room: `members` lists at most 1000 of them.
+    pub members_total: Option<u64>,
 }
 
 /// An `ack`: the message is stored durably.
@@ -106,6 +108,7 @@ pub fn reply_ref(frame: &ServerFrame) -> Option<u64> {
         ServerFrame::Ok { req, .. }
         | ServerFrame::Ack { req, .. }
         | ServerFrame::History { req, .. }
+        | ServerFrame::Members { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         ServerFrame::Error { req, .. } => *req,
         ServerFrame::Welcome { .. }
@@ -467,9 +470,20 @@ impl Connection {
     pub async fn join(&mut self, room: &str, since: Option<u64>) -> Result<JoinOk> {
         let reply = self.request(|req| ClientFrame::Join { req, room: room.to_string(), since }).await?;
         match reply {
-            ServerFrame::Ok { room: Some(room), seq: Some(seq), members: Some(members), more, .. } => {
-                Ok(JoinOk { room, seq, members, more: more.unwrap_or(false) })
-            }
+            ServerFrame::Ok {
+                room: Some(room), seq: Some(seq), members: Some(members), more, members_total, ..
+            } => Ok(JoinOk { room, seq, members, more: more.unwrap_or(false), members_total }),
+            other => Err(ClientError::UnexpectedReply(Box::new(other))),
+        }
+    }
+
+    /// `members`: a page of a joined room's online users after `after`, in
+    /// name order, and whether more remain.
+    pub async fn members(&mut self, room: &str, after: Option<&str>) -> Result<(Vec<String>, bool)> {
+        let after = after.map(str::to_string);
+        let reply = self.request(|req| ClientFrame::Members { req, room: room.to_string(), after }).await?;
+        match reply {
+            ServerFrame::Members { users, more, .. } => Ok((users, more)),
             other => Err(ClientError::UnexpectedReply(Box::new(other))),
         }
     }

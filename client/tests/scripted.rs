@@ -86,6 +86,7 @@ async fn request_helpers_buffer_other_frames_in_order() {
                 seq: Some(1),
                 members: Some(vec!["alice".into(), "bob".into()]),
                 more: Some(false),
+                members_total: Some(2),
             };
             send(&mut ws, ok, enc).await;
             send(&mut ws, ServerFrame::Msg(msg(2)), enc).await;

@@ -112,13 +112,13 @@ impl Metric {
 
 /// `type` label values of `viche_frames_in_total`, in [`client_index`]
 /// order; `bad_frame` counts frames that did not decode.
-pub const CLIENT_FRAME_TYPES: [&str; 10] =
-    ["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "bad_frame"];
-const BAD_FRAME: usize = 9;
+pub const CLIENT_FRAME_TYPES: [&str; 11] =
+    ["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "members", "bad_frame"];
+const BAD_FRAME: usize = 10;
 
 /// `type` label values of `viche_frames_out_total`, in [`server_index`] order.
-pub const SERVER_FRAME_TYPES: [&str; 9] =
-    ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong"];
+pub const SERVER_FRAME_TYPES: [&str; 10] =
+    ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong", "members"];
 
 /// `code` label values of `viche_connections_closed_total`: every
 /// `CloseCode` (a test checks), and `none` for a connection that ended
@@ -294,6 +294,7 @@ fn client_index(frame: &ClientFrame) -> usize {
         ClientFrame::Typing { .. } => 6,
         ClientFrame::History { .. } => 7,
         ClientFrame::Ping { .. } => 8,
+        ClientFrame::Members { .. } => 9,
     }
 }
 
@@ -308,6 +309,7 @@ fn server_index(frame: &ServerFrame) -> usize {
         ServerFrame::History { .. } => 6,
         ServerFrame::Error { .. } => 7,
         ServerFrame::Pong { .. } => 8,
+        ServerFrame::Members { .. } => 9,
     }
 }
 

@@ -62,6 +62,15 @@ pub enum ClientFrame {
         #[serde(rename = "ref")]
         req: u64,
     },
+    /// A page of a joined room's online users, in name order, after `after`
+    /// (an extension of v1: `ok` of a `join` lists at most 1000).
+    Members {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
 }
 
 impl ClientFrame {
@@ -77,6 +86,7 @@ impl ClientFrame {
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::History { .. } => "history",
             ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Members { .. } => "members",
         }
     }
 
@@ -90,6 +100,7 @@ impl ClientFrame {
             | ClientFrame::Send { req, .. }
             | ClientFrame::Dm { req, .. }
             | ClientFrame::History { req, .. }
+            | ClientFrame::Members { req, .. }
             | ClientFrame::Ping { req } => Some(*req),
         }
     }
@@ -125,10 +136,15 @@ pub enum ServerFrame {
         room: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+        /// For `join`: the room's online users in name order, at most
+        /// 1000 ([`crate::limits::MEMBERS_PAGE_MAX`]); `members_total` says
+        /// how many there are, and `members` requests page the rest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         members: Option<Vec<String>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         more: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members_total: Option<u64>,
     },
     Ack {
         #[serde(rename = "ref")]
@@ -166,6 +182,15 @@ pub enum ServerFrame {
         #[serde(rename = "ref")]
         req: u64,
     },
+    /// A page of a room's online users (the answer to `members`).
+    Members {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        users: Vec<String>,
+        /// True when users remain after the last of this page.
+        more: bool,
+    },
 }
 
 impl ServerFrame {
@@ -180,6 +205,7 @@ impl ServerFrame {
             ServerFrame::History { .. } => "history",
             ServerFrame::Error { .. } => "error",
             ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Members { .. } => "members",
         }
     }
 
@@ -189,7 +215,7 @@ impl ServerFrame {
 
     /// A plain `ok` (for `auth`, `leave`).
     pub fn ok(req: u64) -> Self {
-        ServerFrame::Ok { req, room: None, seq: None, members: None, more: None }
+        ServerFrame::Ok { req, room: None, seq: None, members: None, more: None, members_total: None }
     }
 }
 

@@ -23,6 +23,8 @@ pub const BODY_BYTES_MIN: usize = 1;
 pub const HISTORY_LIMIT_MIN: u64 = 1;
 pub const HISTORY_LIMIT_MAX: u64 = 100;
 pub const HISTORY_LIMIT_DEFAULT: u64 = 50;
+/// Users listed in a join's `ok.members`, and in one `members` page.
+pub const MEMBERS_PAGE_MAX: usize = 1000;
 /// A `join` with `since` replays at most this many of the newest missed messages.
 pub const REPLAY_MESSAGES_MAX: u64 = 1000;
 

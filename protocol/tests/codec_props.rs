@@ -47,10 +47,14 @@ const KNOWN_KEYS: &[&str] = &[
     "messages",
     "code",
     "message",
+    "members_total",
+    "after",
+    "users",
 ];
 
-const CLIENT_TYPES: &[&str] = &["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping"];
-const SERVER_TYPES: &[&str] = &["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong"];
+const CLIENT_TYPES: &[&str] = &["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "members"];
+const SERVER_TYPES: &[&str] =
+    &["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong", "members"];
 
 // ---------------------------------------------------------------------------
 // Strategies for frames.
@@ -120,6 +124,11 @@ fn client_frame() -> BoxedStrategy<ClientFrame> {
             limit
         }),
         int().prop_map(|req| ClientFrame::Ping { req }),
+        (int(), text(), prop::option::of(text())).prop_map(|(req, room, after)| ClientFrame::Members {
+            req,
+            room,
+            after
+        }),
     ]
     .boxed()
 }
@@ -142,9 +151,17 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
             prop::option::of(text()),
             opt_int(),
             prop::option::of(vec(text(), 0..5)),
-            prop::option::of(any::<bool>())
+            prop::option::of(any::<bool>()),
+            opt_int()
         )
-            .prop_map(|(req, room, seq, members, more)| ServerFrame::Ok { req, room, seq, members, more }),
+            .prop_map(|(req, room, seq, members, more, members_total)| ServerFrame::Ok {
+                req,
+                room,
+                seq,
+                members,
+                more,
+                members_total
+            }),
         (int(), text(), int(), text(), int()).prop_map(|(req, room, seq, cid, ts)| ServerFrame::Ack {
             req,
             room,
@@ -166,6 +183,12 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
         (opt_int(), error_code(), text()).prop_map(|(req, code, message)| ServerFrame::Error { req, code, message }),
         (error_code(), text()).prop_map(|(code, message)| ServerFrame::Error { req: None, code, message }),
         int().prop_map(|req| ServerFrame::Pong { req }),
+        (int(), text(), vec(text(), 0..5), any::<bool>()).prop_map(|(req, room, users, more)| ServerFrame::Members {
+            req,
+            room,
+            users,
+            more
+        }),
     ]
     .boxed()
 }

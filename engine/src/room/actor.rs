@@ -17,13 +17,14 @@
 //! tells its members and its queued joiners to join again, and stops.
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use viche_protocol::limits::REPLAY_MESSAGES_MAX;
+use viche_protocol::limits::{MEMBERS_PAGE_MAX, REPLAY_MESSAGES_MAX};
 use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 use super::handle::{RoomHandle, RoomOp, RoomState};
@@ -214,6 +215,7 @@ impl RoomActorState {
             }
             RoomOp::Leave { session, reply } => self.leave(*session, reply.take()),
             RoomOp::Typing { session, .. } => self.typing(session),
+            RoomOp::Members { session, req, after } => self.members(session, *req, after.as_deref()),
             RoomOp::Publish(msgs) => {
                 failpoint!("room.publish");
                 self.publish(std::mem::take(msgs));
@@ -253,8 +255,9 @@ impl RoomActorState {
         let handle = &self.handle;
         let mut state = handle.state.lock();
         state.last_activity = Instant::now();
-        let already = state.members.iter().any(|m| m.id == peer.id);
-        if !already {
+        if !state.member_index.contains_key(&peer.id) {
+            let position = state.members.len();
+            state.member_index.insert(peer.id, position);
             state.members.push(peer.clone());
             if peer.encoding == viche_protocol::Encoding::Json {
                 state.json_members += 1;
@@ -269,12 +272,15 @@ impl RoomActorState {
         }
         let last = state.last_published;
         let missed = since.map_or(0, |s| last.saturating_sub(s));
+        // The first names only: a join's work does not grow with the room.
+        let members = state.user_sessions.keys().take(MEMBERS_PAGE_MAX).map(|u| u.to_string()).collect();
         let ok = ServerFrame::Ok {
             req,
             room: Some(handle.name.to_string()),
             seq: Some(last),
-            members: Some(state.user_sessions.keys().map(|u| u.to_string()).collect()),
+            members: Some(members),
             more: Some(missed > REPLAY_MESSAGES_MAX),
+            members_total: Some(state.user_sessions.len() as u64),
         };
         let _ = peer.send(&ok);
         if missed > 0 {
@@ -287,8 +293,11 @@ impl RoomActorState {
         let handle = &self.handle;
         let mut state = handle.state.lock();
         state.last_activity = Instant::now();
-        if let Some(pos) = state.members.iter().position(|m| m.id == session) {
+        if let Some(pos) = state.member_index.remove(&session) {
             let peer = state.members.swap_remove(pos);
+            if let Some(moved) = state.members.get(pos).map(|m| m.id) {
+                state.member_index.insert(moved, pos);
+            }
             if peer.encoding == viche_protocol::Encoding::Json {
                 state.json_members -= 1;
             }
@@ -316,11 +325,31 @@ impl RoomActorState {
 
     fn typing(&mut self, from: &SessionHandle) {
         let state = self.handle.state.lock();
-        if !state.members.iter().any(|m| m.id == from.id) {
+        if !state.member_index.contains_key(&from.id) {
             return; // left meanwhile
         }
         let frame = ServerFrame::Typing { room: self.handle.name.to_string(), user: from.user.to_string() };
         broadcast(&state, &frame, |m| m.user != from.user);
+    }
+
+    /// A page of the room's online users after `after`, in name order.
+    fn members(&mut self, session: &SessionHandle, req: u64, after: Option<&str>) {
+        let state = self.handle.state.lock();
+        if !state.member_index.contains_key(&session.id) {
+            let frame = ServerFrame::error(Some(req), ErrorCode::NotJoined, "join the room to list its members");
+            drop(state);
+            let _ = session.send(&frame);
+            return;
+        }
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let mut names = state.user_sessions.range::<str, _>((start, Bound::Unbounded)).map(|(u, _)| u.to_string());
+        let users: Vec<String> = names.by_ref().take(MEMBERS_PAGE_MAX).collect();
+        let more = names.next().is_some();
+        drop(state);
+        let _ = session.send(&ServerFrame::Members { req, room: self.handle.name.to_string(), users, more });
     }
 
     fn publish(&mut self, msgs: Vec<(Msg, Instant)>) {

@@ -13,7 +13,7 @@
 //! none is left. A `typing` notice holds a [`TypingSlot`], which bounds
 //! how many are queued.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +51,11 @@ pub(crate) enum RoomOp {
         session: Arc<SessionHandle>,
         _slot: TypingSlot,
     },
+    Members {
+        session: Arc<SessionHandle>,
+        req: u64,
+        after: Option<String>,
+    },
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency).
     Publish(Vec<(Msg, Instant)>),
@@ -58,9 +63,14 @@ pub(crate) enum RoomOp {
 
 /// The room's state: it survives a restart of the room's actor.
 pub(crate) struct RoomState {
+    /// The member sessions, for fan-out.
     pub members: Vec<Arc<SessionHandle>>,
-    /// Sessions in the room per user: presence changes at 0 ↔ 1.
-    pub user_sessions: HashMap<Arc<str>, u32>,
+    /// Where each member is in `members`: membership in O(1), whatever the
+    /// room's size.
+    pub member_index: HashMap<SessionId, usize>,
+    /// Sessions in the room per user, in name order (for `ok.members` and
+    /// `members` pages): presence changes at 0 ↔ 1.
+    pub user_sessions: BTreeMap<Arc<str>, u32>,
     pub json_members: usize,
     /// The highest seq in every member's outbox; a join's `ok.seq`.
     pub last_published: u64,
@@ -134,7 +144,8 @@ impl RoomHandle {
             actor: Mutex::new(None),
             state: Mutex::new(RoomState {
                 members: Vec::new(),
-                user_sessions: HashMap::new(),
+                member_index: HashMap::new(),
+                user_sessions: BTreeMap::new(),
                 json_members: 0,
                 last_published: 0,
                 in_flight: 0,
@@ -194,6 +205,11 @@ impl RoomHandle {
     ) -> Result<(), HandleClosed> {
         let in_flight = self.begin()?;
         self.enqueue(RoomOp::Join { session, req, since, _in_flight: in_flight })
+    }
+
+    /// Queues a `members` request; false when the room is closed.
+    pub(crate) fn members(&self, session: Arc<SessionHandle>, req: u64, after: Option<String>) -> bool {
+        self.enqueue(RoomOp::Members { session, req, after }).is_ok()
     }
 
     pub(crate) fn leave(&self, session: SessionId, reply: Option<(Arc<SessionHandle>, u64)>) {

@@ -120,6 +120,7 @@ impl Session {
             ClientFrame::Typing { room } => self.typing(&room),
             ClientFrame::History { req, room, before, limit } => self.history(req, &room, before, limit).await,
             ClientFrame::Ping { req } => self.reply(&ServerFrame::Pong { req }),
+            ClientFrame::Members { req, room, after } => self.members(req, &room, after),
         };
         match result {
             Ok(()) => Flow::Continue,
@@ -307,6 +308,16 @@ impl Session {
                 Ok(())
             }
             None => refuse(ErrorCode::NotJoined, format!("not joined to {room:?}")),
+        }
+    }
+
+    fn members(&mut self, req: u64, room: &str, after: Option<String>) -> Reply {
+        Self::take(&mut self.history_bucket, self.services.config.history_rate, self.started, "history")?;
+        check_access(&self.handle.user, room)?;
+        match self.joined.get(room) {
+            Some(handle) if handle.members(self.handle.clone(), req, after) => Ok(()),
+            Some(_) => refuse(ErrorCode::Overloaded, "room is restarting; retry"),
+            None => refuse(ErrorCode::NotJoined, format!("join {room:?} to list its members")),
         }
     }
 

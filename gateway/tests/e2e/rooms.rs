@@ -386,3 +386,35 @@ async fn a_retried_cid_gets_the_original_ack_and_is_not_delivered_again() {
     let page = watcher.history("lobby", None, None).await.unwrap();
     assert_eq!(page.messages.len(), 4, "stored once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_room_lists_at_most_a_thousand_members_per_page() {
+    let server = Server::start().await;
+    let exp = now_s() + 3600;
+    // 1,001 users in the room (tokens minted with the secret: no argon2).
+    let mut conns = Vec::new();
+    for i in 0..1001 {
+        let mut conn = server.connect(&mint(&format!("m{i:04}"), exp)).await;
+        conn.join("big", None).await.expect("join");
+        conns.push(conn);
+    }
+    let mut newcomer = server.connect(&mint("zz-newcomer", exp)).await;
+    let ok = newcomer.join("big", None).await.unwrap();
+    assert_eq!(ok.members_total, Some(1002), "everyone is counted");
+    assert_eq!(ok.members.len(), 1000, "but the ok lists a thousand");
+    let mut sorted = ok.members.clone();
+    sorted.sort();
+    assert_eq!(ok.members, sorted, "in name order");
+    // The rest come by pages.
+    let (rest, more) = newcomer.members("big", ok.members.last().map(String::as_str)).await.unwrap();
+    assert_eq!(rest, vec!["m1000".to_string(), "zz-newcomer".to_string()]);
+    assert!(!more);
+    let (first, more) = newcomer.members("big", None).await.unwrap();
+    assert_eq!((first.len(), more), (1000, true));
+    // Only a member may list a room.
+    let mut outsider = server.connect(&mint("outsider", exp)).await;
+    match outsider.members("big", None).await {
+        Err(viche_client::ClientError::Server { code, .. }) => assert_eq!(code.as_str(), "not_joined"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -579,17 +579,9 @@ contract_tests!(
     mixed_batch_of_new_and_retried_messages_leaves_no_gap,
     retried_large_batch_with_new_messages_keeps_seqs_dense,
     range_bounds_and_limit,
-    #[mongo_known_bug = "known bug in MongoStore::range (engine/src/store/mongo.rs): `.limit(limit as i64)` turns a \
-                         limit past i64::MAX negative: usize::MAX becomes -1, read as one batch of 1 message, and \
-                         2^63 makes the driver panic (i64::abs overflow)"]
     range_with_a_huge_limit_returns_everything,
-    #[mongo_known_bug = "known bug in MongoStore::range (engine/src/store/mongo.rs): `after as i64` wraps for after >= \
-                         2^63 to a negative bound, so `$gt` matches from seq 1 and every message is returned"]
     range_after_past_i64_max_returns_nothing,
     range_upto_and_history_before_past_i64_max_bound_nothing,
-    #[mongo_known_bug = "known bug in MongoStore::history (engine/src/store/mongo.rs): `.limit(limit as i64 + 1)`: \
-                         usize::MAX - 1 becomes -1, read as one batch of 1 message (1 returned, more = false), and \
-                         i64::MAX overflows the + 1 (a panic in debug builds)"]
     history_with_a_huge_limit_returns_everything,
     history_pages_newest_first_with_more,
     history_and_range_return_the_stored_messages,

@@ -30,9 +30,10 @@ pub struct Args {
     /// MongoDB database name.
     #[arg(long, env = "VICHE_MONGO_DB", default_value = "viche")]
     pub mongo_db: String,
-    /// MongoDB write concern `w` for messages and users: a number of nodes,
-    /// or `majority` (use it with a replica set).
-    #[arg(long, env = "VICHE_MONGO_WRITE_CONCERN", default_value = "1")]
+    /// MongoDB write concern `w` for messages and users: `majority`, a
+    /// number of nodes, or `auto`: `majority` when the server is a replica
+    /// set member (detected at start), else `1`.
+    #[arg(long, env = "VICHE_MONGO_WRITE_CONCERN", default_value = "auto")]
     pub mongo_write_concern: String,
     /// Whether MongoDB acknowledges only after its journal is on disk (`j`).
     #[arg(long, env = "VICHE_MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -259,10 +260,10 @@ impl Args {
             if self.mongo_db.is_empty() || self.mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
                 return Err("--mongo-db must be a non-empty name without / \\ . space \" or $".into());
             }
-            if self.mongo_write_concern != "majority"
+            if !["majority", "auto"].contains(&self.mongo_write_concern.as_str())
                 && self.mongo_write_concern.parse::<u32>().map_or(true, |n| n == 0)
             {
-                return Err("--mongo-write-concern must be \"majority\" or a number of nodes ≥ 1".into());
+                return Err("--mongo-write-concern must be \"majority\", \"auto\" or a number of nodes ≥ 1".into());
             }
         }
         Ok(())

@@ -21,6 +21,17 @@ use viche_engine::Engine;
 
 use crate::config::Args;
 
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!("choose one allocator: the features jemalloc and mimalloc exclude each other");
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Err(line) = args.validate() {
@@ -78,7 +89,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store: Arc<dyn Store> = match &args.mongo_uri {
         Some(uri) => {
-            let concern = MongoWriteConcern { w: args.mongo_write_concern.clone(), journal: args.mongo_journal };
+            let concern = MongoWriteConcern {
+                w: args.mongo_write_concern.clone(),
+                journal: args.mongo_journal,
+                // The server gives up on the majority before the engine's
+                // deadline on the call does, and says why.
+                wtimeout: std::time::Duration::from_millis(args.store_timeout_ms * 4 / 5)
+                    .max(std::time::Duration::from_millis(1)),
+            };
             let store =
                 MongoStore::connect(uri, &args.mongo_db, &concern).await.context("opening the MongoDB store")?;
             tracing::info!(db = %args.mongo_db, w = %concern.w, j = concern.journal, "using MongoDB");

@@ -269,3 +269,67 @@ async fn mongo_outage_loses_nothing_acked_and_stores_nothing_twice() {
     // The member saw every stored message once, in order.
     assert_eq!(delivered, seqs, "delivered live: every stored seq once, in order");
 }
+
+/// A process killed between the lookup of a batch's cids and its insert
+/// (held there by the failpoint `store.append.between`), and killed again
+/// mid-traffic: after each restart every room's seqs are dense from 1,
+/// every acknowledged message is stored once with its seq, and clients'
+/// retries (same cid) never take a second seq.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_kill9_between_lookup_and_insert_leaves_dense_seqs() {
+    let Some(uri) = mongo_or_skip("mongo_kill9_between_lookup_and_insert_leaves_dense_seqs") else { return };
+    let mut server = Server::start_with(Opts {
+        mongo_uri: Some(uri),
+        failpoints: Some("store.append.between=50%sleep(400)".into()),
+        ..Opts::default()
+    })
+    .await;
+    let token = server.user("killer").await;
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sent = 0u64;
+    for round in 0..3 {
+        let mut conn = server.connect(&token).await;
+        conn.join("r", None).await.unwrap();
+        // Fire 20 sends (new cids, and the previous round's again), read
+        // whatever acks come within a moment, then kill -9 mid-flight.
+        let mut reqs = Vec::new();
+        for i in 0..20 {
+            let cid = format!("c{}", sent + i);
+            let req = conn.alloc_ref();
+            let frame = ClientFrame::Send { req, room: "r".into(), body: format!("m {cid}"), cid: cid.clone() };
+            conn.send_frame(&frame).await.unwrap();
+            reqs.push((req, cid));
+        }
+        sent += 20;
+        let deadline = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < deadline {
+            match conn.next_frame(Duration::from_millis(100)).await {
+                Ok(Event::Frame(ServerFrame::Ack { cid, seq, .. })) => {
+                    if let Some(previous) = acked.insert(cid.clone(), seq) {
+                        assert_eq!(previous, seq, "{cid} acknowledged with two seqs");
+                    }
+                }
+                Ok(Event::Closed(_)) => break,
+                _ => {}
+            }
+        }
+        server.restart_with_failpoints(if round < 2 { Some("store.append.between=50%sleep(400)") } else { None }).await;
+    }
+    // Every cid sent is retried once more (the client does not know which
+    // got in): each is answered with one seq, the first one if it was acked.
+    let mut conn = server.connect(&token).await;
+    conn.join("r", None).await.unwrap();
+    for i in 0..sent {
+        let cid = format!("c{i}");
+        let ack = send_retrying(&mut conn, "r", &format!("m {cid}"), &cid).await;
+        if let Some(seq) = acked.get(&cid) {
+            assert_eq!(ack.seq, *seq, "{cid}: a retry of an acknowledged message gets its seq");
+        }
+    }
+    let history = full_history_http(&server, &token, "r").await;
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "dense from 1, each cid stored once");
+    let cids: std::collections::BTreeSet<&str> = history.iter().map(|m| m.cid.as_str()).collect();
+    assert_eq!(cids.len() as u64, sent);
+}

@@ -5,32 +5,40 @@
 //! `messages.(room, seq)` (which also serves history and replay reads, by
 //! range, sorted), unique `messages.(from, cid)`.
 //!
-//! `append_batch` keeps the `Store` contract with standard driver calls
-//! only. Fast path, taken by every batch without a retried cid: seqs from a
-//! per-room cache of the last stored seq (this process is its rooms' only
-//! writer) and one `insert_many` (ordered: false) acknowledged with the
-//! configured write concern — no query before it, since a message's `_id`
-//! is its (from, cid) key. If the insert reports duplicate keys, the
-//! documents this attempt did insert are deleted (nothing of it was acked),
-//! and the slow path runs: look the batch's ids up, answer the ones found
-//! as `Duplicate`, number the rest from the database's last seq, insert.
-//! Any other failure invalidates the cache of the rooms involved and fails
-//! the batch; the writer retries it, and the retry finds whatever did get
-//! in as `Duplicate` with its original seq.
+//! `append_batch` keeps the `Store` contract with standard driver calls,
+//! and seqs are given only to messages that are new:
 //!
-//! Why not always look up first: on FerretDB (the test server) a `find` by
-//! many keys scans the collection, so a lookup per batch made throughput
-//! fall with the history's size; on MongoDB it would be an index probe per
-//! batch, cheap but still a round trip on every message's critical path.
+//! 1. one `find` of the batch's `_id`s (`$in`; a message's `_id` is its
+//!    (from, cid) key, the primary key, which FerretDB serves without a
+//!    scan): those found are answered `Duplicate` with their original seq.
+//!    With `--mongo-write-concern majority` this read uses read concern
+//!    `majority`, so a duplicate is acknowledged only once it is durable as
+//!    configured: a retried message that reached the primary but not yet a
+//!    majority is not seen here, its insert then collides, and the batch
+//!    fails and is retried until the original is majority-committed (or
+//!    rolled back by a failover, after which it is stored anew);
+//! 2. the new ones are numbered from each room's last seq (a bounded LRU
+//!    cache; the rooms missing from it are read together, concurrently);
+//! 3. one ordered `insert_many` under the write concern (with `wtimeout`
+//!    when `majority`). Ordered: if it stops at a failure, what was
+//!    inserted is a prefix of the batch, hence a prefix of every room's new
+//!    seqs. Nothing is ever deleted.
+//!
+//! A process that dies between any two of these calls leaves each room's
+//! stored seqs dense: the only write is the insert, and its stored part is
+//! a prefix. Any failure forgets the cached seqs of the batch's rooms and
+//! fails the batch; the writer's retry starts again at step 1.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use lru::LruCache;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::{ClientOptions, IndexOptions, WriteConcern};
+use mongodb::options::{ClientOptions, IndexOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -68,22 +76,28 @@ struct UserDoc {
 /// How the operator wants writes acknowledged (`--mongo-write-concern`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MongoWriteConcern {
-    /// `"majority"` or a number of nodes.
+    /// `"majority"`, a number of nodes, or `"auto"`: `majority` when the
+    /// server is a replica set member, else `1`.
     pub w: String,
     /// Wait for the on-disk journal.
     pub journal: bool,
+    /// With `majority`: how long the server may wait for the majority
+    /// before failing the write (the batch is then retried).
+    pub wtimeout: Duration,
 }
 
 impl Default for MongoWriteConcern {
     fn default() -> Self {
-        Self { w: "1".into(), journal: true }
+        Self { w: "auto".into(), journal: true, wtimeout: Duration::from_secs(5) }
     }
 }
 
 impl MongoWriteConcern {
     fn to_driver(&self) -> Result<WriteConcern, String> {
         let mut wc = if self.w == "majority" {
-            WriteConcern::majority()
+            let mut wc = WriteConcern::majority();
+            wc.w_timeout = Some(self.wtimeout);
+            wc
         } else {
             let n: u32 = self
                 .w
@@ -99,11 +113,13 @@ impl MongoWriteConcern {
     }
 }
 
-/// Rooms whose last seq is cached at most; past it the cache is cleared
-/// (and refilled from the database on demand).
-const SEQ_CACHE_MAX_ROOMS: usize = 100_000;
-/// Ids per dedupe query (slow path only).
-const DEDUPE_QUERY_MAX_IDS: usize = 1024;
+/// Rooms whose last seq is cached at most; the least recently written
+/// ones are forgotten first (and read again when they next get a message).
+const SEQ_CACHE_ROOMS_MAX: usize = 100_000;
+/// Ids per dedupe query.
+const DEDUPE_QUERY_IDS_MAX: usize = 1024;
+/// Last-seq reads in flight at once for one batch's uncached rooms.
+const LAST_SEQ_READS_CONCURRENT_MAX: usize = 32;
 const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
@@ -113,18 +129,21 @@ pub struct MongoStore {
     messages: Collection<MessageDoc>,
     rooms: Collection<Document>,
     write_concern: WriteConcern,
-    last_seq: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-enum Attempt {
-    Done(Vec<Appended>),
-    /// The insert hit duplicate keys; nothing of this attempt remains.
-    Duplicates,
+    /// Reads that decide a duplicate: `majority` when writes are, so that
+    /// only a durable original is acknowledged again.
+    dedupe_read_concern: Option<ReadConcern>,
+    last_seq: Arc<Mutex<LruCache<String, u64>>>,
 }
 
 /// A message's `_id`: its (from, cid) key. Usernames have no `:`.
 fn doc_id(from: &str, cid: &str) -> String {
     format!("{from}:{cid}")
+}
+
+/// A find's `limit` as MongoDB takes it: positive (a negative one means
+/// "one batch"; 0 means none), so anything past i64::MAX is i64::MAX.
+fn mongo_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -134,7 +153,6 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 impl MongoStore {
     /// Connects, checks the server answers, and creates the indexes.
     pub async fn connect(uri: &str, db_name: &str, write_concern: &MongoWriteConcern) -> anyhow::Result<Self> {
-        let write_concern = write_concern.to_driver().map_err(|e| anyhow::anyhow!(e))?;
         let mut options =
             ClientOptions::parse(uri).await.map_err(|e| anyhow::anyhow!("parsing the MongoDB URI: {e}"))?;
         // Fail fast while the database is away, so the writer's own retry
@@ -144,16 +162,28 @@ impl MongoStore {
         options.app_name.get_or_insert_with(|| "viche".to_string());
         let client = Client::with_options(options).map_err(|e| anyhow::anyhow!("creating the MongoDB client: {e}"))?;
         let db = client.database(db_name);
-        db.run_command(doc! { "ping": 1 })
+        let hello = db
+            .run_command(doc! { "hello": 1 })
             .await
             .map_err(|e| anyhow::anyhow!("MongoDB at {uri} does not answer: {e}"))?;
+        let replica_set = hello.get_str("setName").is_ok();
+        let mut concern = write_concern.clone();
+        if concern.w == "auto" {
+            concern.w = if replica_set { "majority".into() } else { "1".into() };
+        }
+        tracing::info!(w = %concern.w, j = concern.journal, replica_set, "MongoDB write concern");
+        let dedupe_read_concern = (concern.w == "majority").then(ReadConcern::majority);
+        let write_concern = concern.to_driver().map_err(|e| anyhow::anyhow!(e))?;
         let store = Self {
             users: db.collection("users"),
             messages: db.collection("messages"),
             rooms: db.collection("rooms"),
             db,
             write_concern,
-            last_seq: Arc::new(Mutex::new(HashMap::new())),
+            dedupe_read_concern,
+            last_seq: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(SEQ_CACHE_ROOMS_MAX).expect("the cache holds rooms"),
+            ))),
         };
         store.create_indexes().await?;
         Ok(store)
@@ -200,13 +230,16 @@ impl MongoStore {
         Ok(last.map_or(0, |d| d.seq.max(0) as u64))
     }
 
-    /// The originals already stored under these ids.
-    async fn existing(&self, ids: &[String]) -> StoreResult<HashMap<String, Msg>> {
+    /// The originals already stored under these ids (read so that only a
+    /// durable original counts: see the module's doc).
+    async fn existing(&self, ids: &[&str]) -> StoreResult<HashMap<String, Msg>> {
         let mut found = HashMap::new();
-        for chunk in ids.chunks(DEDUPE_QUERY_MAX_IDS) {
-            let docs: Vec<MessageDoc> = self
-                .messages
-                .find(doc! { "_id": { "$in": chunk } })
+        for chunk in ids.chunks(DEDUPE_QUERY_IDS_MAX) {
+            let mut find = self.messages.find(doc! { "_id": { "$in": chunk } });
+            if let Some(concern) = &self.dedupe_read_concern {
+                find = find.read_concern(concern.clone());
+            }
+            let docs: Vec<MessageDoc> = find
                 .await
                 .map_err(|e| unavailable("looking up cids", e))?
                 .try_collect()
@@ -219,41 +252,69 @@ impl MongoStore {
         Ok(found)
     }
 
-    /// One attempt: numbers the batch (`originals` are answered as
-    /// duplicates) and inserts it. On duplicate keys, removes what this
-    /// attempt inserted and says so.
-    async fn try_append(&self, batch: &[NewMessage], mut originals: HashMap<String, Msg>) -> StoreResult<Attempt> {
-        // Last seq of every room that gets a new message, from the cache or the database.
-        let mut next: HashMap<&str, u64> = HashMap::new();
-        for m in batch {
-            if next.contains_key(&*m.room) {
-                continue;
-            }
-            let cached = self.last_seq.lock().get(&*m.room).copied();
-            let last = match cached {
-                Some(last) => last,
-                None => {
-                    let last = self.stored_last_seq(&m.room).await?;
-                    let _ = self
-                        .rooms
-                        .update_one(doc! { "_id": &*m.room }, doc! { "$setOnInsert": { "created_ms": m.ts_ms as i64 } })
-                        .upsert(true)
-                        .await;
-                    last
+    /// The last seq of each of `rooms`: from the cache, the rest read from
+    /// the database concurrently (one round trip's wait, not one per room).
+    async fn last_seqs(&self, rooms: &[&str]) -> StoreResult<HashMap<String, u64>> {
+        let mut last = HashMap::with_capacity(rooms.len());
+        let mut missing: Vec<String> = Vec::new();
+        {
+            let mut cache = self.last_seq.lock();
+            for room in rooms {
+                match cache.get(*room) {
+                    Some(seq) => {
+                        last.insert(room.to_string(), *seq);
+                    }
+                    None => missing.push(room.to_string()),
                 }
-            };
-            next.insert(&m.room, last);
+            }
         }
+        let reads = futures_util::stream::iter(missing)
+            .map(|room| async move {
+                let seq = self.stored_last_seq(&room).await?;
+                if seq == 0 {
+                    // Rooms are listed once, when they first get a message.
+                    let created = doc! { "$setOnInsert": { "created_ms": crate::clock::now_ms() as i64 } };
+                    let _ = self.rooms.update_one(doc! { "_id": &room }, created).upsert(true).await;
+                }
+                Ok::<_, StoreError>((room, seq))
+            })
+            .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX);
+        let read: Vec<(String, u64)> = reads.try_collect().await?;
+        last.extend(read);
+        Ok(last)
+    }
 
+    fn forget_rooms<'a>(&self, rooms: impl Iterator<Item = &'a str>) {
+        let mut cache = self.last_seq.lock();
+        for room in rooms {
+            cache.pop(room);
+        }
+    }
+
+    async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        // 1. What is stored already (a client's retry, or an earlier
+        //    attempt of this batch that got in).
+        let ids: Vec<String> = batch.iter().map(|m| doc_id(&m.from, &m.cid)).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut originals = self.existing(&id_refs).await?;
+
+        // 2. Number the new ones, per room, in batch order.
+        let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut next = self.last_seqs(&rooms).await?;
+        #[cfg(feature = "failpoints")]
+        if crate::faults::eval("store.append.between").await.is_some() {
+            return Err(StoreError::Unavailable("failpoint store.append.between".into()));
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut docs = Vec::new();
-        for m in batch {
-            let id = doc_id(&m.from, &m.cid);
+        for (m, id) in batch.iter().zip(ids) {
             if let Some(original) = originals.get(&id) {
                 outcomes.push(Appended::Duplicate(original.clone()));
                 continue;
             }
-            let seq = next.get_mut(&*m.room).expect("every room was looked up above");
+            let seq = next.get_mut(&*m.room).expect("every room's last seq was read above");
             *seq += 1;
             let msg = Msg {
                 room: m.room.to_string(),
@@ -272,56 +333,24 @@ impl MongoStore {
                 body: msg.body.clone(),
                 ts: msg.ts as i64,
             });
-            originals.insert(id, msg.clone());
+            originals.insert(id, msg.clone()); // a repeat later in the batch is its duplicate
             outcomes.push(Appended::Stored(msg));
         }
 
+        // 3. One ordered insert: what gets in is a prefix.
         if !docs.is_empty() {
-            if let Err(e) =
-                self.messages.insert_many(&docs).ordered(false).write_concern(self.write_concern.clone()).await
-            {
-                self.forget_rooms(batch.iter().map(|m| &*m.room));
-                let failed: Option<HashSet<usize>> = match &*e.kind {
-                    mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => ime
-                        .write_errors
-                        .as_ref()
-                        .filter(|we| !we.is_empty() && we.iter().all(|w| w.code == DUPLICATE_KEY))
-                        .map(|we| we.iter().map(|w| w.index).collect()),
-                    _ => None,
-                };
-                let Some(failed) = failed else {
-                    return Err(unavailable("insert_many", e));
-                };
-                // Only duplicate keys: undo this attempt (nothing of it was
-                // acknowledged), so the slow path starts from a clean slate.
-                let inserted: Vec<&str> =
-                    docs.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, d)| d.id.as_str()).collect();
-                if !inserted.is_empty() {
-                    self.messages
-                        .delete_many(doc! { "_id": { "$in": inserted } })
-                        .write_concern(self.write_concern.clone())
-                        .await
-                        .map_err(|e| unavailable("undoing a batch with duplicate keys", e))?;
-                }
-                return Ok(Attempt::Duplicates);
-            }
+            self.messages
+                .insert_many(&docs)
+                .ordered(true)
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("insert_many", e))?;
         }
-
         let mut cache = self.last_seq.lock();
-        if cache.len() + next.len() > SEQ_CACHE_MAX_ROOMS {
-            cache.clear();
-        }
         for (room, last) in next {
-            cache.insert(room.to_string(), last);
+            cache.put(room, last);
         }
-        Ok(Attempt::Done(outcomes))
-    }
-
-    fn forget_rooms<'a>(&self, rooms: impl Iterator<Item = &'a str>) {
-        let mut cache = self.last_seq.lock();
-        for room in rooms {
-            cache.remove(room);
-        }
+        Ok(outcomes)
     }
 }
 
@@ -331,21 +360,12 @@ impl Store for MongoStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        match self.try_append(batch, HashMap::new()).await? {
-            Attempt::Done(outcomes) => Ok(outcomes),
-            Attempt::Duplicates => {
-                // Some cids were stored before: the slow path, which asks first.
-                let ids: Vec<String> = batch.iter().map(|m| doc_id(&m.from, &m.cid)).collect();
-                let originals = self.existing(&ids).await?;
-                self.forget_rooms(batch.iter().map(|m| &*m.room));
-                match self.try_append(batch, originals).await? {
-                    Attempt::Done(outcomes) => Ok(outcomes),
-                    Attempt::Duplicates => Err(StoreError::Unavailable(
-                        "insert_many: duplicate keys again after the lookup (another writer?)".into(),
-                    )),
-                }
-            }
+        let result = self.append(batch).await;
+        if result.is_err() {
+            // The seqs are read again from the database on the retry.
+            self.forget_rooms(batch.iter().map(|m| &*m.room));
         }
+        result
     }
 
     async fn last_seq(&self, room: &str) -> StoreResult<u64> {
@@ -353,14 +373,15 @@ impl Store for MongoStore {
     }
 
     async fn range(&self, room: &str, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<Msg>> {
-        if after >= upto || limit == 0 {
+        // Seqs are stored as i64: nothing is stored above i64::MAX.
+        if after >= upto || limit == 0 || after >= i64::MAX as u64 {
             return Ok(Vec::new());
         }
         let docs: Vec<MessageDoc> = self
             .messages
             .find(doc! { "room": room, "seq": { "$gt": after as i64, "$lte": upto.min(i64::MAX as u64) as i64 } })
             .sort(doc! { "seq": 1 })
-            .limit(limit as i64)
+            .limit(mongo_limit(limit))
             .await
             .map_err(|e| unavailable("range read", e))?
             .try_collect()
@@ -381,7 +402,7 @@ impl Store for MongoStore {
             .messages
             .find(filter)
             .sort(doc! { "seq": -1 })
-            .limit(limit as i64 + 1)
+            .limit(mongo_limit(limit.saturating_add(1)))
             .await
             .map_err(|e| unavailable("history read", e))?
             .try_collect()

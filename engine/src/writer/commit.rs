@@ -9,10 +9,12 @@
 //! itself is fine; retrying it forever would block every room. So after
 //! [`ISOLATE_AFTER_ATTEMPTS`] refusals (errors; a timeout is the store's
 //! slowness, not the batch's fault) the writer probes the store with a
-//! write of its own: if the probe succeeds, the batch is split in halves,
-//! committed in order, and a single message that still fails while the
-//! store accepts writes is refused. If the probe fails too, the store is
-//! down, and the whole batch is retried.
+//! write of its own. If the probe fails, the store is down, and the batch
+//! is retried with backoff. If it succeeds, the batch is tried once more
+//! at once (the refusals may have been an outage that just ended); only
+//! if that is refused too is the batch at fault: it is split in halves,
+//! committed in order, and a single message refused right after the store
+//! took a write is refused with `internal`.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -71,6 +73,8 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
     // Failed attempts that the store answered with an error; a timeout is
     // the store's slowness, never the batch's fault.
     let mut refusals = 0u32;
+    // The store took the probe's write just before this attempt.
+    let mut store_was_up = false;
     loop {
         let started = Instant::now();
         let reason = match shared.store.append_batch(batch).await {
@@ -100,11 +104,19 @@ async fn commit_range(shared: &WriterShared, batch: &[NewMessage]) -> Committed 
         };
         shared.health.set_writer_committing(false);
         STORE_COMMIT_FAILURES.counter_with(reason).increment(1);
-        if refusals >= ISOLATE_AFTER_ATTEMPTS && store_accepts_writes(shared).await {
-            // The store is fine: it took the probe's write.
+        if reason == "error" && store_was_up {
+            // Refused right after the store took the probe's write: the
+            // batch, not the store, is at fault.
             shared.health.set_writer_committing(true);
             return Committed::BatchAtFault;
         }
+        if refusals >= ISOLATE_AFTER_ATTEMPTS && store_accepts_writes(shared).await {
+            // The store is up (again): try the batch once more, at once; the
+            // earlier refusals may have been the store's, not the batch's.
+            store_was_up = true;
+            continue;
+        }
+        store_was_up = false;
         let jitter_ms = rand::rng().random_range(0..=backoff_ms / 2);
         tokio::time::sleep(Duration::from_millis(backoff_ms + jitter_ms)).await;
         backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);

@@ -283,6 +283,13 @@ impl Server {
         self.spawn_ready().await;
     }
 
+    /// Restarts (after kill -9) with other failpoints (`None`: none).
+    pub async fn restart_with_failpoints(&mut self, failpoints: Option<&str>) {
+        self.kill9();
+        self.opts.failpoints = failpoints.map(String::from);
+        self.spawn_ready().await;
+    }
+
     /// The last `max` bytes of the server's output.
     pub fn log_tail(&self, max: u64) -> String {
         let mut out = String::new();

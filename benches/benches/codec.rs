@@ -26,11 +26,18 @@ fn msg_frame() -> ServerFrame {
         body: body(),
         cid: "c-0123456789abcdef".into(),
         ts: 1_764_000_000_000,
+        ..Msg::default()
     })
 }
 
 fn send_frame() -> ClientFrame {
-    ClientFrame::Send { req: 42, room: "general".into(), body: body(), cid: "c-0123456789abcdef".into() }
+    ClientFrame::Send {
+        req: 42,
+        room: "general".into(),
+        body: body(),
+        cid: "c-0123456789abcdef".into(),
+        reply_to: None,
+    }
 }
 
 fn encodings() -> [(&'static str, Encoding); 2] {

@@ -29,6 +29,7 @@ fn msg_frame() -> ServerFrame {
         body,
         cid: "c-0123456789abcdef".into(),
         ts: 1_764_000_000_000,
+        ..Msg::default()
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use viche_engine::store::embedded::EmbeddedStore;
-use viche_engine::store::{Appended, NewMessage, Store};
+use viche_engine::store::{Appended, Event, NewMessage, Store};
 
 fn batch(n: usize, next_cid: &AtomicU64, room: &Arc<str>, from: &Arc<str>, body: &str) -> Vec<NewMessage> {
     (0..n)
@@ -24,6 +24,7 @@ fn batch(n: usize, next_cid: &AtomicU64, room: &Arc<str>, from: &Arc<str>, body:
             cid: format!("c{}", next_cid.fetch_add(1, Ordering::Relaxed)),
             body: body.to_owned(),
             ts_ms: 1_764_000_000_000,
+            event: Event::Message { reply_to: None },
         })
         .collect()
 }

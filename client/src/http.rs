@@ -33,6 +33,13 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
+/// `GET /api/conversations` (v1.1): newest activity first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationsHttp {
+    pub conversations: Vec<viche_protocol::Conversation>,
+    pub more: bool,
+}
+
 /// Any HTTP answer, unparsed: for tests of malformed requests.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -141,6 +148,33 @@ impl HttpClient {
         limit: Option<u64>,
     ) -> Result<HistoryPage> {
         let resp = self.get_raw(&history_path(room, before, limit), Some(token)).await?;
+        if resp.status == 200 {
+            resp.parse_success()
+        } else {
+            Err(resp.into_error())
+        }
+    }
+
+    /// v1.1 `GET /api/conversations?before=&limit=` with a bearer token.
+    pub async fn conversations(
+        &self,
+        token: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<ConversationsHttp> {
+        let mut query = Vec::new();
+        if let Some(before) = before {
+            query.push(format!("before={before}"));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        let path = if query.is_empty() {
+            "/api/conversations".to_string()
+        } else {
+            format!("/api/conversations?{}", query.join("&"))
+        };
+        let resp = self.get_raw(&path, Some(token)).await?;
         if resp.status == 200 {
             resp.parse_success()
         } else {

@@ -36,10 +36,10 @@ pub mod token;
 pub mod ws;
 
 pub use error::{ApiError, ClientError, CloseInfo};
-pub use http::{history_http, login, register, AuthOk, HistoryPage, HttpClient, RawResponse};
-pub use ws::{Ack, Connection, Event, JoinOk, Welcome, DEFAULT_TIMEOUT};
+pub use http::{history_http, login, register, AuthOk, ConversationsHttp, HistoryPage, HttpClient, RawResponse};
+pub use ws::{Ack, Connection, ConversationsPage, Event, JoinOk, Welcome, DEFAULT_TIMEOUT};
 
-pub use viche_protocol::{ClientFrame, Encoding, ErrorCode, Msg, ServerFrame};
+pub use viche_protocol::{ClientFrame, Conversation, Encoding, ErrorCode, Msg, MsgKind, ServerFrame};
 
 /// The result type of this crate.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use viche_protocol::{decode_server, encode_client, ClientFrame, Encoding, Msg, ServerFrame, PROTOCOL_VERSION};
+use viche_protocol::{
+    decode_server, encode_client, ClientFrame, Conversation, Encoding, Msg, ServerFrame, PROTOCOL_VERSION,
+};
 
 use crate::error::{ClientError, CloseInfo};
 use crate::http::HistoryPage;
@@ -42,6 +44,15 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     pub max_frame: u64,
     pub max_body: u64,
+    /// v1.1: what the server speaks beyond v1 (empty from a v1 server).
+    pub features: Vec<String>,
+}
+
+/// A page of `conversations` (v1.1), newest activity first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationsPage {
+    pub items: Vec<Conversation>,
+    pub more: bool,
 }
 
 /// The fields of the `ok` that answers a `join`.
@@ -109,11 +120,13 @@ pub fn reply_ref(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Ack { req, .. }
         | ServerFrame::History { req, .. }
         | ServerFrame::Members { req, .. }
+        | ServerFrame::Conversations { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         ServerFrame::Error { req, .. } => *req,
         ServerFrame::Welcome { .. }
         | ServerFrame::Msg(_)
         | ServerFrame::Presence { .. }
+        | ServerFrame::Read { .. }
         | ServerFrame::Typing { .. } => None,
     }
 }
@@ -204,8 +217,8 @@ impl Connection {
         self.send_frame(&ClientFrame::Hello { v: PROTOCOL_VERSION, token: token.to_string() }).await?;
         let deadline = Instant::now() + self.timeout;
         match self.read_event(deadline, "welcome").await? {
-            Event::Frame(ServerFrame::Welcome { v, session, user, heartbeat_ms, max_frame, max_body }) => {
-                let welcome = Welcome { v, session, user, heartbeat_ms, max_frame, max_body };
+            Event::Frame(ServerFrame::Welcome { v, session, user, heartbeat_ms, max_frame, max_body, features }) => {
+                let welcome = Welcome { v, session, user, heartbeat_ms, max_frame, max_body, features };
                 self.welcome = Some(welcome.clone());
                 Ok(welcome)
             }
@@ -490,24 +503,85 @@ impl Connection {
 
     /// `leave`; `ok` on success.
     pub async fn leave(&mut self, room: &str) -> Result<()> {
-        self.expect_ok(|req| ClientFrame::Leave { req, room: room.to_string() }).await
+        self.expect_ok(|req| ClientFrame::Leave { req, room: room.to_string(), forget: None }).await
+    }
+
+    /// v1.1 `leave` with `forget: true`: also removes the room from the
+    /// user's conversations.
+    pub async fn forget(&mut self, room: &str) -> Result<()> {
+        self.expect_ok(|req| ClientFrame::Leave { req, room: room.to_string(), forget: Some(true) }).await
     }
 
     /// `send`; returns the `ack` (the message is stored durably).
     pub async fn send(&mut self, room: &str, body: &str, cid: &str) -> Result<Ack> {
+        self.reply(room, body, cid, None).await
+    }
+
+    /// v1.1 `send` answering the message `reply_to` (when given).
+    pub async fn reply(&mut self, room: &str, body: &str, cid: &str, reply_to: Option<u64>) -> Result<Ack> {
         self.expect_ack(|req| ClientFrame::Send {
             req,
             room: room.to_string(),
             body: body.to_string(),
             cid: cid.to_string(),
+            reply_to,
         })
         .await
     }
 
     /// `dm` to user `to`; returns the `ack`.
     pub async fn dm(&mut self, to: &str, body: &str, cid: &str) -> Result<Ack> {
-        self.expect_ack(|req| ClientFrame::Dm { req, to: to.to_string(), body: body.to_string(), cid: cid.to_string() })
-            .await
+        self.expect_ack(|req| ClientFrame::Dm {
+            req,
+            to: to.to_string(),
+            body: body.to_string(),
+            cid: cid.to_string(),
+            reply_to: None,
+        })
+        .await
+    }
+
+    /// v1.1 `edit` of one's own message `target`; returns the `ack`.
+    pub async fn edit(&mut self, room: &str, target: u64, body: &str, cid: &str) -> Result<Ack> {
+        self.expect_ack(|req| ClientFrame::Edit {
+            req,
+            room: room.to_string(),
+            target,
+            body: body.to_string(),
+            cid: cid.to_string(),
+        })
+        .await
+    }
+
+    /// v1.1 `delete` of one's own message `target`; returns the `ack`.
+    pub async fn delete(&mut self, room: &str, target: u64, cid: &str) -> Result<Ack> {
+        self.expect_ack(|req| ClientFrame::Delete { req, room: room.to_string(), target, cid: cid.to_string() }).await
+    }
+
+    /// v1.1 `react`: adds (`on`) or removes this user's `emoji` on `target`.
+    pub async fn react(&mut self, room: &str, target: u64, emoji: &str, on: bool, cid: &str) -> Result<Ack> {
+        self.expect_ack(|req| ClientFrame::React {
+            req,
+            room: room.to_string(),
+            target,
+            emoji: emoji.to_string(),
+            on,
+            cid: cid.to_string(),
+        })
+        .await
+    }
+
+    /// v1.1 `read`: moves this user's read marker of `room`; `ok` on success.
+    pub async fn read(&mut self, room: &str, seq: u64) -> Result<()> {
+        self.expect_ok(|req| ClientFrame::Read { req, room: room.to_string(), seq }).await
+    }
+
+    /// v1.1 `conversations`: a page of this user's conversations.
+    pub async fn conversations(&mut self, before: Option<u64>, limit: Option<u64>) -> Result<ConversationsPage> {
+        match self.request(|req| ClientFrame::Conversations { req, before, limit }).await? {
+            ServerFrame::Conversations { items, more, .. } => Ok(ConversationsPage { items, more }),
+            other => Err(ClientError::UnexpectedReply(Box::new(other))),
+        }
     }
 
     /// `history`; returns the page (newest first).

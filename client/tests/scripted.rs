@@ -59,11 +59,20 @@ fn welcome() -> ServerFrame {
         heartbeat_ms: 30_000,
         max_frame: 65536,
         max_body: 4096,
+        features: Vec::new(),
     }
 }
 
 fn msg(seq: u64) -> Msg {
-    Msg { room: "r".into(), seq, from: "bob".into(), body: format!("m{seq}"), cid: format!("c{seq}"), ts: 1 }
+    Msg {
+        room: "r".into(),
+        seq,
+        from: "bob".into(),
+        body: format!("m{seq}"),
+        cid: format!("c{seq}"),
+        ts: 1,
+        ..Msg::default()
+    }
 }
 
 #[tokio::test]

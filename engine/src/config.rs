@@ -40,6 +40,8 @@ pub const WRITER_QUEUE_USER_MAX_DEFAULT: usize = 4096;
 pub const HISTORY_RATE_DEFAULT: Rate = Rate { per_second: 10.0, burst: 20 };
 /// `join`s with `since` (each may replay up to 1000 messages) per session.
 pub const REPLAY_RATE_DEFAULT: Rate = Rate { per_second: 2.0, burst: 20 };
+/// v1.1 `read` markers per session (a client marks as the user reads).
+pub const READ_RATE_DEFAULT: Rate = Rate { per_second: 10.0, burst: 30 };
 /// Failed logins per client address, across all usernames.
 pub const FAILED_LOGIN_ADDRESS_RATE_DEFAULT: Rate = Rate { per_second: 30.0 / 60.0, burst: 30 };
 /// Failed logins per username, from every address together.
@@ -67,6 +69,9 @@ pub struct EngineConfig {
     pub writer_queue_user_max: usize,
     pub history_rate: Rate,
     pub replay_rate: Rate,
+    pub read_rate: Rate,
+    /// v1.1: public rooms among one user's conversations.
+    pub user_public_conversations_max: usize,
     pub token_ttl_s: u64,
     pub argon2_concurrency: usize,
     pub argon2_queue_max: usize,
@@ -103,6 +108,8 @@ impl Default for EngineConfig {
             writer_queue_user_max: WRITER_QUEUE_USER_MAX_DEFAULT,
             history_rate: HISTORY_RATE_DEFAULT,
             replay_rate: REPLAY_RATE_DEFAULT,
+            read_rate: READ_RATE_DEFAULT,
+            user_public_conversations_max: limits::USER_PUBLIC_CONVERSATIONS_MAX,
             token_ttl_s: TOKEN_TTL_S_DEFAULT,
             argon2_concurrency: ARGON2_CONCURRENCY_DEFAULT,
             argon2_queue_max: ARGON2_QUEUE_MAX_DEFAULT,
@@ -125,6 +132,7 @@ impl EngineConfig {
         assert!(self.writer_queue_max > 0 && self.writer_batch_max > 0);
         assert!(self.session_rooms_max > 0 && self.rooms_max > 0);
         assert!(self.user_rooms_max > 0 && self.user_sessions_max > 0 && self.writer_queue_user_max > 0);
+        assert!(self.user_public_conversations_max > 0);
         assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
         let rates = [
             self.send_rate,
@@ -132,6 +140,7 @@ impl EngineConfig {
             self.join_rate,
             self.history_rate,
             self.replay_rate,
+            self.read_rate,
             self.failed_login_rate,
             self.failed_login_address_rate,
             self.failed_login_user_rate,

@@ -16,7 +16,7 @@ use crate::config::EngineConfig;
 use crate::delivery::{Directory, Outbox, SessionHandle};
 use crate::health::{Health, STORE_PROBE_INTERVAL_MS};
 use crate::history;
-pub use crate::history::HistoryPage;
+pub use crate::history::{ConversationsPage, HistoryPage};
 use crate::metrics::{RATE_LIMITED, SESSIONS_REFUSED, STORE_PROBES};
 use crate::refusal::Refusal;
 use crate::room::{Rooms, SupervisorArgs};
@@ -128,6 +128,21 @@ impl Engine {
             return Err(Refusal::rate_limited(retry_after_s));
         }
         history::page(self.services.store.as_ref(), user, room, before, limit).await
+    }
+
+    /// A page of `user`'s conversations (v1.1), newest activity first,
+    /// within the user's HTTP history rate.
+    pub async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<ConversationsPage, Refusal> {
+        if let Err(retry_after_s) = self.history_by_user.take(user) {
+            RATE_LIMITED.counter_with("history").increment(1);
+            return Err(Refusal::rate_limited(retry_after_s));
+        }
+        history::conversations(self.services.store.as_ref(), user, before, limit).await
     }
 
     /// Whether `user` may use `room` (and the id is valid): the rule every

@@ -112,13 +112,41 @@ impl Metric {
 
 /// `type` label values of `viche_frames_in_total`, in [`client_index`]
 /// order; `bad_frame` counts frames that did not decode.
-pub const CLIENT_FRAME_TYPES: [&str; 11] =
-    ["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "members", "bad_frame"];
-const BAD_FRAME: usize = 10;
+pub const CLIENT_FRAME_TYPES: [&str; 16] = [
+    "hello",
+    "auth",
+    "join",
+    "leave",
+    "send",
+    "dm",
+    "typing",
+    "history",
+    "ping",
+    "members",
+    "edit",
+    "delete",
+    "react",
+    "read",
+    "conversations",
+    "bad_frame",
+];
+const BAD_FRAME: usize = 15;
 
 /// `type` label values of `viche_frames_out_total`, in [`server_index`] order.
-pub const SERVER_FRAME_TYPES: [&str; 10] =
-    ["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong", "members"];
+pub const SERVER_FRAME_TYPES: [&str; 12] = [
+    "welcome",
+    "ok",
+    "ack",
+    "msg",
+    "presence",
+    "typing",
+    "history",
+    "error",
+    "pong",
+    "members",
+    "read",
+    "conversations",
+];
 
 /// `code` label values of `viche_connections_closed_total`: every
 /// `CloseCode` (a test checks), and `none` for a connection that ended
@@ -132,14 +160,14 @@ pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
 pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
 
 /// `kind` label values of `viche_rate_limited_total`.
-pub const RATE_LIMITED_KINDS: [&str; 8] =
-    ["send", "typing", "join", "history", "replay", "login", "register", "argon2_queue"];
+pub const RATE_LIMITED_KINDS: [&str; 9] =
+    ["send", "typing", "join", "history", "replay", "read", "login", "register", "argon2_queue"];
 /// `reason` label values of `viche_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: [&str; 4] = ["wrong_password", "unknown_user", "bad_token", "no_hello"];
 /// `route` label values of the HTTP metrics (the gateway's route table; a
 /// gateway test checks they agree).
-pub const HTTP_ROUTES: [&str; 9] =
-    ["register", "login", "history", "healthz", "readyz", "metrics", "ws", "api_other", "static"];
+pub const HTTP_ROUTES: [&str; 10] =
+    ["register", "login", "history", "conversations", "healthz", "readyz", "metrics", "ws", "api_other", "static"];
 
 const NO_LABELS: &[Label] = &[];
 
@@ -295,6 +323,11 @@ fn client_index(frame: &ClientFrame) -> usize {
         ClientFrame::History { .. } => 7,
         ClientFrame::Ping { .. } => 8,
         ClientFrame::Members { .. } => 9,
+        ClientFrame::Edit { .. } => 10,
+        ClientFrame::Delete { .. } => 11,
+        ClientFrame::React { .. } => 12,
+        ClientFrame::Read { .. } => 13,
+        ClientFrame::Conversations { .. } => 14,
     }
 }
 
@@ -310,6 +343,8 @@ fn server_index(frame: &ServerFrame) -> usize {
         ServerFrame::Error { .. } => 7,
         ServerFrame::Pong { .. } => 8,
         ServerFrame::Members { .. } => 9,
+        ServerFrame::Read { .. } => 10,
+        ServerFrame::Conversations { .. } => 11,
     }
 }
 

@@ -55,7 +55,7 @@ async fn a_session_may_join_at_most_session_rooms_max() {
     // Joining one already joined is still answered ok; leaving makes room.
     s.handle(ClientFrame::Join { req: 5, room: "b".into(), since: None }).await;
     assert!(matches!(reply(&s, 5).await, ServerFrame::Ok { .. }));
-    s.handle(ClientFrame::Leave { req: 6, room: "a".into() }).await;
+    s.handle(ClientFrame::Leave { req: 6, room: "a".into(), forget: None }).await;
     assert!(matches!(reply(&s, 6).await, ServerFrame::Ok { .. }));
     s.handle(ClientFrame::Join { req: 7, room: "d".into(), since: None }).await;
     assert!(matches!(reply(&s, 7).await, ServerFrame::Ok { .. }), "after a leave, a new room fits");

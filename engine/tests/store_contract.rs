@@ -24,28 +24,35 @@ use std::sync::Arc;
 
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
-use viche_engine::store::{Appended, NewMessage, Store, UserRecord};
-use viche_protocol::Msg;
+use viche_engine::store::{Added, Appended, Event, Marker, NewMessage, Store, UserRecord};
+use viche_protocol::{ErrorCode, Msg, MsgKind};
 
 // ----- helpers ----------------------------------------------------------------
 
 const TS: u64 = 1_700_000_000_000;
 
 fn new_msg(room: &str, from: &str, cid: &str, body: &str) -> NewMessage {
-    NewMessage { room: Arc::from(room), from: Arc::from(from), cid: cid.to_owned(), body: body.to_owned(), ts_ms: TS }
+    NewMessage {
+        room: Arc::from(room),
+        from: Arc::from(from),
+        cid: cid.to_owned(),
+        body: body.to_owned(),
+        ts_ms: TS,
+        event: Event::Message { reply_to: None },
+    }
 }
 
 fn stored(outcome: &Appended) -> &Msg {
     match outcome {
         Appended::Stored(m) => m,
-        Appended::Duplicate(m) => panic!("expected Stored, got Duplicate({m:?})"),
+        other => panic!("expected Stored, got {other:?}"),
     }
 }
 
 fn duplicate(outcome: &Appended) -> &Msg {
     match outcome {
         Appended::Duplicate(m) => m,
-        Appended::Stored(m) => panic!("expected Duplicate, got Stored({m:?})"),
+        other => panic!("expected Duplicate, got {other:?}"),
     }
 }
 
@@ -431,7 +438,13 @@ async fn history_and_range_return_the_stored_messages(store: &dyn Store) {
     assert_eq!(
         appended[1],
         Msg {
-            room: "a".into(), seq: 2, from: "bob".into(), body: "two: ünïcødé ✓".into(), cid: "c1".into(), ts: 2
+            room: "a".into(),
+            seq: 2,
+            from: "bob".into(),
+            body: "two: ünïcødé ✓".into(),
+            cid: "c1".into(),
+            ts: 2,
+            ..Msg::default()
         }
     );
     assert_eq!(store.range("a", 0, 2, 10).await.unwrap(), appended);
@@ -478,6 +491,244 @@ async fn get_user_finds_exactly_the_user_asked_for(store: &dyn Store) {
 async fn check_ready_succeeds_repeatedly(store: &dyn Store) {
     store.check_ready().await.expect("ready");
     store.check_ready().await.expect("ready again");
+}
+
+// ----- protocol 1.1: events --------------------------------------------------------
+
+fn event(room: &str, from: &str, cid: &str, body: &str, event: Event) -> NewMessage {
+    NewMessage { event, ..new_msg(room, from, cid, body) }
+}
+
+fn refused(outcome: &Appended) -> ErrorCode {
+    match outcome {
+        Appended::Refused(code, _) => *code,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+/// The row at `seq` as history shows it.
+async fn at(store: &dyn Store, room: &str, seq: u64) -> Msg {
+    let got = store.range(room, seq - 1, seq, 1).await.unwrap();
+    assert_eq!(got.len(), 1, "({room}, {seq}) is stored");
+    got.into_iter().next().unwrap()
+}
+
+async fn one(store: &dyn Store, m: NewMessage) -> Appended {
+    store.append_batch(&[m]).await.unwrap().remove(0)
+}
+
+async fn replies_need_an_ordinary_message_of_the_room(store: &dyn Store) {
+    fill(store, "r", "m", 2).await;
+    fill(store, "other", "o", 5).await;
+    let reply = one(store, event("r", "bob", "re1", "yes", Event::Message { reply_to: Some(1) })).await;
+    assert_eq!((stored(&reply).seq, stored(&reply).reply_to), (3, Some(1)));
+    assert_eq!(at(store, "r", 3).await.reply_to, Some(1), "stored with its reply_to");
+    // Not stored in this room (though it is in another), or an event: not_found.
+    let missing = one(store, event("r", "bob", "re2", "?", Event::Message { reply_to: Some(5) })).await;
+    assert_eq!(refused(&missing), ErrorCode::NotFound);
+    one(store, event("r", "alice", "e1", "edited", Event::Edit { target: 1 })).await;
+    let to_event = one(store, event("r", "bob", "re3", "?", Event::Message { reply_to: Some(4) })).await;
+    assert_eq!(refused(&to_event), ErrorCode::NotFound);
+    assert_dense(store, "r", 4).await;
+}
+
+async fn edits_change_the_target_and_only_its_author_may(store: &dyn Store) {
+    fill(store, "r", "m", 1).await; // seq 1, by alice
+    let by_bob = one(store, event("r", "bob", "e0", "mine now", Event::Edit { target: 1 })).await;
+    assert_eq!(refused(&by_bob), ErrorCode::Forbidden);
+    let missing = one(store, event("r", "alice", "e1", "x", Event::Edit { target: 9 })).await;
+    assert_eq!(refused(&missing), ErrorCode::NotFound);
+    let mut edit = event("r", "alice", "e2", "fixed", Event::Edit { target: 1 });
+    edit.ts_ms = TS + 5;
+    let out = one(store, edit.clone()).await;
+    let ev = stored(&out);
+    assert_eq!((ev.seq, ev.kind, ev.target, ev.body.as_str()), (2, Some(MsgKind::Edit), Some(1), "fixed"));
+    let target = at(store, "r", 1).await;
+    assert_eq!((target.body.as_str(), target.edited_ts, target.kind), ("fixed", Some(TS + 5), None));
+    let (page, _) = store.history("r", None, 10).await.unwrap();
+    assert_eq!(page[1].body, "fixed", "history shows the newest body");
+    // Idempotent by cid: the retry answers the first seq and changes nothing.
+    let mut retry = edit.clone();
+    retry.body = "other".into();
+    assert_eq!(duplicate(&one(store, retry).await).seq, 2);
+    assert_eq!(at(store, "r", 1).await.body, "fixed");
+    // An edit of an edit is not an edit of a message.
+    let of_event = one(store, event("r", "alice", "e3", "y", Event::Edit { target: 2 })).await;
+    assert_eq!(refused(&of_event), ErrorCode::NotFound);
+    assert_dense(store, "r", 2).await;
+}
+
+async fn deletes_erase_the_body_and_every_edit(store: &dyn Store) {
+    fill(store, "r", "m", 1).await;
+    one(store, event("r", "alice", "e1", "secret v2", Event::Edit { target: 1 })).await;
+    one(store, event("r", "bob", "x1", "", Event::React { target: 1, emoji: "👍".into(), on: true })).await;
+    let by_bob = one(store, event("r", "bob", "d0", "", Event::Delete { target: 1 })).await;
+    assert_eq!(refused(&by_bob), ErrorCode::Forbidden);
+    let out = one(store, event("r", "alice", "d1", "", Event::Delete { target: 1 })).await;
+    let ev = stored(&out);
+    assert_eq!((ev.seq, ev.kind, ev.target, ev.body.as_str()), (4, Some(MsgKind::Delete), Some(1), ""));
+    let target = at(store, "r", 1).await;
+    assert_eq!((target.body.as_str(), target.deleted, target.reactions.clone()), ("", Some(true), None));
+    assert_eq!(at(store, "r", 2).await.body, "", "the edit's body is erased too");
+    for e in [Event::Edit { target: 1 }, Event::Delete { target: 1 }] {
+        assert_eq!(refused(&one(store, event("r", "alice", "late", "z", e)).await), ErrorCode::NotFound);
+    }
+    let react = Event::React { target: 1, emoji: "🎉".into(), on: true };
+    assert_eq!(refused(&one(store, event("r", "bob", "late2", "", react)).await), ErrorCode::NotFound);
+    // Gone from every read: no row holds the old bodies.
+    let bodies: Vec<String> = all(store, "r").await.into_iter().map(|m| m.body).collect();
+    assert!(bodies.iter().all(|b| !b.contains("secret") && b != "m1"), "{bodies:?}");
+}
+
+async fn reactions_toggle_and_a_repeat_answers_the_original(store: &dyn Store) {
+    fill(store, "r", "m", 1).await;
+    let react = |cid: &str, user: &str, emoji: &str, on: bool| {
+        event("r", user, cid, "", Event::React { target: 1, emoji: emoji.into(), on })
+    };
+    let first = one(store, react("a", "bob", "👍", true)).await;
+    assert_eq!((stored(&first).seq, stored(&first).kind, stored(&first).on), (2, Some(MsgKind::Reaction), Some(true)));
+    one(store, react("b", "carol", "👍", true)).await;
+    one(store, react("c", "bob", "🎉", true)).await;
+    let reactions = at(store, "r", 1).await.reactions.unwrap();
+    assert_eq!(reactions["👍"], vec!["bob".to_string(), "carol".to_string()]);
+    assert_eq!(reactions["🎉"], vec!["bob".to_string()]);
+    // The same state again, with a new cid: the original ack, nothing stored.
+    let repeat = one(store, react("d", "bob", "👍", true)).await;
+    assert_eq!((duplicate(&repeat).seq, duplicate(&repeat).cid.as_str()), (2, "a"));
+    let off = one(store, react("e", "bob", "👍", false)).await;
+    assert_eq!(stored(&off).seq, 5);
+    assert_eq!(duplicate(&one(store, react("f", "bob", "👍", false)).await).seq, 5);
+    assert_eq!(refused(&one(store, react("g", "bob", "🚀", false)).await), ErrorCode::NotFound);
+    let reactions = at(store, "r", 1).await.reactions.unwrap();
+    assert_eq!(reactions["👍"], vec!["carol".to_string()]);
+    assert_dense(store, "r", 5).await;
+}
+
+async fn events_of_one_batch_see_each_other(store: &dyn Store) {
+    let out = store
+        .append_batch(&[
+            new_msg("r", "alice", "m1", "first"),
+            event("r", "alice", "e1", "second", Event::Edit { target: 1 }),
+            event("r", "bob", "x1", "", Event::React { target: 1, emoji: "👍".into(), on: true }),
+            event("r", "bob", "x2", "", Event::React { target: 1, emoji: "👍".into(), on: true }),
+            event("r", "alice", "d1", "", Event::Delete { target: 1 }),
+            event("r", "alice", "e2", "third", Event::Edit { target: 1 }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored(&out[1]).seq, 2);
+    assert_eq!(duplicate(&out[3]).seq, 3, "a repeat of the batch's own reaction");
+    assert_eq!(stored(&out[4]).seq, 4);
+    assert_eq!(refused(&out[5]), ErrorCode::NotFound, "edited after its deletion");
+    let target = at(store, "r", 1).await;
+    assert_eq!((target.body.as_str(), target.deleted), ("", Some(true)));
+    assert_dense(store, "r", 4).await;
+}
+
+// ----- protocol 1.1: conversations and read markers --------------------------------
+
+async fn a_dm_is_a_conversation_of_both_users_from_its_first_message(store: &dyn Store) {
+    let room = "dm:alice:bob";
+    assert_eq!(store.conversations("bob", None, 100).await.unwrap(), (Vec::new(), false));
+    let mut m = new_msg(room, "alice", "c1", "hi bob");
+    m.ts_ms = TS + 10;
+    one(store, m).await;
+    let (bob, more) = store.conversations("bob", None, 100).await.unwrap();
+    assert!(!more);
+    assert_eq!(bob.len(), 1);
+    let c = &bob[0];
+    assert_eq!(
+        (c.room.as_str(), c.kind.as_str(), c.peer.as_deref(), c.last_seq, c.last_ts, c.read_seq, c.unread),
+        (room, "dm", Some("alice"), 1, TS + 10, 0, 1)
+    );
+    assert_eq!(c.last.as_ref().map(|m| m.body.as_str()), Some("hi bob"));
+    // The sender has read what it sent.
+    let (alice, _) = store.conversations("alice", None, 100).await.unwrap();
+    assert_eq!((alice[0].peer.as_deref(), alice[0].read_seq, alice[0].unread), (Some("bob"), 1, 0));
+    assert_eq!(store.conversations("carol", None, 100).await.unwrap().0, Vec::new());
+}
+
+async fn read_markers_only_move_forward_and_stop_at_the_last_seq(store: &dyn Store) {
+    let room = "dm:alice:bob";
+    let batch: Vec<_> = (1..=5).map(|i| new_msg(room, "alice", &format!("c{i}"), "m")).collect();
+    store.append_batch(&batch).await.unwrap();
+    assert_eq!(store.mark_read("bob", room, 3).await.unwrap(), Some(Marker { read_seq: 3, moved: true }));
+    assert_eq!(store.mark_read("bob", room, 2).await.unwrap(), Some(Marker { read_seq: 3, moved: false }));
+    assert_eq!(store.mark_read("bob", room, 99).await.unwrap(), Some(Marker { read_seq: 5, moved: true }));
+    let (bob, _) = store.conversations("bob", None, 100).await.unwrap();
+    assert_eq!((bob[0].read_seq, bob[0].unread), (5, 0));
+    // Not a conversation: a public room never joined, a DM with no message.
+    assert_eq!(store.mark_read("bob", "lobby", 1).await.unwrap(), None);
+    assert_eq!(store.mark_read("bob", "dm:bob:carol", 1).await.unwrap(), None);
+    // A new message is unread; the sender's own moves the sender's marker.
+    one(store, new_msg(room, "bob", "b1", "back")).await;
+    let (alice, _) = store.conversations("alice", None, 100).await.unwrap();
+    assert_eq!((alice[0].last_seq, alice[0].read_seq, alice[0].unread), (6, 5, 1));
+    let (bob, _) = store.conversations("bob", None, 100).await.unwrap();
+    assert_eq!((bob[0].read_seq, bob[0].unread), (6, 0));
+    assert_eq!(store.mark_read("bob", room, 4).await.unwrap(), Some(Marker { read_seq: 6, moved: false }));
+}
+
+async fn public_rooms_are_added_once_and_bounded(store: &dyn Store) {
+    for room in ["a", "b", "c"] {
+        assert_eq!(store.add_conversation("alice", room, 3).await.unwrap(), Added::Kept);
+    }
+    assert_eq!(store.add_conversation("alice", "a", 3).await.unwrap(), Added::Kept, "idempotent");
+    assert_eq!(store.add_conversation("alice", "d", 3).await.unwrap(), Added::Full);
+    // DMs are not counted.
+    one(store, new_msg("dm:alice:bob", "bob", "c1", "hi")).await;
+    assert_eq!(store.add_conversation("alice", "d", 3).await.unwrap(), Added::Full);
+    let (list, _) = store.conversations("alice", None, 100).await.unwrap();
+    let mut rooms: Vec<&str> = list.iter().map(|c| c.room.as_str()).collect();
+    rooms.sort_unstable();
+    assert_eq!(rooms, vec!["a", "b", "c", "dm:alice:bob"]);
+    let empty = list.iter().find(|c| c.room == "a").unwrap();
+    assert_eq!(
+        (empty.kind.as_str(), empty.peer.as_deref(), empty.last_seq, empty.last.clone()),
+        ("room", None, 0, None)
+    );
+    // Another user's list is their own.
+    assert_eq!(store.add_conversation("bob", "d", 3).await.unwrap(), Added::Kept);
+    // Forgetting one makes room.
+    assert!(store.forget_conversation("alice", "b").await.unwrap());
+    assert!(!store.forget_conversation("alice", "b").await.unwrap(), "already gone");
+    assert_eq!(store.mark_read("alice", "b", 1).await.unwrap(), None);
+    assert_eq!(store.add_conversation("alice", "d", 3).await.unwrap(), Added::Kept);
+}
+
+async fn a_forgotten_dm_comes_back_with_its_next_message(store: &dyn Store) {
+    let room = "dm:alice:bob";
+    store.append_batch(&[new_msg(room, "alice", "c1", "one"), new_msg(room, "alice", "c2", "two")]).await.unwrap();
+    assert!(store.forget_conversation("bob", room).await.unwrap());
+    assert_eq!(store.conversations("bob", None, 100).await.unwrap().0, Vec::new());
+    assert_eq!(store.mark_read("bob", room, 2).await.unwrap(), None, "no longer a conversation");
+    assert!(!store.forget_conversation("bob", room).await.unwrap());
+    assert_eq!(store.conversations("alice", None, 100).await.unwrap().0.len(), 1, "alice still has it");
+    one(store, new_msg(room, "alice", "c3", "three")).await;
+    let (bob, _) = store.conversations("bob", None, 100).await.unwrap();
+    assert_eq!((bob.len(), bob[0].last_seq, bob[0].unread), (1, 3, 1), "back, with only the new message unread");
+}
+
+async fn conversations_page_newest_activity_first(store: &dyn Store) {
+    // Five DMs of alice's, activity at TS+1 .. TS+5; and a public room.
+    for (i, peer) in ["bob", "carol", "dave", "erin", "fred"].iter().enumerate() {
+        let room = viche_protocol::validate::dm_room("alice", peer).unwrap();
+        let mut m = new_msg(&room, peer, "c", "hi");
+        m.ts_ms = TS + 1 + i as u64;
+        one(store, m).await;
+    }
+    store.add_conversation("alice", "quiet", 10).await.unwrap();
+    let (first, more) = store.conversations("alice", None, 2).await.unwrap();
+    let peers = |page: &[viche_protocol::Conversation]| -> Vec<String> {
+        page.iter().map(|c| c.peer.clone().unwrap_or_else(|| c.room.clone())).collect()
+    };
+    assert_eq!((peers(&first), more), (vec!["fred".to_string(), "erin".to_string()], true));
+    let (second, more) = store.conversations("alice", Some(first[1].last_ts), 2).await.unwrap();
+    assert_eq!((peers(&second), more), (vec!["dave".to_string(), "carol".to_string()], true));
+    let (third, more) = store.conversations("alice", Some(second[1].last_ts), 2).await.unwrap();
+    assert_eq!((peers(&third), more), (vec!["bob".to_string(), "quiet".to_string()], false));
+    let unread: u64 = store.conversations("alice", None, 200).await.unwrap().0.iter().map(|c| c.unread).sum();
+    assert_eq!(unread, 5);
 }
 
 // ----- the stores -----------------------------------------------------------------
@@ -588,4 +839,14 @@ contract_tests!(
     create_user_conflict_changes_nothing,
     get_user_finds_exactly_the_user_asked_for,
     check_ready_succeeds_repeatedly,
+    replies_need_an_ordinary_message_of_the_room,
+    edits_change_the_target_and_only_its_author_may,
+    deletes_erase_the_body_and_every_edit,
+    reactions_toggle_and_a_repeat_answers_the_original,
+    events_of_one_batch_see_each_other,
+    a_dm_is_a_conversation_of_both_users_from_its_first_message,
+    read_markers_only_move_forward_and_stop_at_the_last_seq,
+    public_rooms_are_added_once_and_bounded,
+    a_forgotten_dm_comes_back_with_its_next_message,
+    conversations_page_newest_activity_first,
 );

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use viche_engine::store::embedded::EmbeddedStore;
-use viche_engine::store::{Appended, NewMessage, Store, UserRecord};
+use viche_engine::store::{Appended, Event, NewMessage, Store, UserRecord};
 use viche_protocol::Msg;
 
 fn new_msg(room: &str, from: &str, cid: &str, body: &str) -> NewMessage {
@@ -16,6 +16,7 @@ fn new_msg(room: &str, from: &str, cid: &str, body: &str) -> NewMessage {
         cid: cid.to_owned(),
         body: body.to_owned(),
         ts_ms: 1_700_000_000_000,
+        event: Event::Message { reply_to: None },
     }
 }
 
@@ -28,14 +29,14 @@ fn open_temp() -> (tempfile::TempDir, EmbeddedStore) {
 fn stored(outcome: &Appended) -> &Msg {
     match outcome {
         Appended::Stored(m) => m,
-        Appended::Duplicate(m) => panic!("expected Stored, got Duplicate({m:?})"),
+        other => panic!("expected Stored, got {other:?}"),
     }
 }
 
 fn duplicate(outcome: &Appended) -> &Msg {
     match outcome {
         Appended::Duplicate(m) => m,
-        Appended::Stored(m) => panic!("expected Duplicate, got Stored({m:?})"),
+        other => panic!("expected Duplicate, got {other:?}"),
     }
 }
 
@@ -89,4 +90,47 @@ async fn clones_share_the_database() {
 async fn second_open_of_the_same_file_is_refused_while_open() {
     let (dir, _store) = open_temp();
     assert!(EmbeddedStore::open(dir.path()).is_err());
+}
+
+/// A database written before protocol 1.1 (messages as tuples, no
+/// conversations) opens with every message readable and every stored DM
+/// in both its users' conversations.
+#[tokio::test]
+async fn a_database_from_before_1_1_is_migrated_at_open() {
+    use redb::{Database, TableDefinition};
+    const OLD: TableDefinition<'static, (&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
+    const LAST: TableDefinition<'static, &str, u64> = TableDefinition::new("room_last_seq");
+    const CIDS: TableDefinition<'static, (&str, &str), (&str, u64)> = TableDefinition::new("cids");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::create(dir.path().join("viche.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut old = txn.open_table(OLD).unwrap();
+            let mut last = txn.open_table(LAST).unwrap();
+            let mut cids = txn.open_table(CIDS).unwrap();
+            old.insert(("lobby", 1), ("alice", "c1", "hello", 10)).unwrap();
+            old.insert(("dm:alice:bob", 1), ("alice", "c2", "psst", 20)).unwrap();
+            last.insert("lobby", 1).unwrap();
+            last.insert("dm:alice:bob", 1).unwrap();
+            cids.insert(("alice", "c1"), ("lobby", 1)).unwrap();
+            cids.insert(("alice", "c2"), ("dm:alice:bob", 1)).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("the old database opens");
+    let lobby = store.range("lobby", 0, 10, 10).await.unwrap();
+    assert_eq!((lobby.len(), lobby[0].body.as_str(), lobby[0].ts), (1, "hello", 10));
+    let (bob, _) = store.conversations("bob", None, 10).await.unwrap();
+    assert_eq!((bob.len(), bob[0].room.as_str(), bob[0].unread), (1, "dm:alice:bob", 1));
+    // A retry of an old cid is still a duplicate, and new messages follow.
+    let out =
+        store.append_batch(&[new_msg("lobby", "alice", "c1", "hello"), new_msg("lobby", "bob", "n", "new")]).await;
+    let out = out.unwrap();
+    assert_eq!(duplicate(&out[0]).seq, 1);
+    assert_eq!(stored(&out[1]).seq, 2);
+    drop(store);
+    // Opening again migrates nothing twice.
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.range("lobby", 0, 10, 10).await.unwrap().len(), 2);
 }

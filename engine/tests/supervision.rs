@@ -104,7 +104,7 @@ async fn join(s: &mut Session, req: u64, room: &str) {
 
 async fn send(s: &mut Session, req: u64, room: &str, body: &str) {
     let cid = format!("{room}-{req}-{}", s.session_handle().id);
-    let frame = ClientFrame::Send { req, room: room.into(), body: body.into(), cid };
+    let frame = ClientFrame::Send { req, room: room.into(), body: body.into(), cid, reply_to: None };
     assert_eq!(s.handle(frame).await, Flow::Continue);
 }
 
@@ -347,8 +347,13 @@ async fn a_dm_room_that_crashes_replays_to_both_users_sessions() {
     }
     let (mut ann, cat) = (open(&f, "ann"), open(&f, "cat"));
     let (mut ra, mut rc) = (Reader::new(), Reader::new());
-    let dm =
-        |req: u64, body: &str| ClientFrame::Dm { req, to: "cat".into(), body: body.into(), cid: format!("d{req}") };
+    let dm = |req: u64, body: &str| ClientFrame::Dm {
+        req,
+        to: "cat".into(),
+        body: body.into(),
+        cid: format!("d{req}"),
+        reply_to: None,
+    };
     assert_eq!(ann.handle(dm(1, "first")).await, Flow::Continue);
     rc.until(&f.engine, &cat, "the first DM", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Msg(_)))).await;
     fail::cfg("room.publish", "1*panic").unwrap();

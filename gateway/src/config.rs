@@ -146,6 +146,14 @@ pub struct Args {
     /// Room memberships of one user, summed over its sessions; past it, `join` gets `invalid`.
     #[arg(long, env = "VICHE_MAX_ROOMS_PER_USER", default_value_t = engine::USER_ROOMS_MAX_DEFAULT)]
     pub max_rooms_per_user: usize,
+    /// v1.1: public rooms among one user's conversations (the contract's
+    /// 1024); past it, `join` of another room gets `invalid`.
+    #[arg(
+        long,
+        env = "VICHE_MAX_PUBLIC_CONVERSATIONS_PER_USER",
+        default_value_t = viche_protocol::limits::USER_PUBLIC_CONVERSATIONS_MAX
+    )]
+    pub max_public_conversations_per_user: usize,
     /// Rooms active in this process at once; past it, joins to new rooms get `overloaded`.
     #[arg(long, env = "VICHE_ROOMS_MAX", default_value_t = engine::ROOMS_MAX_DEFAULT)]
     pub rooms_max: usize,
@@ -195,6 +203,7 @@ impl Args {
             ("--store-timeout-ms", self.store_timeout_ms as usize),
             ("--max-sessions-per-user", self.max_sessions_per_user),
             ("--max-rooms-per-user", self.max_rooms_per_user),
+            ("--max-public-conversations-per-user", self.max_public_conversations_per_user),
             ("--rooms-max", self.rooms_max),
             ("--writer-queue-per-user-max", self.writer_queue_per_user_max),
             ("--max-connections", self.max_connections),
@@ -288,6 +297,7 @@ impl Args {
             argon2_queue_max: self.argon2_queue_max,
             user_sessions_max: self.max_sessions_per_user,
             user_rooms_max: self.max_rooms_per_user,
+            user_public_conversations_max: self.max_public_conversations_per_user,
             rooms_max: self.rooms_max,
             writer_queue_user_max: self.writer_queue_per_user_max,
             history_rate: Rate { per_second: self.history_per_second, burst: self.history_burst },

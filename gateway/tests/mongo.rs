@@ -216,7 +216,7 @@ async fn mongo_outage_loses_nothing_acked_and_stores_nothing_twice() {
             _ = tick.tick(), if elapsed < stop_sending => {
                 next_ref += 1;
                 let cid = format!("c{next_ref}");
-                conn.send_frame(&ClientFrame::Send { req: next_ref, room: "outage".into(), body: format!("m{next_ref}"), cid: cid.clone() }).await.unwrap();
+                conn.send_frame(&ClientFrame::Send { req: next_ref, room: "outage".into(), body: format!("m{next_ref}"), cid: cid.clone(), reply_to: None }).await.unwrap();
                 sent.insert(next_ref, cid);
             }
             _ = ready_poll.tick(), if !db_up => {
@@ -297,7 +297,8 @@ async fn mongo_kill9_between_lookup_and_insert_leaves_dense_seqs() {
         for i in 0..20 {
             let cid = format!("c{}", sent + i);
             let req = conn.alloc_ref();
-            let frame = ClientFrame::Send { req, room: "r".into(), body: format!("m {cid}"), cid: cid.clone() };
+            let frame =
+                ClientFrame::Send { req, room: "r".into(), body: format!("m {cid}"), cid: cid.clone(), reply_to: None };
             conn.send_frame(&frame).await.unwrap();
             reqs.push((req, cid));
         }

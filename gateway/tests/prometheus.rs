@@ -402,6 +402,7 @@ async fn drive_traffic(server: &Server) {
             room: "lobby".into(),
             body: format!("burst {i}"),
             cid: format!("burst-{i}"),
+            reply_to: None,
         })
         .collect();
     c.send_frames(&frames).await.unwrap();

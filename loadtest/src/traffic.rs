@@ -515,8 +515,8 @@ impl Member {
         let body = stamp(sent_ns, due, plan.body_bytes);
         let cid = format!("{}-{}", self.ctx.run_tag, self.sent);
         let frame = match &plan.target {
-            SendTarget::Room => ClientFrame::Send { req, room: self.room.name.clone(), body, cid },
-            SendTarget::Dm(to) => ClientFrame::Dm { req, to: to.clone(), body, cid },
+            SendTarget::Room => ClientFrame::Send { req, room: self.room.name.clone(), body, cid, reply_to: None },
+            SendTarget::Dm(to) => ClientFrame::Dm { req, to: to.clone(), body, cid, reply_to: None },
         };
         let result = conn.send_frame(&frame).await;
         let now = mono_ns();

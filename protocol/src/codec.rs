@@ -114,7 +114,15 @@ mod tests {
     use crate::{ErrorCode, Msg};
 
     fn msg() -> Msg {
-        Msg { room: "r".into(), seq: 7, from: "alice".into(), body: "hi".into(), cid: "c1".into(), ts: 123 }
+        Msg {
+            room: "r".into(),
+            seq: 7,
+            from: "alice".into(),
+            body: "hi".into(),
+            cid: "c1".into(),
+            ts: 123,
+            ..Msg::default()
+        }
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //!
 //! Frames are internally tagged by `t`; unknown keys are ignored by serde's
 //! default. `ref` is a Rust keyword, so the field is `req` on our side.
+//! Version 1.1's additions (docs/protocol.md, "Version 1.1") are optional
+//! fields and new frame types: a v1 client sees nothing new unless it asks.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::errors::ErrorCode;
+
+/// What `welcome.features` says this server speaks beyond v1.
+pub const FEATURES: [&str; 4] = ["conversations", "edits", "reactions", "replies"];
 
 /// Client → server (docs/protocol.md, "Client frames").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +38,9 @@ pub enum ClientFrame {
         #[serde(rename = "ref")]
         req: u64,
         room: String,
+        /// v1.1: also remove the room from the user's conversations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forget: Option<bool>,
     },
     Send {
         #[serde(rename = "ref")]
@@ -38,6 +48,9 @@ pub enum ClientFrame {
         room: String,
         body: String,
         cid: String,
+        /// v1.1: the seq of the ordinary message this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
     },
     Dm {
         #[serde(rename = "ref")]
@@ -45,6 +58,51 @@ pub enum ClientFrame {
         to: String,
         body: String,
         cid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// v1.1: a new body for one's own message.
+    Edit {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        target: u64,
+        body: String,
+        cid: String,
+    },
+    /// v1.1: erase one's own message.
+    Delete {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        target: u64,
+        cid: String,
+    },
+    /// v1.1: add (`on`) or remove this user's reaction to a message.
+    React {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        target: u64,
+        emoji: String,
+        on: bool,
+        cid: String,
+    },
+    /// v1.1: move this user's read marker of a conversation.
+    Read {
+        #[serde(rename = "ref")]
+        req: u64,
+        room: String,
+        seq: u64,
+    },
+    /// v1.1: a page of this user's conversations, newest activity first.
+    Conversations {
+        #[serde(rename = "ref")]
+        req: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
     },
     Typing {
         room: String,
@@ -87,6 +145,11 @@ impl ClientFrame {
             ClientFrame::History { .. } => "history",
             ClientFrame::Ping { .. } => "ping",
             ClientFrame::Members { .. } => "members",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::Delete { .. } => "delete",
+            ClientFrame::React { .. } => "react",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Conversations { .. } => "conversations",
         }
     }
 
@@ -101,13 +164,28 @@ impl ClientFrame {
             | ClientFrame::Dm { req, .. }
             | ClientFrame::History { req, .. }
             | ClientFrame::Members { req, .. }
+            | ClientFrame::Edit { req, .. }
+            | ClientFrame::Delete { req, .. }
+            | ClientFrame::React { req, .. }
+            | ClientFrame::Read { req, .. }
+            | ClientFrame::Conversations { req, .. }
             | ClientFrame::Ping { req } => Some(*req),
         }
     }
 }
 
-/// A stored message: the `msg` frame's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What kind of event a `msg` is (v1.1); absent for an ordinary message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgKind {
+    Edit,
+    Delete,
+    Reaction,
+}
+
+/// A stored message or event: the `msg` frame's fields. Every v1.1 field is
+/// optional and omitted when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Msg {
     pub room: String,
     pub seq: u64,
@@ -115,6 +193,52 @@ pub struct Msg {
     pub body: String,
     pub cid: String,
     pub ts: u64,
+    /// v1.1: an edit, a deletion or a reaction (of `target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MsgKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// v1.1: the seq of the ordinary message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+    /// v1.1, in history and replays: when the body was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    /// v1.1, in history and replays: the message was deleted (its body is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// v1.1, in history and replays: the users reacting, by emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl Msg {
+    /// An ordinary message (not an edit, deletion or reaction).
+    pub fn is_ordinary(&self) -> bool {
+        self.kind.is_none()
+    }
+}
+
+/// One of a user's conversations (v1.1), as `conversations` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub room: String,
+    /// `"room"` or `"dm"`.
+    pub kind: String,
+    /// For a DM: the other user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    pub last_seq: u64,
+    pub last_ts: u64,
+    /// The newest message, a whole `msg` frame (with `t`), or null.
+    #[serde(with = "tagged_msg_opt")]
+    pub last: Option<Msg>,
+    pub read_seq: u64,
+    pub unread: u64,
 }
 
 /// Server → client (docs/protocol.md, "Server frames").
@@ -128,6 +252,9 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         max_frame: u64,
         max_body: u64,
+        /// v1.1: what this server speaks beyond v1 ([`FEATURES`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     Ok {
         #[serde(rename = "ref")]
@@ -182,6 +309,19 @@ pub enum ServerFrame {
         #[serde(rename = "ref")]
         req: u64,
     },
+    /// v1.1: the user's read marker of a conversation moved (sent to the
+    /// user's other sessions).
+    Read {
+        room: String,
+        seq: u64,
+    },
+    /// v1.1: a page of conversations (the answer to `conversations`).
+    Conversations {
+        #[serde(rename = "ref")]
+        req: u64,
+        items: Vec<Conversation>,
+        more: bool,
+    },
     /// A page of a room's online users (the answer to `members`).
     Members {
         #[serde(rename = "ref")]
@@ -206,6 +346,8 @@ impl ServerFrame {
             ServerFrame::Error { .. } => "error",
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::Members { .. } => "members",
+            ServerFrame::Read { .. } => "read",
+            ServerFrame::Conversations { .. } => "conversations",
         }
     }
 
@@ -249,5 +391,34 @@ pub mod tagged_msgs {
     /// A single message as a tagged JSON object (the `MSG` of the HTTP API).
     pub fn to_json_value(msg: &Msg) -> serde_json::Value {
         serde_json::to_value(TaggedRef::Msg(msg)).expect("a Msg always serializes")
+    }
+
+    pub(super) fn serialize_one<S: Serializer>(msg: &Msg, s: S) -> Result<S::Ok, S::Error> {
+        TaggedRef::Msg(msg).serialize(s)
+    }
+
+    pub(super) fn deserialize_one<'de, D: Deserializer<'de>>(d: D) -> Result<Msg, D::Error> {
+        let Tagged::Msg(m) = Tagged::deserialize(d)?;
+        Ok(m)
+    }
+}
+
+/// `last` of a conversation: a whole `msg` frame (with `t`), or null.
+mod tagged_msg_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{tagged_msgs, Msg};
+
+    pub fn serialize<S: Serializer>(msg: &Option<Msg>, s: S) -> Result<S::Ok, S::Error> {
+        match msg {
+            Some(m) => tagged_msgs::serialize_one(m, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Msg>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(deserialize_with = "tagged_msgs::deserialize_one")] Msg);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(m)| m))
     }
 }

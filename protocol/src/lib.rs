@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding};
 pub use errors::{Close, CloseCode, ErrorCode};
-pub use frames::{ClientFrame, Msg, ServerFrame};
+pub use frames::{ClientFrame, Conversation, Msg, MsgKind, ServerFrame, FEATURES};
 
 /// The only protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u64 = 1;

@@ -23,6 +23,15 @@ pub const BODY_BYTES_MIN: usize = 1;
 pub const HISTORY_LIMIT_MIN: u64 = 1;
 pub const HISTORY_LIMIT_MAX: u64 = 100;
 pub const HISTORY_LIMIT_DEFAULT: u64 = 50;
+/// v1.1: `conversations` page sizes.
+pub const CONVERSATIONS_LIMIT_MIN: u64 = 1;
+pub const CONVERSATIONS_LIMIT_MAX: u64 = 200;
+pub const CONVERSATIONS_LIMIT_DEFAULT: u64 = 100;
+/// v1.1: public rooms among one user's conversations (DMs are not counted).
+pub const USER_PUBLIC_CONVERSATIONS_MAX: usize = 1024;
+/// v1.1: a reaction's emoji, in bytes of UTF-8.
+pub const EMOJI_BYTES_MIN: usize = 1;
+pub const EMOJI_BYTES_MAX: usize = 32;
 /// Users listed in a join's `ok.members`, and in one `members` page.
 pub const MEMBERS_PAGE_MAX: usize = 1000;
 /// A `join` with `since` replays at most this many of the newest missed messages.

@@ -70,6 +70,20 @@ pub fn check_body(body: &str, max_body_bytes: usize) -> Result<(), ErrorCode> {
     }
 }
 
+/// v1.1: 1 to 32 bytes of UTF-8.
+pub fn is_valid_emoji(emoji: &str) -> bool {
+    (EMOJI_BYTES_MIN..=EMOJI_BYTES_MAX).contains(&emoji.len())
+}
+
+/// v1.1: `limit` of a conversations request: absent means the default; 1..=200.
+pub fn conversations_limit(limit: Option<u64>) -> Option<u64> {
+    match limit {
+        None => Some(CONVERSATIONS_LIMIT_DEFAULT),
+        Some(n) if (CONVERSATIONS_LIMIT_MIN..=CONVERSATIONS_LIMIT_MAX).contains(&n) => Some(n),
+        Some(_) => None,
+    }
+}
+
 /// `limit` of a history request: absent means the default; 1..=100.
 pub fn history_limit(limit: Option<u64>) -> Option<u64> {
     match limit {

@@ -15,7 +15,8 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use viche_protocol::{
-    decode_client, decode_server, encode_client, encode_server, ClientFrame, Encoding, ErrorCode, Msg, ServerFrame,
+    decode_client, decode_server, encode_client, encode_server, ClientFrame, Conversation, Encoding, ErrorCode, Msg,
+    MsgKind, ServerFrame,
 };
 
 const ENCODINGS: [Encoding; 2] = [Encoding::MsgPack, Encoding::Json];
@@ -50,11 +51,56 @@ const KNOWN_KEYS: &[&str] = &[
     "members_total",
     "after",
     "users",
+    "forget",
+    "reply_to",
+    "target",
+    "emoji",
+    "on",
+    "kind",
+    "edited_ts",
+    "deleted",
+    "reactions",
+    "features",
+    "items",
+    "peer",
+    "last_seq",
+    "last_ts",
+    "last",
+    "read_seq",
+    "unread",
 ];
 
-const CLIENT_TYPES: &[&str] = &["hello", "auth", "join", "leave", "send", "dm", "typing", "history", "ping", "members"];
-const SERVER_TYPES: &[&str] =
-    &["welcome", "ok", "ack", "msg", "presence", "typing", "history", "error", "pong", "members"];
+const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "auth",
+    "join",
+    "leave",
+    "send",
+    "dm",
+    "typing",
+    "history",
+    "ping",
+    "members",
+    "edit",
+    "delete",
+    "react",
+    "read",
+    "conversations",
+];
+const SERVER_TYPES: &[&str] = &[
+    "welcome",
+    "ok",
+    "ack",
+    "msg",
+    "presence",
+    "typing",
+    "history",
+    "error",
+    "pong",
+    "members",
+    "read",
+    "conversations",
+];
 
 // ---------------------------------------------------------------------------
 // Strategies for frames.
@@ -102,9 +148,67 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
+/// The v1.1 event fields of a `msg`: kind, target, reply_to, emoji, on.
+type MsgExtras = (Option<MsgKind>, Option<u64>, Option<u64>, Option<String>, Option<bool>);
+
+/// The v1.1 fields of a `msg`, each present or not.
+fn msg_extras() -> impl Strategy<Value = MsgExtras> {
+    (
+        prop::option::of(prop::sample::select(vec![MsgKind::Edit, MsgKind::Delete, MsgKind::Reaction])),
+        opt_int(),
+        opt_int(),
+        prop::option::of(text()),
+        prop::option::of(any::<bool>()),
+    )
+}
+
 fn msg() -> BoxedStrategy<Msg> {
-    (text(), int(), text(), text(), text(), int())
-        .prop_map(|(room, seq, from, body, cid, ts)| Msg { room, seq, from, body, cid, ts })
+    (
+        (text(), int(), text(), text(), text(), int()),
+        msg_extras(),
+        (
+            opt_int(),
+            prop::option::of(any::<bool>()),
+            prop::option::of(prop::collection::btree_map(text(), vec(text(), 0..3), 0..3)),
+        ),
+    )
+        .prop_map(
+            |(
+                (room, seq, from, body, cid, ts),
+                (kind, target, reply_to, emoji, on),
+                (edited_ts, deleted, reactions),
+            )| Msg {
+                room,
+                seq,
+                from,
+                body,
+                cid,
+                ts,
+                kind,
+                target,
+                reply_to,
+                emoji,
+                on,
+                edited_ts,
+                deleted,
+                reactions,
+            },
+        )
+        .boxed()
+}
+
+fn conversation() -> BoxedStrategy<Conversation> {
+    (text(), text(), prop::option::of(text()), int(), int(), prop::option::of(msg()), int(), int())
+        .prop_map(|(room, kind, peer, last_seq, last_ts, last, read_seq, unread)| Conversation {
+            room,
+            kind,
+            peer,
+            last_seq,
+            last_ts,
+            last,
+            read_seq,
+            unread,
+        })
         .boxed()
 }
 
@@ -113,9 +217,47 @@ fn client_frame() -> BoxedStrategy<ClientFrame> {
         (int(), text()).prop_map(|(v, token)| ClientFrame::Hello { v, token }),
         (int(), text()).prop_map(|(req, token)| ClientFrame::Auth { req, token }),
         (int(), text(), opt_int()).prop_map(|(req, room, since)| ClientFrame::Join { req, room, since }),
-        (int(), text()).prop_map(|(req, room)| ClientFrame::Leave { req, room }),
-        (int(), text(), text(), text()).prop_map(|(req, room, body, cid)| ClientFrame::Send { req, room, body, cid }),
-        (int(), text(), text(), text()).prop_map(|(req, to, body, cid)| ClientFrame::Dm { req, to, body, cid }),
+        (int(), text(), prop::option::of(any::<bool>())).prop_map(|(req, room, forget)| ClientFrame::Leave {
+            req,
+            room,
+            forget
+        }),
+        (int(), text(), text(), text(), opt_int()).prop_map(|(req, room, body, cid, reply_to)| ClientFrame::Send {
+            req,
+            room,
+            body,
+            cid,
+            reply_to
+        }),
+        (int(), text(), text(), text(), opt_int()).prop_map(|(req, to, body, cid, reply_to)| ClientFrame::Dm {
+            req,
+            to,
+            body,
+            cid,
+            reply_to
+        }),
+        (int(), text(), int(), text(), text()).prop_map(|(req, room, target, body, cid)| ClientFrame::Edit {
+            req,
+            room,
+            target,
+            body,
+            cid
+        }),
+        (int(), text(), int(), text()).prop_map(|(req, room, target, cid)| ClientFrame::Delete {
+            req,
+            room,
+            target,
+            cid
+        }),
+        (int(), text(), int(), text(), any::<bool>(), text()).prop_map(|(req, room, target, emoji, on, cid)| {
+            ClientFrame::React { req, room, target, emoji, on, cid }
+        }),
+        (int(), text(), int()).prop_map(|(req, room, seq)| ClientFrame::Read { req, room, seq }),
+        (int(), opt_int(), opt_int()).prop_map(|(req, before, limit)| ClientFrame::Conversations {
+            req,
+            before,
+            limit
+        }),
         text().prop_map(|room| ClientFrame::Typing { room }),
         (int(), text(), opt_int(), opt_int()).prop_map(|(req, room, before, limit)| ClientFrame::History {
             req,
@@ -135,14 +277,15 @@ fn client_frame() -> BoxedStrategy<ClientFrame> {
 
 fn server_frame() -> BoxedStrategy<ServerFrame> {
     prop_oneof![
-        (int(), text(), text(), int(), int(), int()).prop_map(
-            |(v, session, user, heartbeat_ms, max_frame, max_body)| ServerFrame::Welcome {
+        (int(), text(), text(), int(), int(), int(), vec(text(), 0..4)).prop_map(
+            |(v, session, user, heartbeat_ms, max_frame, max_body, features)| ServerFrame::Welcome {
                 v,
                 session,
                 user,
                 heartbeat_ms,
                 max_frame,
-                max_body
+                max_body,
+                features
             }
         ),
         // Every combination of the optional fields of `ok`: plain, and for `join`.
@@ -187,6 +330,12 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
             req,
             room,
             users,
+            more
+        }),
+        (text(), int()).prop_map(|(room, seq)| ServerFrame::Read { room, seq }),
+        (int(), vec(conversation(), 0..4), any::<bool>()).prop_map(|(req, items, more)| ServerFrame::Conversations {
+            req,
+            items,
             more
         }),
     ]

@@ -20,10 +20,10 @@ use viche_engine::clock::now_ms;
 use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
-use viche_engine::store::{Appended, NewMessage, Store, StoreResult, UserRecord};
+use viche_engine::store::{Added, Appended, Marker, NewMessage, Store, StoreResult, UserRecord};
 use viche_engine::{Engine, EngineConfig, Flow};
 use viche_protocol::limits::Rate;
-use viche_protocol::{decode_server, ClientFrame, Encoding, Msg, ServerFrame};
+use viche_protocol::{decode_server, ClientFrame, Conversation, Encoding, Msg, ServerFrame};
 
 #[derive(Parser)]
 struct Args {
@@ -69,6 +69,23 @@ impl Store for Measured {
     }
     async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
         self.inner.history(room, before, limit).await
+    }
+    async fn add_conversation(&self, user: &str, room: &str, public_max: usize) -> StoreResult<Added> {
+        self.inner.add_conversation(user, room, public_max).await
+    }
+    async fn forget_conversation(&self, user: &str, room: &str) -> StoreResult<bool> {
+        self.inner.forget_conversation(user, room).await
+    }
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<Option<Marker>> {
+        self.inner.mark_read(user, room, seq).await
+    }
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Conversation>, bool)> {
+        self.inner.conversations(user, before, limit).await
     }
     async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
         self.inner.create_user(user).await
@@ -122,8 +139,13 @@ async fn main() -> anyhow::Result<()> {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
-                let frame =
-                    ClientFrame::Send { req: sent, room: room.clone(), body: pad.clone(), cid: format!("{s}-{sent}") };
+                let frame = ClientFrame::Send {
+                    req: sent,
+                    room: room.clone(),
+                    body: pad.clone(),
+                    cid: format!("{s}-{sent}"),
+                    reply_to: None,
+                };
                 assert_eq!(session.handle(frame).await, Flow::Continue);
                 wait_for_ack(&session, sent).await;
             }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use viche_protocol::limits::{Rate, RATE_LIMITED_CLOSE_COUNT, RATE_LIMITED_WINDOW_MS};
 use viche_protocol::validate;
+use viche_protocol::validate::{parse_room, RoomKind};
 use viche_protocol::{ClientFrame, Close, ErrorCode, ServerFrame};
 
 use rate::ms_since;
@@ -30,7 +31,7 @@ use crate::metrics::{RATE_LIMITED, WRITER_REJECTED};
 use crate::refusal::Refusal;
 use crate::room::{check_access, RoomHandle};
 use crate::services::Services;
-use crate::store::NewMessage;
+use crate::store::{Added, Event, NewMessage};
 use crate::writer::{UserWrite, WriteRequest};
 
 /// What the connection should do after a frame.
@@ -57,6 +58,7 @@ pub struct Session {
     history_bucket: TokenBucket,
     /// `join`s with `since`: each may replay up to 1000 messages.
     replay_bucket: TokenBucket,
+    read_bucket: TokenBucket,
     /// When each recent `rate_limited` answer was given (ms since `started`);
     /// never more than RATE_LIMITED_CLOSE_COUNT + 1 entries.
     rate_limited_at_ms: VecDeque<u32>,
@@ -82,6 +84,7 @@ impl Session {
             join_bucket: TokenBucket::full(config.join_rate),
             history_bucket: TokenBucket::full(config.history_rate),
             replay_bucket: TokenBucket::full(config.replay_rate),
+            read_bucket: TokenBucket::full(config.read_rate),
             services,
             handle,
             share,
@@ -114,9 +117,28 @@ impl Session {
             ClientFrame::Hello { .. } => refuse(ErrorCode::Invalid, "already authenticated"),
             ClientFrame::Auth { req, token } => self.auth(req, &token),
             ClientFrame::Join { req, room, since } => self.join(req, room, since).await,
-            ClientFrame::Leave { req, room } => self.leave(req, &room),
-            ClientFrame::Send { req, room, body, cid } => self.send(req, &room, body, cid),
-            ClientFrame::Dm { req, to, body, cid } => self.dm(req, &to, body, cid).await,
+            ClientFrame::Leave { req, room, forget } => self.leave(req, &room, forget == Some(true)).await,
+            ClientFrame::Send { req, room, body, cid, reply_to } => {
+                self.send(req, &room, body, cid, Event::Message { reply_to })
+            }
+            ClientFrame::Dm { req, to, body, cid, reply_to } => {
+                self.dm(req, &to, body, cid, Event::Message { reply_to }).await
+            }
+            ClientFrame::Edit { req, room, target, body, cid } => {
+                self.change(req, &room, body, cid, Event::Edit { target }).await
+            }
+            ClientFrame::Delete { req, room, target, cid } => {
+                self.change(req, &room, String::new(), cid, Event::Delete { target }).await
+            }
+            ClientFrame::React { req, room, target, emoji, on, cid } => {
+                if !validate::is_valid_emoji(&emoji) {
+                    Err(Refusal::new(ErrorCode::Invalid, "emoji must be 1 to 32 bytes"))
+                } else {
+                    self.change(req, &room, String::new(), cid, Event::React { target, emoji, on }).await
+                }
+            }
+            ClientFrame::Read { req, room, seq } => self.read(req, &room, seq).await,
+            ClientFrame::Conversations { req, before, limit } => self.conversations(req, before, limit).await,
             ClientFrame::Typing { room } => self.typing(&room),
             ClientFrame::History { req, room, before, limit } => self.history(req, &room, before, limit).await,
             ClientFrame::Ping { req } => self.reply(&ServerFrame::Pong { req }),
@@ -177,6 +199,8 @@ impl Session {
         if since.is_some() {
             Self::take(&mut self.replay_bucket, config.replay_rate, self.started, "replay")?;
         }
+        self.add_conversation(&room).await?;
+        let config = &self.services.config;
         let stale = match self.joined.get(room.as_str()) {
             Some(handle) if handle.join(self.handle.clone(), req, since).is_ok() => return Ok(()),
             // The room stopped meanwhile: a fresh one takes its place.
@@ -213,6 +237,26 @@ impl Session {
         refuse(ErrorCode::Overloaded, "room is restarting; retry")
     }
 
+    /// v1.1: a public room joined is one of the user's conversations
+    /// (durably, before the join is answered).
+    async fn add_conversation(&self, room: &str) -> Reply {
+        if !matches!(parse_room(room), Some(RoomKind::Public)) {
+            return Ok(());
+        }
+        let max = self.services.config.user_public_conversations_max;
+        match self.services.store.add_conversation(&self.handle.user, room, max).await {
+            Ok(Added::Kept) => Ok(()),
+            Ok(Added::Full) => refuse(
+                ErrorCode::Invalid,
+                format!("a user may keep at most {max} public rooms; leave one with forget first"),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, room, "adding a conversation failed");
+                refuse(ErrorCode::Internal, "the room could not be added to your conversations; retry")
+            }
+        }
+    }
+
     /// A join that did not happen gives its membership back: a new one's
     /// reserved unit, or a stale one's entry.
     fn forget_membership(&mut self, stale: bool, room: &str) {
@@ -222,15 +266,26 @@ impl Session {
         UserShare::give_back(&self.share.room_memberships);
     }
 
-    fn leave(&mut self, req: u64, room: &str) -> Reply {
+    /// Unsubscribes this session; with `forget` (v1.1) also removes the
+    /// room from the user's conversations, joined here or not.
+    async fn leave(&mut self, req: u64, room: &str, forget: bool) -> Reply {
         Self::take(&mut self.join_bucket, self.services.config.join_rate, self.started, "join")?;
         check_access(&self.handle.user, room)?;
+        let forgot = forget
+            && match self.services.store.forget_conversation(&self.handle.user, room).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, room, "forgetting a conversation failed");
+                    return refuse(ErrorCode::Internal, "the conversation could not be removed; retry");
+                }
+            };
         match self.joined.remove(room) {
             Some(handle) => {
                 UserShare::give_back(&self.share.room_memberships);
                 handle.leave(self.handle.id, Some((self.handle.clone(), req)));
                 Ok(())
             }
+            None if forgot => self.reply(&ServerFrame::ok(req)),
             None => refuse(ErrorCode::NotJoined, format!("not joined to {room:?}")),
         }
     }
@@ -246,7 +301,7 @@ impl Session {
         Ok(())
     }
 
-    fn send(&mut self, req: u64, room: &str, body: String, cid: String) -> Reply {
+    fn send(&mut self, req: u64, room: &str, body: String, cid: String, event: Event) -> Reply {
         let received_at = Instant::now();
         Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
         self.check_message(&body, &cid)?;
@@ -254,10 +309,42 @@ impl Session {
         let Some(handle) = self.joined.get(room).cloned() else {
             return refuse(ErrorCode::NotJoined, format!("join {room:?} before sending to it"));
         };
-        self.submit(handle, body, cid, req, received_at)
+        self.submit(handle, body, cid, event, req, received_at)
     }
 
-    async fn dm(&mut self, req: u64, to: &str, body: String, cid: String) -> Reply {
+    /// v1.1: an edit, deletion or reaction; like a `send` (rate, ack, cid),
+    /// to a room the session joined, or to a DM room of the user.
+    async fn change(&mut self, req: u64, room: &str, body: String, cid: String, event: Event) -> Reply {
+        let received_at = Instant::now();
+        Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
+        if matches!(event, Event::Edit { .. }) {
+            self.check_message(&body, &cid)?;
+        } else if !validate::is_valid_cid(&cid) {
+            return refuse(ErrorCode::Invalid, "cid must be 1 to 64 bytes");
+        }
+        let handle = match check_access(&self.handle.user, room)? {
+            RoomKind::Dm(..) => self.dm_room(room).await?,
+            RoomKind::Public => match self.joined.get(room) {
+                Some(handle) => handle.clone(),
+                None => return refuse(ErrorCode::NotJoined, format!("join {room:?} before changing its messages")),
+            },
+        };
+        self.submit(handle, body, cid, event, req, received_at)
+    }
+
+    /// The handle of a DM room, kept for the next message of the conversation.
+    async fn dm_room(&mut self, room: &str) -> Result<Arc<RoomHandle>, Refusal> {
+        Ok(match &self.last_dm {
+            Some(h) if *h.name == *room && !h.is_closed() => h.clone(),
+            _ => {
+                let h = self.services.rooms.get(room).await?;
+                self.last_dm = Some(h.clone());
+                h
+            }
+        })
+    }
+
+    async fn dm(&mut self, req: u64, to: &str, body: String, cid: String, event: Event) -> Reply {
         let received_at = Instant::now();
         Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
         self.check_message(&body, &cid)?;
@@ -267,18 +354,19 @@ impl Session {
         let Some(room) = validate::dm_room(&self.handle.user, to) else {
             return refuse(ErrorCode::Invalid, "cannot send a DM to yourself");
         };
-        let handle = match &self.last_dm {
-            Some(h) if *h.name == *room && !h.is_closed() => h.clone(),
-            _ => {
-                let h = self.services.rooms.get(&room).await?;
-                self.last_dm = Some(h.clone());
-                h
-            }
-        };
-        self.submit(handle, body, cid, req, received_at)
+        let handle = self.dm_room(&room).await?;
+        self.submit(handle, body, cid, event, req, received_at)
     }
 
-    fn submit(&self, room: Arc<RoomHandle>, body: String, cid: String, req: u64, received_at: Instant) -> Reply {
+    fn submit(
+        &self,
+        room: Arc<RoomHandle>,
+        body: String,
+        cid: String,
+        event: Event,
+        req: u64,
+        received_at: Instant,
+    ) -> Reply {
         let Ok(in_flight) = room.begin() else {
             return refuse(ErrorCode::Overloaded, "room is restarting; retry");
         };
@@ -288,7 +376,7 @@ impl Session {
             return refuse(ErrorCode::Overloaded, "too many of your messages are waiting to be stored; retry later");
         };
         let request = WriteRequest {
-            message: NewMessage { room: room.name.clone(), from: self.handle.user.clone(), cid, body, ts_ms: 0 },
+            message: NewMessage { room: room.name.clone(), from: self.handle.user.clone(), cid, body, ts_ms: 0, event },
             in_flight,
             _user_write: user_write,
             ack_to: self.handle.clone(),
@@ -319,6 +407,39 @@ impl Session {
             Some(_) => refuse(ErrorCode::Overloaded, "room is restarting; retry"),
             None => refuse(ErrorCode::NotJoined, format!("join {room:?} to list its members")),
         }
+    }
+
+    /// v1.1: moves the user's read marker; the user's other sessions are
+    /// told when it moved.
+    async fn read(&mut self, req: u64, room: &str, seq: u64) -> Reply {
+        Self::take(&mut self.read_bucket, self.services.config.read_rate, self.started, "read")?;
+        check_access(&self.handle.user, room)?;
+        let marker = match self.services.store.mark_read(&self.handle.user, room, seq).await {
+            Ok(Some(marker)) => marker,
+            Ok(None) => return refuse(ErrorCode::NotJoined, format!("{room:?} is not one of your conversations")),
+            Err(e) => {
+                tracing::warn!(error = %e, room, "moving a read marker failed");
+                return refuse(ErrorCode::Internal, "the read marker could not be stored; retry");
+            }
+        };
+        self.reply(&ServerFrame::ok(req))?;
+        if marker.moved {
+            let pushed = ServerFrame::Read { room: room.to_owned(), seq: marker.read_seq };
+            let mut sessions = Vec::new();
+            self.services.directory.sessions_of(&self.handle.user, &mut sessions);
+            for session in sessions {
+                if session.id != self.handle.id {
+                    let _ = session.send(&pushed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn conversations(&mut self, req: u64, before: Option<u64>, limit: Option<u64>) -> Reply {
+        Self::take(&mut self.history_bucket, self.services.config.history_rate, self.started, "history")?;
+        let page = history::conversations(self.services.store.as_ref(), &self.handle.user, before, limit).await?;
+        self.reply(&ServerFrame::Conversations { req, items: page.items, more: page.more })
     }
 
     async fn history(&mut self, req: u64, room: &str, before: Option<u64>, limit: Option<u64>) -> Reply {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use viche_protocol::Msg;
+use viche_protocol::{Conversation, Msg};
 
-use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
 
 pub(crate) struct DeadlineStore {
     inner: Arc<dyn Store>,
@@ -48,6 +48,27 @@ impl Store for DeadlineStore {
 
     async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
         self.within("history", self.inner.history(room, before, limit)).await
+    }
+
+    async fn add_conversation(&self, user: &str, room: &str, public_max: usize) -> StoreResult<Added> {
+        self.within("add_conversation", self.inner.add_conversation(user, room, public_max)).await
+    }
+
+    async fn forget_conversation(&self, user: &str, room: &str) -> StoreResult<bool> {
+        self.within("forget_conversation", self.inner.forget_conversation(user, room)).await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<Option<Marker>> {
+        self.within("mark_read", self.inner.mark_read(user, room, seq)).await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Conversation>, bool)> {
+        self.within("conversations", self.inner.conversations(user, before, limit)).await
     }
 
     async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {

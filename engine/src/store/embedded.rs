@@ -9,23 +9,33 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use parking_lot::RwLock;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use viche_protocol::Msg;
 
-use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use viche_protocol::validate::{parse_room, RoomKind};
+use viche_protocol::Conversation;
+
+use super::events::{self, Row, Verdict};
+use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
 use crate::metrics::STORE_REOPENS;
 
 /// The database file inside the data directory.
 const FILE_NAME: &str = "viche.redb";
 
-/// (room, seq) → (from, cid, body, ts_ms).
-const MESSAGES: TableDefinition<'static, (&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
+/// (room, seq) → the row ([`Row`], MessagePack with field names).
+const MESSAGES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("messages_v2");
+/// Before protocol 1.1: (room, seq) → (from, cid, body, ts_ms); moved into
+/// [`MESSAGES`] when a database is opened.
+const MESSAGES_V1: TableDefinition<'static, (&str, u64), (&str, &str, &str, u64)> = TableDefinition::new("messages");
 /// room → the room's last stored seq.
 const ROOM_LAST_SEQ: TableDefinition<'static, &str, u64> = TableDefinition::new("room_last_seq");
 /// (from, cid) → (room, seq): the dedupe index.
 const CIDS: TableDefinition<'static, (&str, &str), (&str, u64)> = TableDefinition::new("cids");
 /// username → (password_hash, created_ms).
 const USERS: TableDefinition<'static, &str, (&str, u64)> = TableDefinition::new("users");
+/// (user, room) → (read_seq, hidden_upto): the user's conversations. A DM
+/// the user forgot stays hidden while its last seq is `<= hidden_upto`.
+const CONVERSATIONS: TableDefinition<'static, (&str, &str), (u64, u64)> = TableDefinition::new("conversations");
 /// Bookkeeping; `check_ready` writes a probe counter here.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const READY_PROBES_KEY: &str = "ready_probes";
@@ -67,12 +77,23 @@ impl EmbeddedStore {
 
         // Create the tables once, so read transactions never meet a missing one.
         let txn = db.begin_write().context("embedded store: beginning the setup transaction")?;
+        let tables: Vec<String> =
+            txn.list_tables().context("embedded store: listing tables")?.map(|t| t.name().to_owned()).collect();
+        let has = |name: &str| tables.iter().any(|t| t == name);
+        let (had_v1_messages, had_conversations) = (has(MESSAGES_V1.name()), has(CONVERSATIONS.name()));
         {
-            txn.open_table(MESSAGES).context("embedded store: creating table messages")?;
+            txn.open_table(MESSAGES).context("embedded store: creating table messages_v2")?;
             txn.open_table(ROOM_LAST_SEQ).context("embedded store: creating table room_last_seq")?;
             txn.open_table(CIDS).context("embedded store: creating table cids")?;
             txn.open_table(USERS).context("embedded store: creating table users")?;
+            txn.open_table(CONVERSATIONS).context("embedded store: creating table conversations")?;
             txn.open_table(META).context("embedded store: creating table meta")?;
+        }
+        if had_v1_messages {
+            migrate_v1_messages(&txn).context("embedded store: moving messages to the 1.1 format")?;
+        }
+        if !had_conversations {
+            add_stored_dms(&txn).context("embedded store: adding stored DMs to their users' conversations")?;
         }
         txn.commit().context("embedded store: committing the setup transaction")?;
 
@@ -135,15 +156,70 @@ fn redb_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreEr
     }
 }
 
-/// Reads the message stored at (room, seq), if any.
-fn read_msg<T>(table: &T, op: &'static str, room: &str, seq: u64) -> StoreResult<Option<Msg>>
+/// Moves every row of the pre-1.1 messages table into [`MESSAGES`].
+fn migrate_v1_messages(txn: &redb::WriteTransaction) -> anyhow::Result<()> {
+    let mut moved = 0u64;
+    {
+        let old = txn.open_table(MESSAGES_V1)?;
+        let mut new = txn.open_table(MESSAGES)?;
+        for row in old.iter()? {
+            let (key, value) = row?;
+            let (room, seq) = key.value();
+            let (from, cid, body, ts) = value.value();
+            let row = Row { from: from.into(), cid: cid.into(), body: body.into(), ts, ..Row::default() };
+            new.insert((room, seq), encode(&row)?.as_slice())?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(MESSAGES_V1)?;
+    tracing::info!(moved, "embedded store: messages moved to the 1.1 format");
+    Ok(())
+}
+
+/// Before 1.1 nothing listed a user's conversations: every DM room with a
+/// stored message becomes one for both its users.
+fn add_stored_dms(txn: &redb::WriteTransaction) -> anyhow::Result<()> {
+    let rooms = txn.open_table(ROOM_LAST_SEQ)?;
+    let mut conversations = txn.open_table(CONVERSATIONS)?;
+    for row in rooms.iter()? {
+        let (room, last) = row?;
+        if let (Some(RoomKind::Dm(a, b)), true) = (parse_room(room.value()), last.value() > 0) {
+            for user in [a, b] {
+                conversations.insert((user, room.value()), (0, 0))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode(row: &Row) -> StoreResult<Vec<u8>> {
+    rmp_serde::to_vec_named(row).map_err(|e| StoreError::Corrupt(format!("encoding a row: {e}")))
+}
+
+fn decode(op: &'static str, room: &str, seq: u64, bytes: &[u8]) -> StoreResult<Row> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{op}: row ({room}, {seq}): {e}")))
+}
+
+/// Reads the row stored at (room, seq), if any.
+fn read_row<T>(table: &T, op: &'static str, room: &str, seq: u64) -> StoreResult<Option<Row>>
 where
-    T: ReadableTable<(&'static str, u64), (&'static str, &'static str, &'static str, u64)>,
+    T: ReadableTable<(&'static str, u64), &'static [u8]>,
 {
-    let Some(guard) = table.get((room, seq)).map_err(redb_err(op))? else {
-        return Ok(None);
-    };
-    Ok(Some(row_to_msg(room, seq, guard.value())))
+    match table.get((room, seq)).map_err(redb_err(op))? {
+        Some(guard) => decode(op, room, seq, guard.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn write_row(
+    table: &mut redb::Table<'_, (&str, u64), &[u8]>,
+    op: &'static str,
+    room: &str,
+    seq: u64,
+    row: &Row,
+) -> StoreResult<()> {
+    table.insert((room, seq), encode(row)?.as_slice()).map_err(redb_err(op))?;
+    Ok(())
 }
 
 /// Appends a batch inside an open write transaction (see `Store::append_batch`).
@@ -152,6 +228,7 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
     let mut messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
     let mut last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
     let mut cids = txn.open_table(CIDS).map_err(redb_err(OP))?;
+    let mut conversations = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
 
     let mut outcomes = Vec::with_capacity(batch.len());
     for m in batch {
@@ -162,31 +239,87 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
             (room.to_owned(), seq)
         });
         if let Some((room, seq)) = original {
-            let msg = read_msg(&messages, OP, &room, seq)?.ok_or_else(|| {
+            let row = read_row(&messages, OP, &room, seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("{OP}: cid index points at ({room}, {seq}), which is not stored"))
             })?;
-            outcomes.push(Appended::Duplicate(msg));
+            outcomes.push(Appended::Duplicate(row.to_msg(&room, seq)));
             continue;
+        }
+
+        let named = match m.event.names() {
+            Some(seq) => read_row(&messages, OP, &m.room, seq)?,
+            None => None,
+        };
+        match events::check(m, named.as_ref()) {
+            Verdict::Store => {}
+            Verdict::Refuse(code, why) => {
+                outcomes.push(Appended::Refused(code, why));
+                continue;
+            }
+            Verdict::Repeat(seq) => {
+                let row = read_row(&messages, OP, &m.room, seq)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("{OP}: a reaction names ({}, {seq}), which is not stored", m.room))
+                })?;
+                outcomes.push(Appended::Duplicate(row.to_msg(&m.room, seq)));
+                continue;
+            }
         }
 
         let last = last_seqs.get(&*m.room).map_err(redb_err(OP))?.map_or(0, |g| g.value());
         let seq = last
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt(format!("{OP}: seq of room {} would overflow", m.room)))?;
-        messages.insert((&*m.room, seq), (&*m.from, m.cid.as_str(), m.body.as_str(), m.ts_ms)).map_err(redb_err(OP))?;
+        let row = Row::new(m);
+        write_row(&mut messages, OP, &m.room, seq, &row)?;
         last_seqs.insert(&*m.room, seq).map_err(redb_err(OP))?;
         cids.insert((&*m.from, m.cid.as_str()), (&*m.room, seq)).map_err(redb_err(OP))?;
 
-        outcomes.push(Appended::Stored(Msg {
-            room: m.room.to_string(),
-            seq,
-            from: m.from.to_string(),
-            body: m.body.clone(),
-            cid: m.cid.clone(),
-            ts: m.ts_ms,
-        }));
+        // The event's effect on its target, in the same commit.
+        if let (Some(_), Some(mut target), Some(target_seq)) = (m.event.kind(), named, m.event.names()) {
+            for edit_seq in events::apply(&mut target, m, seq) {
+                if let Some(mut edit) = read_row(&messages, OP, &m.room, edit_seq)? {
+                    edit.body.clear();
+                    write_row(&mut messages, OP, &m.room, edit_seq, &edit)?;
+                }
+            }
+            write_row(&mut messages, OP, &m.room, target_seq, &target)?;
+        }
+
+        // Conversations: a DM is one for both its users from its first
+        // message; the sender has read up to what it sent.
+        if let Some(RoomKind::Dm(a, b)) = parse_room(&m.room) {
+            for user in [a, b] {
+                if conversations.get((user, &*m.room)).map_err(redb_err(OP))?.is_none() {
+                    conversations.insert((user, &*m.room), (0, 0)).map_err(redb_err(OP))?;
+                }
+            }
+        }
+        let mine = conversations.get((&*m.from, &*m.room)).map_err(redb_err(OP))?.map(|g| g.value());
+        if let Some((read_seq, hidden_upto)) = mine {
+            conversations.insert((&*m.from, &*m.room), (read_seq.max(seq), hidden_upto)).map_err(redb_err(OP))?;
+        }
+
+        outcomes.push(Appended::Stored(row.to_msg(&m.room, seq)));
     }
     Ok(outcomes)
+}
+
+/// A user's conversation rows: (room, read_seq, hidden_upto).
+fn user_rows<T>(table: &T, op: &'static str, user: &str) -> StoreResult<Vec<(String, u64, u64)>>
+where
+    T: ReadableTable<(&'static str, &'static str), (u64, u64)>,
+{
+    let mut rows = Vec::new();
+    for row in table.range((user, "")..).map_err(redb_err(op))? {
+        let (key, value) = row.map_err(redb_err(op))?;
+        let (owner, room) = key.value();
+        if owner != user {
+            break;
+        }
+        let (read_seq, hidden_upto) = value.value();
+        rows.push((room.to_owned(), read_seq, hidden_upto));
+    }
+    Ok(rows)
 }
 
 #[async_trait]
@@ -240,7 +373,8 @@ impl Store for EmbeddedStore {
             let mut page = Vec::with_capacity(limit.min(1024));
             for row in rows.take(limit) {
                 let (key, value) = row.map_err(redb_err(OP))?;
-                page.push(row_to_msg(&room, key.value().1, value.value()));
+                let seq = key.value().1;
+                page.push(decode(OP, &room, seq, value.value())?.to_msg(&room, seq));
             }
             Ok(page)
         })
@@ -267,9 +401,132 @@ impl Store for EmbeddedStore {
                     more = true;
                     break;
                 }
-                page.push(row_to_msg(&room, key.value().1, value.value()));
+                let seq = key.value().1;
+                page.push(decode(OP, &room, seq, value.value())?.to_msg(&room, seq));
             }
             Ok((page, more))
+        })
+        .await
+    }
+
+    async fn add_conversation(&self, user: &str, room: &str, public_max: usize) -> StoreResult<Added> {
+        const OP: &str = "add_conversation";
+        let (user, room) = (user.to_owned(), room.to_owned());
+        self.blocking(OP, move |db| {
+            {
+                let txn = db.begin_read().map_err(redb_err(OP))?;
+                let table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+                if table.get((user.as_str(), room.as_str())).map_err(redb_err(OP))?.is_some() {
+                    return Ok(Added::Kept); // no write, no fsync
+                }
+            }
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            {
+                let mut table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+                let public = user_rows(&table, OP, &user)?
+                    .iter()
+                    .filter(|(r, _, _)| !matches!(parse_room(r), Some(RoomKind::Dm(..))))
+                    .count();
+                if public >= public_max {
+                    return Ok(Added::Full);
+                }
+                table.insert((user.as_str(), room.as_str()), (0, 0)).map_err(redb_err(OP))?;
+            }
+            txn.commit().map_err(redb_err(OP))?;
+            Ok(Added::Kept)
+        })
+        .await
+    }
+
+    async fn forget_conversation(&self, user: &str, room: &str) -> StoreResult<bool> {
+        const OP: &str = "forget_conversation";
+        let (user, room) = (user.to_owned(), room.to_owned());
+        self.blocking(OP, move |db| {
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            let found = {
+                let mut table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+                let last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
+                let last = last_seqs.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value());
+                let row = table.get((user.as_str(), room.as_str())).map_err(redb_err(OP))?.map(|g| g.value());
+                match row {
+                    Some((_, hidden_upto)) if hidden_upto >= last && hidden_upto > 0 => false,
+                    // A DM stays, hidden until its next message, all read.
+                    Some(_) if matches!(parse_room(&room), Some(RoomKind::Dm(..))) => {
+                        table.insert((user.as_str(), room.as_str()), (last, last)).map_err(redb_err(OP))?;
+                        true
+                    }
+                    Some(_) => {
+                        table.remove((user.as_str(), room.as_str())).map_err(redb_err(OP))?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if found {
+                txn.commit().map_err(redb_err(OP))?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<Option<Marker>> {
+        const OP: &str = "mark_read";
+        let (user, room) = (user.to_owned(), room.to_owned());
+        self.blocking(OP, move |db| {
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            let marker = {
+                let mut table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+                let last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
+                let last = last_seqs.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value());
+                let row = table.get((user.as_str(), room.as_str())).map_err(redb_err(OP))?.map(|g| g.value());
+                match row {
+                    Some((_, hidden_upto)) if hidden_upto > 0 && last <= hidden_upto => None,
+                    Some((read_seq, hidden_upto)) => {
+                        let new = read_seq.max(seq.min(last));
+                        if new > read_seq {
+                            table.insert((user.as_str(), room.as_str()), (new, hidden_upto)).map_err(redb_err(OP))?;
+                        }
+                        Some(Marker { read_seq: new, moved: new > read_seq })
+                    }
+                    None => None,
+                }
+            };
+            if marker.is_some_and(|m| m.moved) {
+                txn.commit().map_err(redb_err(OP))?;
+            }
+            Ok(marker)
+        })
+        .await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Conversation>, bool)> {
+        const OP: &str = "conversations";
+        let user = user.to_owned();
+        self.blocking(OP, move |db| {
+            let txn = db.begin_read().map_err(redb_err(OP))?;
+            let table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+            let last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
+            let messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
+            let mut all = Vec::new();
+            for (room, read_seq, hidden_upto) in user_rows(&table, OP, &user)? {
+                let last_seq = last_seqs.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value());
+                if hidden_upto > 0 && last_seq <= hidden_upto {
+                    continue;
+                }
+                let last = match last_seq {
+                    0 => None,
+                    seq => read_row(&messages, OP, &room, seq)?.map(|row| row.to_msg(&room, seq)),
+                };
+                let last_ts = last.as_ref().map_or(0, |m| m.ts);
+                all.push(super::conversation(&user, &room, (last_seq, last_ts), last, read_seq));
+            }
+            Ok(super::page_conversations(all, before, limit))
         })
         .await
     }
@@ -324,8 +581,4 @@ impl Store for EmbeddedStore {
         })
         .await
     }
-}
-
-fn row_to_msg(room: &str, seq: u64, (from, cid, body, ts_ms): (&str, &str, &str, u64)) -> Msg {
-    Msg { room: room.to_owned(), seq, from: from.to_owned(), body: body.to_owned(), cid: cid.to_owned(), ts: ts_ms }
 }

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use viche_protocol::Msg;
+use viche_protocol::{Conversation, Msg};
 
-use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
 use crate::faults;
 
 pub(crate) struct FailpointStore(pub Arc<dyn Store>);
@@ -47,6 +47,39 @@ impl Store for FailpointStore {
 
     async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
         self.0.history(room, before, limit).await
+    }
+
+    async fn add_conversation(&self, user: &str, room: &str, public_max: usize) -> StoreResult<Added> {
+        if faults::eval("store.conversations").await.is_some() {
+            return Err(injected("store.conversations"));
+        }
+        self.0.add_conversation(user, room, public_max).await
+    }
+
+    async fn forget_conversation(&self, user: &str, room: &str) -> StoreResult<bool> {
+        if faults::eval("store.conversations").await.is_some() {
+            return Err(injected("store.conversations"));
+        }
+        self.0.forget_conversation(user, room).await
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<Option<Marker>> {
+        if faults::eval("store.conversations").await.is_some() {
+            return Err(injected("store.conversations"));
+        }
+        self.0.mark_read(user, room, seq).await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Conversation>, bool)> {
+        if faults::eval("store.conversations").await.is_some() {
+            return Err(injected("store.conversations"));
+        }
+        self.0.conversations(user, before, limit).await
     }
 
     async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {

@@ -28,6 +28,23 @@
 //! stored seqs dense: the only write is the insert, and its stored part is
 //! a prefix. Any failure forgets the cached seqs of the batch's rooms and
 //! fails the batch; the writer's retry starts again at step 1.
+//!
+//! Protocol 1.1, with no transaction and no extra write per message:
+//!
+//! 4. an event's effect on its target (the rows it names are read with the
+//!    duplicates, in step 1) is written after the insert, guarded by the
+//!    target's `applied` seq, so it is idempotent and never goes back; a
+//!    retry (the writer's, or the client's with the same cid) re-applies
+//!    the effect of an event found stored, so an acknowledged event has
+//!    always changed its target;
+//! 5. each room of the batch gets one `$max` of its `last_seq` and
+//!    `last_ts` in `rooms` (a DM room's doc also names its two `users`).
+//!
+//! A user's conversations are then read, not written per message: the DM
+//! rooms naming the user (`rooms.users`), the public rooms the user joined
+//! and the read markers (`conversations`), and the user's own newest
+//! message in a room (index `(room, from, seq)`), which is the marker a
+//! send moves.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -42,9 +59,11 @@ use mongodb::options::{ClientOptions, IndexOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use viche_protocol::Msg;
+use viche_protocol::validate::{parse_room, RoomKind};
+use viche_protocol::{Conversation, Msg, MsgKind};
 
-use super::{Appended, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::events::{self, Reaction, Row, Verdict};
+use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MessageDoc {
@@ -58,12 +77,147 @@ struct MessageDoc {
     cid: String,
     body: String,
     ts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<MsgKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited_ts: Option<i64>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    reactions: Vec<ReactionDoc>,
+    #[serde(default)]
+    edits: Vec<i64>,
+    /// The seq of the newest event applied to this message (step 4).
+    #[serde(default)]
+    applied: i64,
 }
 
-impl From<MessageDoc> for Msg {
-    fn from(d: MessageDoc) -> Msg {
-        Msg { room: d.room, seq: d.seq.max(0) as u64, from: d.from, body: d.body, cid: d.cid, ts: d.ts.max(0) as u64 }
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReactionDoc {
+    emoji: String,
+    user: String,
+    on: bool,
+    seq: i64,
+}
+
+/// A seq as stored (MongoDB has no u64); seqs never reach i64::MAX.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+impl MessageDoc {
+    fn new(id: String, room: &str, seq: u64, row: &Row) -> Self {
+        Self {
+            id,
+            room: room.to_owned(),
+            seq: to_i64(seq),
+            from: row.from.clone(),
+            cid: row.cid.clone(),
+            body: row.body.clone(),
+            ts: to_i64(row.ts),
+            kind: row.kind,
+            target: row.target.map(to_i64),
+            reply_to: row.reply_to.map(to_i64),
+            emoji: row.emoji.clone(),
+            on: row.on,
+            edited_ts: row.edited_ts.map(to_i64),
+            deleted: row.deleted,
+            reactions: row
+                .reactions
+                .iter()
+                .map(|r| ReactionDoc { emoji: r.emoji.clone(), user: r.user.clone(), on: r.on, seq: to_i64(r.seq) })
+                .collect(),
+            edits: row.edits.iter().map(|&s| to_i64(s)).collect(),
+            applied: 0,
+        }
     }
+
+    fn row(&self) -> Row {
+        Row {
+            from: self.from.clone(),
+            cid: self.cid.clone(),
+            body: self.body.clone(),
+            ts: to_u64(self.ts),
+            kind: self.kind,
+            target: self.target.map(to_u64),
+            reply_to: self.reply_to.map(to_u64),
+            emoji: self.emoji.clone(),
+            on: self.on,
+            edited_ts: self.edited_ts.map(to_u64),
+            deleted: self.deleted,
+            reactions: self
+                .reactions
+                .iter()
+                .map(|r| Reaction { emoji: r.emoji.clone(), user: r.user.clone(), on: r.on, seq: to_u64(r.seq) })
+                .collect(),
+            edits: self.edits.iter().map(|&s| to_u64(s)).collect(),
+        }
+    }
+
+    fn msg(&self) -> Msg {
+        self.row().to_msg(&self.room, to_u64(self.seq))
+    }
+}
+
+/// A user's conversation entry: a public room joined, or a DM's read
+/// marker or forgetting (a DM is listed from `rooms.users` without one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ConversationDoc {
+    /// `user/room`: neither has a `/`.
+    #[serde(rename = "_id")]
+    id: String,
+    user: String,
+    room: String,
+    dm: bool,
+    #[serde(default)]
+    read_seq: i64,
+    /// A forgotten DM stays hidden while its last seq is `<=` this.
+    #[serde(default)]
+    hidden_upto: i64,
+    /// The room's last seq when it was added: the user's own messages up
+    /// to it (from before a `forget`) do not move the new marker.
+    #[serde(default)]
+    floor: i64,
+}
+
+impl ConversationDoc {
+    /// The marker, counting the user's own newest message (`own_last`).
+    fn read_seq(entry: Option<&Self>, own_last: u64) -> u64 {
+        let explicit = entry.map_or(0, |c| to_u64(c.read_seq));
+        let floor = entry.map_or(0, |c| to_u64(c.floor));
+        if own_last > floor {
+            explicit.max(own_last)
+        } else {
+            explicit
+        }
+    }
+}
+
+fn conversation_id(user: &str, room: &str) -> String {
+    format!("{user}/{room}")
+}
+
+/// A room's doc in `rooms`, as conversations read it.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RoomDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default)]
+    last_seq: i64,
+    #[serde(default)]
+    last_ts: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +282,7 @@ pub struct MongoStore {
     users: Collection<UserDoc>,
     messages: Collection<MessageDoc>,
     rooms: Collection<Document>,
+    conversations: Collection<ConversationDoc>,
     write_concern: WriteConcern,
     /// Reads that decide a duplicate: `majority` when writes are, so that
     /// only a durable original is acknowledged again.
@@ -144,6 +299,13 @@ fn doc_id(from: &str, cid: &str) -> String {
 /// "one batch"; 0 means none), so anything past i64::MAX is i64::MAX.
 fn mongo_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        &*e.kind,
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY
+    )
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -178,6 +340,7 @@ impl MongoStore {
             users: db.collection("users"),
             messages: db.collection("messages"),
             rooms: db.collection("rooms"),
+            conversations: db.collection("conversations"),
             db,
             write_concern,
             dedupe_read_concern,
@@ -186,6 +349,7 @@ impl MongoStore {
             ))),
         };
         store.create_indexes().await?;
+        store.migrate_rooms().await?;
         Ok(store)
     }
 
@@ -208,6 +372,55 @@ impl MongoStore {
             .create_index(unique(doc! { "from": 1, "cid": 1 }, "from_cid_unique"))
             .await
             .map_err(|e| anyhow::anyhow!("creating messages (from, cid) index: {e}"))?;
+        let plain = |keys: Document, name: &str| {
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_string()).build()).build()
+        };
+        self.messages
+            .create_index(plain(doc! { "room": 1, "from": 1, "seq": -1 }, "room_from_seq"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating messages (room, from, seq) index: {e}"))?;
+        self.rooms
+            .create_index(plain(doc! { "users": 1 }, "users"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating rooms users index: {e}"))?;
+        self.conversations
+            .create_index(plain(doc! { "user": 1 }, "user"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating conversations user index: {e}"))?;
+        Ok(())
+    }
+
+    /// Rooms stored before protocol 1.1 get their `last_seq`, `last_ts`
+    /// and (DM rooms) `users`, once.
+    async fn migrate_rooms(&self) -> anyhow::Result<()> {
+        let mut old = self
+            .rooms
+            .find(doc! { "last_seq": { "$exists": false } })
+            .await
+            .map_err(|e| anyhow::anyhow!("finding rooms to migrate: {e}"))?;
+        let mut migrated = 0u64;
+        while let Some(room) = old.try_next().await.map_err(|e| anyhow::anyhow!("reading rooms to migrate: {e}"))? {
+            let Ok(name) = room.get_str("_id") else { continue };
+            let last = self
+                .messages
+                .find_one(doc! { "room": name })
+                .sort(doc! { "seq": -1 })
+                .await
+                .map_err(|e| anyhow::anyhow!("reading room {name}'s last message: {e}"))?;
+            let (last_seq, last_ts) = last.map_or((0, 0), |m| (m.seq, m.ts));
+            let mut set = doc! { "last_seq": last_seq, "last_ts": last_ts };
+            if let Some(RoomKind::Dm(a, b)) = parse_room(name) {
+                set.insert("users", vec![a, b]);
+            }
+            self.rooms
+                .update_one(doc! { "_id": name }, doc! { "$set": set })
+                .await
+                .map_err(|e| anyhow::anyhow!("migrating room {name}: {e}"))?;
+            migrated += 1;
+        }
+        if migrated > 0 {
+            tracing::info!(migrated, "MongoDB: rooms migrated to protocol 1.1");
+        }
         Ok(())
     }
 
@@ -232,7 +445,7 @@ impl MongoStore {
 
     /// The originals already stored under these ids (read so that only a
     /// durable original counts: see the module's doc).
-    async fn existing(&self, ids: &[&str]) -> StoreResult<HashMap<String, Msg>> {
+    async fn existing(&self, ids: &[&str]) -> StoreResult<HashMap<String, MessageDoc>> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(DEDUPE_QUERY_IDS_MAX) {
             let mut find = self.messages.find(doc! { "_id": { "$in": chunk } });
@@ -246,7 +459,7 @@ impl MongoStore {
                 .await
                 .map_err(|e| unavailable("reading cids", e))?;
             for d in docs {
-                found.insert(d.id.clone(), Msg::from(d));
+                found.insert(d.id.clone(), d);
             }
         }
         Ok(found)
@@ -271,11 +484,6 @@ impl MongoStore {
         let reads = futures_util::stream::iter(missing)
             .map(|room| async move {
                 let seq = self.stored_last_seq(&room).await?;
-                if seq == 0 {
-                    // Rooms are listed once, when they first get a message.
-                    let created = doc! { "$setOnInsert": { "created_ms": crate::clock::now_ms() as i64 } };
-                    let _ = self.rooms.update_one(doc! { "_id": &room }, created).upsert(true).await;
-                }
                 Ok::<_, StoreError>((room, seq))
             })
             .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX);
@@ -291,12 +499,56 @@ impl MongoStore {
         }
     }
 
+    /// The rows stored at these (room, seq)s.
+    async fn rows_at(&self, wanted: &[(String, u64)]) -> StoreResult<HashMap<(String, u64), MessageDoc>> {
+        let mut by_room: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (room, seq) in wanted {
+            by_room.entry(room.as_str()).or_default().push(to_i64(*seq));
+        }
+        let mut found = HashMap::new();
+        for (room, seqs) in by_room {
+            for chunk in seqs.chunks(DEDUPE_QUERY_IDS_MAX) {
+                let docs: Vec<MessageDoc> = self
+                    .messages
+                    .find(doc! { "room": room, "seq": { "$in": chunk } })
+                    .await
+                    .map_err(|e| unavailable("reading targets", e))?
+                    .try_collect()
+                    .await
+                    .map_err(|e| unavailable("reading targets", e))?;
+                for d in docs {
+                    found.insert((d.room.clone(), to_u64(d.seq)), d);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
         // 1. What is stored already (a client's retry, or an earlier
-        //    attempt of this batch that got in).
+        //    attempt of this batch that got in), and the rows named by the
+        //    batch's events and replies (and by the events found stored,
+        //    whose effect is re-applied).
         let ids: Vec<String> = batch.iter().map(|m| doc_id(&m.from, &m.cid)).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut originals = self.existing(&id_refs).await?;
+        let mut named: Vec<(String, u64)> = batch
+            .iter()
+            .zip(&ids)
+            .filter_map(|(m, id)| match originals.get(id) {
+                Some(original) => original.target.map(|t| (original.room.clone(), to_u64(t))),
+                None => m.event.names().map(|seq| (m.room.to_string(), seq)),
+            })
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        // (room, seq) → (row, applied, changed by this batch)
+        let mut rows: HashMap<(String, u64), (Row, u64, bool)> = self
+            .rows_at(&named)
+            .await?
+            .into_iter()
+            .map(|(key, d)| (key, (d.row(), to_u64(d.applied), false)))
+            .collect();
 
         // 2. Number the new ones, per room, in batch order.
         let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
@@ -309,32 +561,70 @@ impl MongoStore {
         }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut docs = Vec::new();
+        let mut erase: Vec<(String, u64)> = Vec::new();
         for (m, id) in batch.iter().zip(ids) {
             if let Some(original) = originals.get(&id) {
-                outcomes.push(Appended::Duplicate(original.clone()));
+                // Re-apply an event found stored: its effect may not have
+                // been written (the `applied` guard makes this idempotent).
+                if let (Some(event), Some(target)) = (original.row().as_event(&original.room), original.target) {
+                    let seq = to_u64(original.seq);
+                    if let Some((row, applied, changed)) = rows.get_mut(&(original.room.clone(), to_u64(target))) {
+                        if *applied < seq {
+                            erase.extend(
+                                events::apply(row, &event, seq).into_iter().map(|s| (event.room.to_string(), s)),
+                            );
+                            (*applied, *changed) = (seq, true);
+                        }
+                    }
+                }
+                outcomes.push(Appended::Duplicate(original.msg()));
                 continue;
+            }
+            let key = m.event.names().map(|seq| (m.room.to_string(), seq));
+            let target = key.as_ref().and_then(|k| rows.get(k)).map(|(row, _, _)| row);
+            match events::check(m, target) {
+                Verdict::Store => {}
+                Verdict::Refuse(code, why) => {
+                    outcomes.push(Appended::Refused(code, why));
+                    continue;
+                }
+                Verdict::Repeat(seq) => {
+                    // The original is of this batch, or stored.
+                    let in_batch = docs.iter().find(|d: &&MessageDoc| *d.room == *m.room && to_u64(d.seq) == seq);
+                    let original = match in_batch {
+                        Some(d) => d.msg(),
+                        None => self
+                            .rows_at(&[(m.room.to_string(), seq)])
+                            .await?
+                            .into_values()
+                            .next()
+                            .map(|d| d.msg())
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!(
+                                    "a reaction names ({}, {seq}), which is not stored",
+                                    m.room
+                                ))
+                            })?,
+                    };
+                    outcomes.push(Appended::Duplicate(original));
+                    continue;
+                }
             }
             let seq = next.get_mut(&*m.room).expect("every room's last seq was read above");
             *seq += 1;
-            let msg = Msg {
-                room: m.room.to_string(),
-                seq: *seq,
-                from: m.from.to_string(),
-                body: m.body.clone(),
-                cid: m.cid.clone(),
-                ts: m.ts_ms,
-            };
-            docs.push(MessageDoc {
-                id: id.clone(),
-                room: msg.room.clone(),
-                seq: msg.seq as i64,
-                from: msg.from.clone(),
-                cid: msg.cid.clone(),
-                body: msg.body.clone(),
-                ts: msg.ts as i64,
-            });
-            originals.insert(id, msg.clone()); // a repeat later in the batch is its duplicate
-            outcomes.push(Appended::Stored(msg));
+            let seq = *seq;
+            let row = Row::new(m);
+            let doc = MessageDoc::new(id.clone(), &m.room, seq, &row);
+            if let (Some(_), Some(key)) = (m.event.kind(), key) {
+                let (target, applied, changed) = rows.get_mut(&key).expect("check found the target");
+                erase.extend(events::apply(target, m, seq).into_iter().map(|s| (m.room.to_string(), s)));
+                (*applied, *changed) = (seq, true);
+            }
+            // A later event of this batch may name this message.
+            rows.insert((m.room.to_string(), seq), (row.clone(), 0, false));
+            originals.insert(id, doc.clone()); // a repeat later in the batch is its duplicate
+            docs.push(doc);
+            outcomes.push(Appended::Stored(row.to_msg(&m.room, seq)));
         }
 
         // 3. One ordered insert: what gets in is a prefix.
@@ -346,11 +636,127 @@ impl MongoStore {
                 .await
                 .map_err(|e| unavailable("insert_many", e))?;
         }
+
+        // 4. The events' effects on their targets.
+        let effects =
+            rows.into_iter().filter(|(_, (_, _, changed))| *changed).map(|((room, seq), (row, applied, _))| {
+                let update = MessageDoc::new(String::new(), &room, seq, &row);
+                let set = doc! {
+                    "body": &update.body,
+                    "edited_ts": update.edited_ts,
+                    "deleted": update.deleted,
+                    "reactions": mongodb::bson::to_bson(&update.reactions).unwrap_or(Bson::Array(Vec::new())),
+                    "edits": &update.edits,
+                    "applied": to_i64(applied),
+                };
+                // A message stored before 1.1 has no `applied`.
+                let newer = doc! { "$or": [
+                    { "applied": { "$lt": to_i64(applied) } },
+                    { "applied": { "$exists": false } },
+                ] };
+                let filter = doc! { "room": room, "seq": to_i64(seq), "$and": [newer] };
+                async move {
+                    self.messages
+                        .update_one(filter, doc! { "$set": set })
+                        .write_concern(self.write_concern.clone())
+                        .await
+                        .map_err(|e| unavailable("applying an event to its target", e))
+                }
+            });
+        futures_util::stream::iter(effects)
+            .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let mut erase_by_room: HashMap<String, Vec<i64>> = HashMap::new();
+        for (room, seq) in erase {
+            erase_by_room.entry(room).or_default().push(to_i64(seq));
+        }
+        for (room, seqs) in erase_by_room {
+            self.messages
+                .update_many(doc! { "room": room, "seq": { "$in": seqs } }, doc! { "$set": { "body": "" } })
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("erasing the edits of a deleted message", e))?;
+        }
+
+        // 5. Each room's newest seq and time, for conversations.
+        let mut newest: HashMap<&str, (u64, u64)> = HashMap::new();
+        for outcome in &outcomes {
+            if let Appended::Stored(msg) | Appended::Duplicate(msg) = outcome {
+                let entry = newest.entry(msg.room.as_str()).or_default();
+                *entry = (entry.0.max(msg.seq), entry.1.max(msg.ts));
+            }
+        }
+        let newest: Vec<(String, (u64, u64))> = newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
+        let upkeep = newest.into_iter().map(|(room, (last_seq, last_ts))| {
+            let mut created = doc! { "created_ms": to_i64(crate::clock::now_ms()) };
+            if let Some(RoomKind::Dm(a, b)) = parse_room(&room) {
+                created.insert("users", vec![a, b]);
+            }
+            let update = doc! {
+                "$max": { "last_seq": to_i64(last_seq), "last_ts": to_i64(last_ts) },
+                "$setOnInsert": created,
+            };
+            async move {
+                self.rooms
+                    .update_one(doc! { "_id": room }, update)
+                    .upsert(true)
+                    .write_concern(self.write_concern.clone())
+                    .await
+                    .map_err(|e| unavailable("updating a room's last seq", e))
+            }
+        });
+        futures_util::stream::iter(upkeep)
+            .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX)
+            .try_collect::<Vec<_>>()
+            .await?;
+
         let mut cache = self.last_seq.lock();
         for (room, last) in next {
             cache.put(room, last);
         }
         Ok(outcomes)
+    }
+
+    /// `user`'s newest message in `room` (a send moves its sender's marker).
+    async fn own_last_seq(&self, user: &str, room: &str) -> StoreResult<u64> {
+        let mine = self
+            .messages
+            .find_one(doc! { "room": room, "from": user })
+            .sort(doc! { "seq": -1 })
+            .await
+            .map_err(|e| unavailable("reading a user's last message", e))?;
+        Ok(mine.map_or(0, |d| to_u64(d.seq)))
+    }
+
+    async fn room_doc(&self, room: &str) -> StoreResult<RoomDoc> {
+        let found = self
+            .rooms
+            .clone_with_type::<RoomDoc>()
+            .find_one(doc! { "_id": room })
+            .await
+            .map_err(|e| unavailable("reading a room", e))?;
+        Ok(found.unwrap_or_default())
+    }
+
+    async fn conversation_doc(&self, user: &str, room: &str) -> StoreResult<Option<ConversationDoc>> {
+        self.conversations
+            .find_one(doc! { "_id": conversation_id(user, room) })
+            .await
+            .map_err(|e| unavailable("reading a conversation", e))
+    }
+
+    /// Whether `room` is one of `user`'s conversations; its explicit entry.
+    async fn is_conversation(&self, user: &str, room: &str) -> StoreResult<(bool, Option<ConversationDoc>)> {
+        let entry = self.conversation_doc(user, room).await?;
+        match parse_room(room) {
+            Some(RoomKind::Dm(..)) => {
+                let last_seq = self.room_doc(room).await?.last_seq;
+                let hidden_upto = entry.as_ref().map_or(0, |c| c.hidden_upto);
+                Ok((last_seq > 0 && last_seq > hidden_upto, entry))
+            }
+            _ => Ok((entry.is_some(), entry)),
+        }
     }
 }
 
@@ -387,7 +793,7 @@ impl Store for MongoStore {
             .try_collect()
             .await
             .map_err(|e| unavailable("range read", e))?;
-        Ok(docs.into_iter().map(Msg::from).collect())
+        Ok(docs.iter().map(MessageDoc::msg).collect())
     }
 
     async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> StoreResult<(Vec<Msg>, bool)> {
@@ -410,7 +816,167 @@ impl Store for MongoStore {
             .map_err(|e| unavailable("history read", e))?;
         let more = docs.len() > limit;
         docs.truncate(limit);
-        Ok((docs.into_iter().map(Msg::from).collect(), more))
+        Ok((docs.iter().map(MessageDoc::msg).collect(), more))
+    }
+
+    async fn add_conversation(&self, user: &str, room: &str, public_max: usize) -> StoreResult<Added> {
+        if self.conversation_doc(user, room).await?.is_some() {
+            return Ok(Added::Kept);
+        }
+        let public = self
+            .conversations
+            .count_documents(doc! { "user": user, "dm": false })
+            .await
+            .map_err(|e| unavailable("counting conversations", e))?;
+        if public >= public_max as u64 {
+            return Ok(Added::Full);
+        }
+        let entry = ConversationDoc {
+            id: conversation_id(user, room),
+            user: user.to_owned(),
+            room: room.to_owned(),
+            dm: false,
+            read_seq: 0,
+            hidden_upto: 0,
+            floor: to_i64(self.stored_last_seq(room).await?),
+        };
+        match self.conversations.insert_one(entry).write_concern(self.write_concern.clone()).await {
+            Ok(_) => Ok(Added::Kept),
+            Err(e) if is_duplicate_key(&e) => Ok(Added::Kept), // added meanwhile
+            Err(e) => Err(unavailable("adding a conversation", e)),
+        }
+    }
+
+    async fn forget_conversation(&self, user: &str, room: &str) -> StoreResult<bool> {
+        let (found, _) = self.is_conversation(user, room).await?;
+        if !found {
+            return Ok(false);
+        }
+        let id = conversation_id(user, room);
+        if matches!(parse_room(room), Some(RoomKind::Dm(..))) {
+            // Hidden until its next message, all read.
+            let last_seq = self.room_doc(room).await?.last_seq;
+            self.conversations
+                .update_one(
+                    doc! { "_id": &id },
+                    doc! {
+                        "$set": { "read_seq": last_seq, "hidden_upto": last_seq },
+                        "$setOnInsert": { "user": user, "room": room, "dm": true, "floor": 0_i64 },
+                    },
+                )
+                .upsert(true)
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("forgetting a conversation", e))?;
+        } else {
+            self.conversations
+                .delete_one(doc! { "_id": &id })
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("forgetting a conversation", e))?;
+        }
+        Ok(true)
+    }
+
+    async fn mark_read(&self, user: &str, room: &str, seq: u64) -> StoreResult<Option<Marker>> {
+        let (found, entry) = self.is_conversation(user, room).await?;
+        if !found {
+            return Ok(None);
+        }
+        let explicit = entry.as_ref().map_or(0, |c| to_u64(c.read_seq));
+        let last = self.stored_last_seq(room).await?;
+        let current = ConversationDoc::read_seq(entry.as_ref(), self.own_last_seq(user, room).await?).min(last);
+        let new = current.max(seq.min(last));
+        if new > explicit {
+            let dm = matches!(parse_room(room), Some(RoomKind::Dm(..)));
+            self.conversations
+                .update_one(
+                    doc! { "_id": conversation_id(user, room) },
+                    doc! {
+                        "$max": { "read_seq": to_i64(new) },
+                        "$setOnInsert": { "user": user, "room": room, "dm": dm, "hidden_upto": 0_i64, "floor": 0_i64 },
+                    },
+                )
+                .upsert(true)
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("moving a read marker", e))?;
+        }
+        Ok(Some(Marker { read_seq: new, moved: new > current }))
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Conversation>, bool)> {
+        let entries: Vec<ConversationDoc> = self
+            .conversations
+            .find(doc! { "user": user })
+            .await
+            .map_err(|e| unavailable("reading conversations", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading conversations", e))?;
+        let rooms = self.rooms.clone_with_type::<RoomDoc>();
+        let mut listed: Vec<RoomDoc> = rooms
+            .find(doc! { "users": user, "last_seq": { "$gt": 0_i64 } })
+            .projection(doc! { "last_seq": 1, "last_ts": 1 })
+            .await
+            .map_err(|e| unavailable("reading DM rooms", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading DM rooms", e))?;
+        let public: Vec<&str> = entries.iter().filter(|c| !c.dm).map(|c| c.room.as_str()).collect();
+        for chunk in public.chunks(DEDUPE_QUERY_IDS_MAX) {
+            let found: Vec<RoomDoc> = rooms
+                .find(doc! { "_id": { "$in": chunk } })
+                .projection(doc! { "last_seq": 1, "last_ts": 1 })
+                .await
+                .map_err(|e| unavailable("reading rooms", e))?
+                .try_collect()
+                .await
+                .map_err(|e| unavailable("reading rooms", e))?;
+            listed.extend(found);
+        }
+        let by_room: HashMap<&str, &ConversationDoc> = entries.iter().map(|c| (c.room.as_str(), c)).collect();
+        let mut all = Vec::new();
+        for room in &listed {
+            let entry = by_room.get(room.id.as_str());
+            if entry.is_some_and(|c| c.dm && room.last_seq <= c.hidden_upto) {
+                continue; // a forgotten DM with nothing new
+            }
+            let read_seq = entry.map_or(0, |c| to_u64(c.read_seq));
+            let last = (to_u64(room.last_seq), to_u64(room.last_ts));
+            all.push(super::conversation(user, &room.id, last, None, read_seq));
+        }
+        // Public rooms joined that have no message yet have no room doc.
+        let with_doc: std::collections::HashSet<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+        for room in public.iter().filter(|r| !with_doc.contains(**r)) {
+            all.push(super::conversation(user, room, (0, 0), None, 0));
+        }
+        let (mut page, more) = super::page_conversations(all, before, limit);
+        // The page's newest messages, and the user's own newest message in
+        // each (which moved its marker).
+        let wanted: Vec<(String, u64)> = page.iter().map(|c| (c.room.clone(), c.last_seq)).collect();
+        let details = wanted.into_iter().map(|(room, last_seq)| async move {
+            let last = match last_seq {
+                0 => None,
+                seq => self.rows_at(&[(room.clone(), seq)]).await?.into_values().next().map(|d| d.msg()),
+            };
+            let mine = self.own_last_seq(user, &room).await?;
+            Ok::<_, StoreError>((last, mine))
+        });
+        let details: Vec<(Option<Msg>, u64)> =
+            futures_util::stream::iter(details).buffered(LAST_SEQ_READS_CONCURRENT_MAX).try_collect().await?;
+        for (c, (last, mine)) in page.iter_mut().zip(details) {
+            let read_seq = ConversationDoc::read_seq(by_room.get(c.room.as_str()).copied(), mine).min(c.last_seq);
+            c.last = last;
+            c.read_seq = read_seq;
+            c.unread = c.last_seq - read_seq;
+        }
+        Ok((page, more))
     }
 
     async fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
@@ -421,14 +987,8 @@ impl Store for MongoStore {
         };
         match self.users.insert_one(doc).write_concern(self.write_concern.clone()).await {
             Ok(_) => Ok(true),
-            Err(e) => match &*e.kind {
-                mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we))
-                    if we.code == DUPLICATE_KEY =>
-                {
-                    Ok(false)
-                }
-                _ => Err(unavailable("creating a user", e)),
-            },
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(unavailable("creating a user", e)),
         }
     }
 

@@ -156,6 +156,9 @@ pub(crate) fn writer_parts(
 }
 
 /// What became of one message of a batch.
+// `Refused` is rare and outcomes live for one batch: boxing every stored
+// message to shrink it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     Appended(Appended),
     /// Isolated as a poison message: refused with `internal`.
@@ -190,6 +193,11 @@ fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>) {
                     ErrorCode::Internal,
                     "this message could not be stored; it was not delivered",
                 ));
+                continue;
+            }
+            // A v1.1 event (or reply) its target does not allow.
+            Outcome::Appended(Appended::Refused(code, why)) => {
+                answers.push(ServerFrame::error(Some(request.req), code, why));
                 continue;
             }
         };

@@ -5,7 +5,7 @@ use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use viche_engine::{Engine, Refusal};
+use viche_engine::{Engine, Refusal, VerifiedToken};
 use viche_protocol::frames::tagged_msgs;
 use viche_protocol::ErrorCode;
 
@@ -17,7 +17,8 @@ pub fn room_segment(path: &str) -> Option<&str> {
     (!room.is_empty() && !room.contains('/')).then_some(room)
 }
 
-fn query_u64(query: &str, key: &str) -> Result<Option<u64>, ()> {
+/// The `key` of a query string as an unsigned integer, if present.
+pub(super) fn query_u64(query: &str, key: &str) -> Result<Option<u64>, ()> {
     match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key) {
         Some((_, v)) => v.parse::<u64>().map(Some).map_err(|_| ()),
         None => Ok(None),
@@ -31,11 +32,16 @@ pub async fn history(engine: &Engine, req: &Request<Incoming>) -> Response<Body>
     }
 }
 
-async fn page(engine: &Engine, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
+/// The user of the request's `Authorization: Bearer` token.
+pub(super) fn bearer(engine: &Engine, req: &Request<Incoming>) -> Result<VerifiedToken, Refusal> {
     let token = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let verified = engine
+    engine
         .authenticate(token.unwrap_or_default())
-        .map_err(|_| Refusal::new(ErrorCode::Unauthorized, "missing, invalid or expired token"))?;
+        .map_err(|_| Refusal::new(ErrorCode::Unauthorized, "missing, invalid or expired token"))
+}
+
+async fn page(engine: &Engine, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    let verified = bearer(engine, req)?;
     // A room id may arrive escaped (`dm%3Aa%3Ab`).
     let encoded = room_segment(req.uri().path()).unwrap_or_default();
     let Ok(room) = percent_encoding::percent_decode_str(encoded).decode_utf8() else {

@@ -3,6 +3,7 @@
 //!
 //! - `accounts.rs`: `POST /api/register`, `POST /api/login`
 //! - `history.rs`: `GET /api/rooms/{room}/messages`
+//! - `conversations.rs`: `GET /api/conversations` (v1.1)
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`
 //! - `upgrade.rs`: `GET /ws`
 //! - `reply.rs`: JSON answers, and refusals as HTTP statuses
@@ -13,6 +14,7 @@
 
 mod accounts;
 mod client_addr;
+mod conversations;
 mod health;
 mod history;
 mod reply;
@@ -89,6 +91,7 @@ enum Route {
     Register,
     Login,
     History,
+    Conversations,
     Healthz,
     Readyz,
     Metrics,
@@ -101,10 +104,11 @@ enum Route {
 
 impl Route {
     #[cfg(test)]
-    const ALL: [Route; 9] = [
+    const ALL: [Route; 10] = [
         Route::Register,
         Route::Login,
         Route::History,
+        Route::Conversations,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -119,6 +123,7 @@ impl Route {
             (&Method::POST, "/api/register") => Route::Register,
             (&Method::POST, "/api/login") => Route::Login,
             (&Method::GET, p) if history::room_segment(p).is_some() => Route::History,
+            (&Method::GET, "/api/conversations") => Route::Conversations,
             (&Method::GET, "/healthz") => Route::Healthz,
             (&Method::GET, "/readyz") => Route::Readyz,
             (&Method::GET, "/metrics") => Route::Metrics,
@@ -133,6 +138,7 @@ impl Route {
             Route::Register => "register",
             Route::Login => "login",
             Route::History => "history",
+            Route::Conversations => "conversations",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -152,6 +158,7 @@ pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> R
         Route::Register => accounts::register(&app.engine, client, req).await,
         Route::Login => accounts::login(&app.engine, client, req).await,
         Route::History => history::history(&app.engine, &req).await,
+        Route::Conversations => conversations::conversations(&app.engine, &req).await,
         Route::Healthz => health::healthz(),
         Route::Readyz => health::readyz(&app),
         Route::Metrics => health::metrics(&app),

@@ -93,6 +93,7 @@ pub(super) async fn handshake(
         heartbeat_ms: config.heartbeat_ms,
         max_frame: config.frame_bytes_max as u64,
         max_body: config.body_bytes_max as u64,
+        features: viche_protocol::FEATURES.iter().map(|f| f.to_string()).collect(),
     };
     let _ = handle.send(&welcome);
     let mut st = st;

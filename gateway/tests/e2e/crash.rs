@@ -179,6 +179,7 @@ async fn sigterm_closes_sessions_1001_exits_0_and_keeps_acked_messages() {
             room: "lobby".into(),
             body: format!("late {i}"),
             cid: format!("late-{i}"),
+            reply_to: None,
         })
         .collect();
     a.send_frames(&frames).await.unwrap();

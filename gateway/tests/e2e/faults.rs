@@ -422,6 +422,7 @@ async fn readyz_is_503_while_commits_time_out_and_200_after() {
             room: "lobby".into(),
             body: "patience".into(),
             cid: "c1".into(),
+            reply_to: None,
         })
         .await
         .unwrap();
@@ -503,8 +504,13 @@ async fn one_user_cannot_fill_the_writer_queue_everyone_shares() {
     greedy.join("lobby", None).await.unwrap();
     let reqs: Vec<u64> = (0..6).map(|_| greedy.alloc_ref()).collect();
     for (i, req) in reqs.iter().enumerate() {
-        let frame =
-            viche_client::ClientFrame::Send { req: *req, room: "lobby".into(), body: "x".into(), cid: format!("g{i}") };
+        let frame = viche_client::ClientFrame::Send {
+            req: *req,
+            room: "lobby".into(),
+            body: "x".into(),
+            cid: format!("g{i}"),
+            reply_to: None,
+        };
         greedy.send_frame(&frame).await.unwrap();
     }
     let mut refused = 0;
@@ -520,4 +526,22 @@ async fn one_user_cannot_fill_the_writer_queue_everyone_shares() {
     let mut other = server.session("patient").await;
     other.join("lobby", None).await.unwrap();
     other.send("lobby", "still room for me", "p1").await.expect("another user is not refused");
+}
+
+#[tokio::test]
+async fn conversation_store_errors_are_refused_with_internal_and_the_session_lives_on() {
+    let server = faulty("store.conversations=return").await;
+    let mut ann = server.session("cf_ann").await;
+    let mut bob = server.session("cf_bob").await;
+    assert_eq!(code_of(ann.join("lobby", None).await), "internal", "the join could not be made durable");
+    assert_eq!(code_of(ann.send("lobby", "x", "c1").await), "not_joined", "so it did not happen");
+    assert_eq!(code_of(ann.read("lobby", 1).await), "internal");
+    assert_eq!(code_of(ann.conversations(None, None).await), "internal");
+    assert_eq!(code_of(ann.forget("lobby").await), "internal");
+    let raw = server.http().get_raw("/api/conversations", Some(&mint("cf_ann", now_s() + 60))).await.unwrap();
+    assert_eq!(raw.status, 500, "{}", raw.body);
+    ann.ping().await.unwrap();
+    // Sending needs no conversation call: DMs still flow.
+    ann.dm("cf_bob", "still here", "d1").await.unwrap();
+    assert_eq!(bob.recv_msg(T).await.unwrap().body, "still here");
 }

@@ -75,7 +75,8 @@ async fn frame_over_max_frame_closes_1009() {
     // The same over MessagePack, with a large body.
     let mut b = server.connect_enc(&token, Encoding::MsgPack).await;
     b.join("lobby", None).await.unwrap();
-    let huge = ClientFrame::Send { req: 1, room: "lobby".into(), body: "x".repeat(3000), cid: "c".into() };
+    let huge =
+        ClientFrame::Send { req: 1, room: "lobby".into(), body: "x".repeat(3000), cid: "c".into(), reply_to: None };
     b.send_frame(&huge).await.unwrap();
     let (close, _) = b.expect_close(T).await.unwrap();
     assert_eq!(close.code, Some(1009), "{close}");
@@ -100,7 +101,13 @@ async fn send_burst_of_50_then_rate_limited() {
 
     let n = 100u64;
     let frames: Vec<_> = (0..n)
-        .map(|i| ClientFrame::Send { req: 1000 + i, room: "lobby".into(), body: format!("b{i}"), cid: format!("c{i}") })
+        .map(|i| ClientFrame::Send {
+            req: 1000 + i,
+            room: "lobby".into(),
+            body: format!("b{i}"),
+            cid: format!("c{i}"),
+            reply_to: None,
+        })
         .collect();
     let started = Instant::now();
     a.send_frames(&frames).await.unwrap();
@@ -138,7 +145,13 @@ async fn dm_shares_the_send_bucket() {
     let mut a = server.session("alice").await;
     server.register("bob").await;
     let frames: Vec<_> = (0..80u64)
-        .map(|i| ClientFrame::Dm { req: 1 + i, to: "bob".into(), body: "x".into(), cid: format!("c{i}") })
+        .map(|i| ClientFrame::Dm {
+            req: 1 + i,
+            to: "bob".into(),
+            body: "x".into(),
+            cid: format!("c{i}"),
+            reply_to: None,
+        })
         .collect();
     a.send_frames(&frames).await.unwrap();
     let mut limited = 0;
@@ -206,7 +219,13 @@ async fn persistent_flooding_after_rate_limited_closes_4029() {
         assert!(next_ref < 5000, "no 4029 after {limited} rate_limited answers");
         // Chunks of 50, each read back before the next is sent.
         let frames: Vec<_> = (next_ref..next_ref + 50)
-            .map(|r| ClientFrame::Send { req: r, room: "lobby".into(), body: "flood".into(), cid: format!("c{r}") })
+            .map(|r| ClientFrame::Send {
+                req: r,
+                room: "lobby".into(),
+                body: "flood".into(),
+                cid: format!("c{r}"),
+                reply_to: None,
+            })
             .collect();
         if a.send_frames(&frames).await.is_err() {
             // The server closed while this chunk was being written: count
@@ -246,7 +265,13 @@ async fn a_few_rate_limited_answers_do_not_close() {
     let mut a = server.session("alice").await;
     a.join("lobby", None).await.unwrap();
     let frames: Vec<_> = (0..150u64)
-        .map(|r| ClientFrame::Send { req: 1 + r, room: "lobby".into(), body: "x".into(), cid: format!("c{r}") })
+        .map(|r| ClientFrame::Send {
+            req: 1 + r,
+            room: "lobby".into(),
+            body: "x".into(),
+            cid: format!("c{r}"),
+            reply_to: None,
+        })
         .collect();
     a.send_frames(&frames).await.unwrap();
     for r in 0..150u64 {

@@ -19,9 +19,11 @@ mod common;
 
 mod abuse;
 mod auth_http;
+mod conversations;
 mod crash;
 mod dm;
 mod emfile;
+mod events;
 mod fairness;
 // Needs a server built with the `failpoints` feature (scripts/test.sh builds it so).
 #[cfg(feature = "failpoints")]

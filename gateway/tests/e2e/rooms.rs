@@ -178,7 +178,13 @@ async fn seqs_are_consecutive_from_one_and_in_send_order() {
     }
     // Pipelined sends of one session are numbered in the order sent.
     let frames: Vec<ClientFrame> = (0..30)
-        .map(|i| ClientFrame::Send { req: 1000 + i, room: "lobby".into(), body: format!("a{i}"), cid: format!("a{i}") })
+        .map(|i| ClientFrame::Send {
+            req: 1000 + i,
+            room: "lobby".into(),
+            body: format!("a{i}"),
+            cid: format!("a{i}"),
+            reply_to: None,
+        })
         .collect();
     a.send_frames(&frames).await.unwrap();
     // Meanwhile b sends too.
@@ -233,9 +239,15 @@ async fn send_to_a_room_not_joined_is_not_joined() {
     assert_none(&mut b, "msg from a non-member", |f| matches!(f, ServerFrame::Msg(_))).await;
     assert_eq!(b.join("lobby", None).await.unwrap().seq, 0);
     // The error carries the request's ref.
-    a.send_frame(&ClientFrame::Send { req: 555, room: "lobby".into(), body: "x".into(), cid: "c3".into() })
-        .await
-        .unwrap();
+    a.send_frame(&ClientFrame::Send {
+        req: 555,
+        room: "lobby".into(),
+        body: "x".into(),
+        cid: "c3".into(),
+        reply_to: None,
+    })
+    .await
+    .unwrap();
     match next_frame(&mut a).await {
         ServerFrame::Error { req, code, .. } => assert_eq!((req, code.as_str()), (Some(555), "not_joined")),
         other => panic!("{other:?}"),
@@ -362,6 +374,7 @@ async fn a_retried_cid_gets_the_original_ack_and_is_not_delivered_again() {
             room: "lobby".into(),
             body: "twice".into(),
             cid: "in-flight".into(),
+            reply_to: None,
         })
         .collect();
     a1.send_frames(&frames).await.unwrap();

@@ -131,6 +131,9 @@ pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
 /// `kind` label values of `viche_actor_restarts_total`.
 pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
 
+/// `reason` label values of `viche_slow_consumers_total`.
+pub const SLOW_CONSUMER_REASONS: [&str; 2] = ["outbox_full", "write_timeout"];
+
 /// `kind` label values of `viche_rate_limited_total`.
 pub const RATE_LIMITED_KINDS: [&str; 5] = ["send", "typing", "join", "login", "register"];
 /// `reason` label values of `viche_auth_failures_total`.
@@ -229,8 +232,9 @@ metrics_table! {
     // Delivery and abuse.
     OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,
         "The deepest any session's outbox got (frames) since the previous scrape.";
-    SLOW_CONSUMER_CLOSES: "viche_slow_consumer_closes_total", Counter, Count, Live, NO_LABELS,
-        "Sessions closed with 4008 because their outbox was full.";
+    SLOW_CONSUMERS: "viche_slow_consumers_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &SLOW_CONSUMER_REASONS }],
+        "Sessions ended as slow consumers (close 4008), by reason (outbox_full: --outbox-max-frames/-bytes; write_timeout: the socket took nothing for --write-timeout-ms).";
     TYPING_DROPPED: "viche_typing_dropped_total", Counter, Count, Live, NO_LABELS,
         "typing notices dropped because a room's actor had 256 of them queued.";
     RATE_LIMITED: "viche_rate_limited_total", Counter, Count, Live,

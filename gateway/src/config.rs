@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use viche_engine::config::{self as engine, EngineConfig};
@@ -14,6 +15,21 @@ use viche_protocol::limits::{self, Rate};
 
 /// Open WebSocket connections at most (`--max-connections`).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 100_000;
+/// A socket that accepts no byte of a pending write for this long is
+/// closed: a WebSocket as a slow consumer (4008) (`--write-timeout-ms`).
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// The bounds of the connection edge: sockets and their deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    pub write_timeout_ms: u64,
+}
+
+impl EdgeLimits {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "viche", version, about = "Viche: a real-time chat engine")]
@@ -126,6 +142,10 @@ pub struct Args {
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
+    /// A WebSocket that accepts no byte of a pending write for this long is
+    /// closed with 4008, as a slow consumer.
+    #[arg(long, env = "VICHE_WRITE_TIMEOUT_MS", default_value_t = WRITE_TIMEOUT_MS_DEFAULT)]
+    pub write_timeout_ms: u64,
 }
 
 /// The web client's build when `--web-dir` is absent: `web/dist` (the
@@ -155,6 +175,7 @@ impl Args {
             ("--argon2-concurrency", self.argon2_concurrency),
             ("--store-timeout-ms", self.store_timeout_ms as usize),
             ("--max-connections", self.max_connections),
+            ("--write-timeout-ms", self.write_timeout_ms as usize),
             ("--token-ttl", self.token_ttl as usize),
         ];
         for (flag, value) in positive {
@@ -212,6 +233,10 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    pub fn edge_limits(&self) -> EdgeLimits {
+        EdgeLimits { write_timeout_ms: self.write_timeout_ms }
     }
 
     pub fn engine_config(&self) -> EngineConfig {

@@ -38,6 +38,7 @@ pub use client_addr::TrustedProxies;
 pub use reply::Body;
 pub use upgrade::AllowedOrigins;
 
+use crate::config::EdgeLimits;
 use crate::exporter::Exporter;
 
 pub struct App {
@@ -51,6 +52,7 @@ pub struct App {
     pub connections_max: usize,
     pub allowed_origins: AllowedOrigins,
     pub trusted_proxies: TrustedProxies,
+    pub edge: EdgeLimits,
 }
 
 impl App {
@@ -61,6 +63,7 @@ impl App {
         connections_max: usize,
         allowed_origins: AllowedOrigins,
         trusted_proxies: TrustedProxies,
+        edge: EdgeLimits,
     ) -> Self {
         Self {
             engine,
@@ -71,6 +74,7 @@ impl App {
             connections_max,
             allowed_origins,
             trusted_proxies,
+            edge,
         }
     }
 }

@@ -95,10 +95,11 @@ pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     app.open_connections.fetch_add(1, Ordering::Relaxed);
     let slot = ConnectionSlot(app.clone());
     let engine = app.engine.clone();
+    let write_timeout = app.edge.write_timeout();
     app.sessions.spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(ws) => crate::ws::serve(engine, ws.into_inner().into_inner()).await,
+            Ok(ws) => crate::ws::serve(engine, ws.into_inner().into_inner(), write_timeout).await,
             Err(_) => crate::ws::count_closed_without_code(),
         }
     });

@@ -25,6 +25,7 @@ mod emfile;
 #[cfg(feature = "failpoints")]
 mod faults;
 mod history;
+mod hostile;
 mod limits;
 mod rooms;
 mod session;

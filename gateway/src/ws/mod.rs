@@ -30,28 +30,39 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use viche_engine::clock::now_ms;
 use viche_engine::metrics::{hot, CONNECTIONS_OPEN};
 use viche_engine::{Engine, Flow, Refusal, Session};
 use viche_protocol::{decode_client, Close, ErrorCode, ServerFrame};
 
+use crate::http::{AddressSlot, HttpIo};
 use read::{read_message, Incoming, ReadError, ReadState};
 pub(crate) use write::count_closed_without_code;
 use write::{Stop, WriteSide};
 
-/// Serves one upgraded connection until it closes.
-pub async fn serve(engine: Arc<Engine>, upgraded: Upgraded, write_timeout: Duration) {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+/// Serves one upgraded connection until it closes. `request_slot`: its
+/// client's slot of `--max-connections-per-ip` when it came through a
+/// trusted proxy; it is held, like the connection's own, until the end.
+pub async fn serve(
+    engine: Arc<Engine>,
+    upgraded: Upgraded,
+    write_timeout: Duration,
+    request_slot: Option<AddressSlot>,
+) {
+    let parts = match upgraded.downcast::<TokioIo<HttpIo>>() {
         Ok(parts) => parts,
         Err(_) => {
-            tracing::error!("upgraded connection is not a TCP stream");
+            tracing::error!("upgraded connection is not ours");
             count_closed_without_code();
             return;
         }
     };
+    // Out of its HTTP phase: the HTTP slot is given back, the address's
+    // kept (the connection's own, or else its client's behind a proxy).
+    let (stream, address_slot) = parts.io.into_inner().into_parts();
+    let _address_slot = address_slot.or(request_slot);
     CONNECTIONS_OPEN.gauge().increment(1.0);
-    let stream = Arc::new(parts.io.into_inner());
+    let stream = Arc::new(stream);
     let mut write = WriteSide::new(stream.clone(), write_timeout);
     let st = ReadState::new(stream, parts.read_buf, engine.config().frame_bytes_max);
     if let Some((session, st)) = Box::pin(handshake::handshake(&engine, st, &mut write)).await {

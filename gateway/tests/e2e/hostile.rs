@@ -1,11 +1,14 @@
-//! Hostile clients at the edge: a WebSocket client that stops reading is
-//! met by its bounds (`--write-timeout-ms`, the outbox), and everyone else
-//! is served meanwhile.
+//! Hostile clients at the edge (docs/operations.md, "Connection limits and
+//! deadlines"): a WebSocket client that stops reading, HTTP requests and
+//! responses that never finish, and one address that opens too many
+//! connections. Each is met by its bound, and everyone else is served
+//! meanwhile.
 //!
 //! The hostile clients are raw sockets driven by hand (a small receive
-//! buffer, no reading), since a well-behaved client library cannot
-//! misbehave on purpose. Server state is read from `/metrics` over a fresh
-//! connection each time.
+//! buffer, a request cut short), since a well-behaved client library
+//! cannot misbehave on purpose. Server state is read from `/metrics` over
+//! a fresh connection each time: a pooled keep-alive connection could be
+//! the very one a short deadline has just closed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
-use viche_client::{Connection, ServerFrame};
+use viche_client::{Connection, Encoding, ServerFrame};
 
 use crate::common::*;
 
@@ -53,6 +56,21 @@ async fn read_head(stream: &mut TcpStream) -> (u16, String) {
     (status, head)
 }
 
+/// Asserts that the server closes `stream` (EOF or reset) within
+/// [`T`], discarding whatever it still had buffered.
+async fn assert_closed_by_server(stream: &mut TcpStream, what: &str) {
+    let deadline = Instant::now() + T;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => panic!("{what}: the server did not close the connection within {T:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 /// `GET path` on a fresh connection; the response's status and body.
 async fn get(server: &Server, path: &str) -> (u16, String) {
     let mut stream = tcp_from(server, ip("127.0.0.1"), None).await;
@@ -73,6 +91,19 @@ async fn metric(server: &Server, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
         .unwrap_or(0.0)
+}
+
+/// Waits (at most [`T`]) until `series` is at least `min`.
+async fn wait_metric(server: &Server, series: &str, min: f64) {
+    let deadline = Instant::now() + T;
+    loop {
+        let v = metric(server, series).await;
+        if v >= min {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {v}, below {min}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One masked client frame (a client must mask what it sends).
@@ -324,4 +355,172 @@ async fn a_client_that_stops_reading_while_its_outbox_fills_is_an_outbox_full_sl
     let mut again = server.connect(&deaf_token).await;
     again.join("flood", Some(0)).await.expect("the slow consumer rejoins");
     bystander.ping().await.unwrap();
+}
+
+// ----- HTTP: requests and responses that never finish ------------------------------
+
+/// A body that stops arriving is answered 408 at --http-request-timeout-ms
+/// and its connection closed; headers that stop arriving close the
+/// connection; an idle keep-alive connection is closed too, uncounted.
+/// Other requests are served meanwhile.
+#[tokio::test]
+async fn requests_that_never_finish_are_cut_at_the_request_deadline() {
+    let server = Server::start_with(Opts {
+        extra_args: vec!["--http-request-timeout-ms".into(), "1000".into()],
+        ..Opts::default()
+    })
+    .await;
+
+    // Slowloris body: Content-Length 1000, a few bytes, then nothing.
+    let mut body = tcp_from(&server, ip("127.0.0.1"), None).await;
+    let head = "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000\r\n\r\n{\"username\":";
+    body.write_all(head.as_bytes()).await.unwrap();
+    // Slowloris headers: a request line and one header, then nothing.
+    let mut headers = tcp_from(&server, ip("127.0.0.1"), None).await;
+    headers.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    // A keep-alive connection that answers one request, then idles.
+    let mut idle = tcp_from(&server, ip("127.0.0.1"), None).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_head(&mut idle).await.0, 200);
+
+    assert_eq!(get(&server, "/healthz").await.0, 200, "others are served meanwhile");
+    let (status, response_head) = read_head(&mut body).await;
+    assert_eq!(status, 408, "{response_head}");
+    assert!(response_head.to_ascii_lowercase().contains("connection: close"), "{response_head}");
+    assert_closed_by_server(&mut body, "after the 408").await;
+    assert_closed_by_server(&mut headers, "headers never completed").await;
+    assert_closed_by_server(&mut idle, "an idle keep-alive connection").await;
+
+    // Counted as the connection's task ends, just after the socket closes.
+    wait_metric(&server, r#"viche_http_timeouts_total{phase="headers"}"#, 1.0).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        metric(&server, r#"viche_http_timeouts_total{phase="headers"}"#).await,
+        1.0,
+        "the idle one is not counted"
+    );
+    assert_eq!(metric(&server, r#"viche_http_timeouts_total{phase="body"}"#).await, 1.0);
+    assert_eq!(metric(&server, r#"viche_http_requests_total{route="login",status="408"}"#).await, 1.0);
+    // Requests that do complete are unaffected.
+    server.register("alice").await;
+    server.http().login("alice", PASSWORD).await.expect("a whole login is answered");
+}
+
+/// A client that never reads a large response: the socket takes nothing
+/// for --write-timeout-ms and the connection is dropped.
+#[tokio::test]
+async fn a_response_the_client_never_reads_is_cut_at_the_write_timeout() {
+    let server =
+        Server::start_with(Opts { extra_args: vec!["--write-timeout-ms".into(), "1000".into()], ..Opts::default() })
+            .await;
+    let size = 4 * send_buffer_max() + (8 << 20);
+    std::fs::write(server.web_dir().join("big.bin"), vec![b'b'; size]).unwrap();
+
+    let mut deaf = tcp_from(&server, ip("127.0.0.1"), Some(4096)).await;
+    deaf.write_all(b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    wait_metric(&server, r#"viche_http_timeouts_total{phase="response"}"#, 1.0).await;
+    assert_closed_by_server(&mut deaf, "a response never read").await;
+    assert_eq!(get(&server, "/healthz").await.0, 200, "others are served");
+}
+
+// ----- connections per address ------------------------------------------------------
+
+/// --max-connections-per-ip counts an address's connections of every kind:
+/// a session, a WebSocket before hello, a socket that sent nothing. Past it
+/// that address's new connections are closed at once, while other addresses
+/// are served; once one closes, the address is served again.
+#[tokio::test]
+async fn an_address_past_max_connections_per_ip_is_refused_while_others_are_served() {
+    let server = Server::start_with(Opts {
+        hello_timeout_ms: Some(120_000),
+        extra_args: ["--max-connections-per-ip", "3", "--http-request-timeout-ms", "120000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Opts::default()
+    })
+    .await;
+    let token = server.user("alice").await;
+    let crowded = ip("127.0.0.2");
+    let mut session = Connection::connect_from(&server.ws_url(), Encoding::MsgPack, Some(crowded)).await.unwrap();
+    session.hello(&token).await.expect("a session from 127.0.0.2");
+    let _no_hello = Connection::connect_from(&server.ws_url(), Encoding::MsgPack, Some(crowded)).await.unwrap();
+    let silent = tcp_from(&server, crowded, None).await;
+
+    // A fourth connection from that address is closed at once.
+    let mut fourth = tcp_from(&server, crowded, None).await;
+    assert_closed_by_server(&mut fourth, "a fourth connection from 127.0.0.2").await;
+    assert!(Connection::connect_from(&server.ws_url(), Encoding::MsgPack, Some(crowded)).await.is_err());
+    assert_eq!(metric(&server, r#"viche_connections_refused_total{reason="max_connections_per_ip"}"#).await, 2.0);
+
+    // Other addresses are served, and the connections held still work.
+    let mut other = Connection::connect_from(&server.ws_url(), Encoding::MsgPack, Some(ip("127.0.0.3"))).await.unwrap();
+    other.hello(&token).await.expect("a session from 127.0.0.3");
+    other.ping().await.unwrap();
+    session.ping().await.expect("a session at the cap keeps working");
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+
+    // Once one closes, the address gets a connection again.
+    drop(silent);
+    let deadline = Instant::now() + T;
+    loop {
+        let mut again = tcp_from(&server, crowded, None).await;
+        again.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(T, again.read_to_end(&mut response)).await;
+        if response.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "127.0.0.2 was not served again after one of its connections closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Behind a trusted proxy every TCP connection comes from the proxy: they
+/// are not capped at accept, and each client the proxy names in
+/// X-Forwarded-For has its own budget, counted per request and held by its
+/// WebSocket for the connection's life.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap() {
+    let server = Server::start_with(Opts {
+        hello_timeout_ms: Some(120_000),
+        extra_args: ["--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Opts::default()
+    })
+    .await;
+    let proxy = ip("127.0.0.1");
+    let client_a = "X-Forwarded-For: 203.0.113.1\r\n";
+    let client_b = "X-Forwarded-For: 198.51.100.20, 203.0.113.2\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ws = tcp_from(&server, proxy, None).await;
+        assert_eq!(upgrade(&mut ws, client_a).await, 101);
+        held.push(ws);
+    }
+    // The third WebSocket of client A is refused; client B is not.
+    let mut third = tcp_from(&server, proxy, None).await;
+    assert_eq!(upgrade(&mut third, client_a).await, 503);
+    let mut b = tcp_from(&server, proxy, None).await;
+    assert_eq!(upgrade(&mut b, client_b).await, 101);
+    // More TCP connections from the proxy than the cap: not refused at accept.
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+    let mut session = server.session("alice").await;
+    session.ping().await.unwrap();
+    assert_eq!(metric(&server, r#"viche_connections_refused_total{reason="max_connections_per_ip"}"#).await, 1.0);
+
+    // Client A's budget comes back when one of its WebSockets closes.
+    drop(held.pop());
+    let deadline = Instant::now() + T;
+    loop {
+        let mut ws = tcp_from(&server, proxy, None).await;
+        if upgrade(&mut ws, client_a).await == 101 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "client A was not served again after one of its WebSockets closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -159,6 +159,13 @@ pub const ACTOR_KINDS: [&str; 3] = ["session", "room", "writer"];
 /// `kind` label values of `viche_actor_restarts_total`.
 pub const RESTARTED_ACTOR_KINDS: [&str; 2] = ["room", "writer"];
 
+/// `reason` label values of `viche_connections_refused_total`.
+pub const CONNECTION_REFUSAL_REASONS: [&str; 3] = ["max_connections", "max_connections_per_ip", "max_http_connections"];
+/// `reason` label values of `viche_slow_consumers_total`.
+pub const SLOW_CONSUMER_REASONS: [&str; 2] = ["outbox_full", "write_timeout"];
+/// `phase` label values of `viche_http_timeouts_total`.
+pub const HTTP_TIMEOUT_PHASES: [&str; 3] = ["headers", "body", "response"];
+
 /// `kind` label values of `viche_rate_limited_total`.
 pub const RATE_LIMITED_KINDS: [&str; 9] =
     ["send", "typing", "join", "history", "replay", "read", "login", "register", "argon2_queue"];
@@ -199,8 +206,8 @@ metrics_table! {
         &[Label { key: "code", values: &CLOSE_CODE_LABELS }],
         "WebSocket connections ended, by the close code the server sent (none: the peer went away or the socket failed).";
     CONNECTIONS_REFUSED: "viche_connections_refused_total", Counter, Count, Live,
-        &[Label { key: "reason", values: &["max_connections"] }],
-        "WebSocket upgrades refused, by reason (max_connections: HTTP 503).";
+        &[Label { key: "reason", values: &CONNECTION_REFUSAL_REASONS }],
+        "Connections refused, by reason (max_connections: WebSocket upgrade answered 503; max_connections_per_ip: closed at accept, or 503 behind a trusted proxy; max_http_connections: closed at accept).";
     SESSIONS: "viche_sessions", Gauge, Count, Live, NO_LABELS,
         "Authenticated sessions (past hello) now.";
     SESSIONS_REFUSED: "viche_sessions_refused_total", Counter, Count, Live, NO_LABELS,
@@ -263,8 +270,9 @@ metrics_table! {
     // Delivery and abuse.
     OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,
         "The deepest any session's outbox got (frames) since the previous scrape.";
-    SLOW_CONSUMER_CLOSES: "viche_slow_consumer_closes_total", Counter, Count, Live, NO_LABELS,
-        "Sessions closed with 4008 because their outbox was full.";
+    SLOW_CONSUMERS: "viche_slow_consumers_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &SLOW_CONSUMER_REASONS }],
+        "Sessions ended as slow consumers (close 4008), by reason (outbox_full: --outbox-max-frames/-bytes; write_timeout: the socket took nothing for --write-timeout-ms).";
     TYPING_DROPPED: "viche_typing_dropped_total", Counter, Count, Live, NO_LABELS,
         "typing notices dropped because a room's actor had 256 of them queued.";
     RATE_LIMITED: "viche_rate_limited_total", Counter, Count, Live,
@@ -287,6 +295,9 @@ metrics_table! {
     HTTP_REQUEST_DURATION: "viche_http_request_duration_seconds", Histogram, Seconds, Live,
         &[Label { key: "route", values: &HTTP_ROUTES }],
         "HTTP request duration by route (a ws upgrade: until the 101).";
+    HTTP_TIMEOUTS: "viche_http_timeouts_total", Counter, Count, Live,
+        &[Label { key: "phase", values: &HTTP_TIMEOUT_PHASES }],
+        "HTTP connections cut by a deadline, by phase (headers, body: not received within --http-request-timeout-ms; response: the socket took nothing for --write-timeout-ms).";
     ACCEPT_ERRORS: "viche_accept_errors_total", Counter, Count, Live,
         &[Label { key: "kind", values: &["emfile", "other"] }],
         "Failed TCP accepts, by kind (emfile: out of file descriptors; accept paused 100 ms).";

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use viche_engine::config::{self as engine, EngineConfig};
@@ -14,6 +15,43 @@ use viche_protocol::limits::{self, Rate};
 
 /// Open WebSocket connections at most (`--max-connections`).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 100_000;
+/// TCP connections in their HTTP phase (not upgraded to a WebSocket) at
+/// most (`--max-http-connections`): a tenth of the WebSocket bound, since
+/// a client holds one only while it logs in, registers, reads history or
+/// upgrades.
+pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// Connections per client address (an IPv6 /64) at most, HTTP and
+/// WebSocket, before `hello` and after (`--max-connections-per-ip`). Room
+/// for a few dozen users behind one NAT with several tabs each, while one
+/// address can take at most 1/40 of the HTTP slots and 1/400 of the
+/// WebSocket slots.
+pub const CONNECTIONS_PER_IP_MAX_DEFAULT: usize = 256;
+/// A socket that accepts no byte of a pending write for this long is
+/// closed: a WebSocket as a slow consumer (4008), an HTTP connection
+/// without its response (`--write-timeout-ms`).
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// A request's headers must arrive within this long, and then its body
+/// within this long (`--http-request-timeout-ms`).
+pub const HTTP_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// The bounds of the connection edge: sockets and their deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    pub write_timeout_ms: u64,
+    pub http_request_timeout_ms: u64,
+    pub http_connections_max: usize,
+    pub connections_per_ip_max: usize,
+}
+
+impl EdgeLimits {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn http_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_request_timeout_ms)
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "viche", version, about = "Viche: a real-time chat engine")]
@@ -173,6 +211,23 @@ pub struct Args {
     /// Open connections at most; past it new ones are refused at once.
     #[arg(long, env = "VICHE_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
+    /// TCP connections in their HTTP phase (not upgraded) at most; past it
+    /// new ones are closed at once.
+    #[arg(long, env = "VICHE_MAX_HTTP_CONNECTIONS", default_value_t = HTTP_CONNECTIONS_MAX_DEFAULT)]
+    pub max_http_connections: usize,
+    /// Connections (HTTP and WebSocket, before `hello` too) per client
+    /// address at most, an IPv6 address counting as its /64; past it new
+    /// ones are closed at once (503 when they come through a trusted proxy).
+    #[arg(long, env = "VICHE_MAX_CONNECTIONS_PER_IP", default_value_t = CONNECTIONS_PER_IP_MAX_DEFAULT)]
+    pub max_connections_per_ip: usize,
+    /// A socket that accepts no byte of a pending write for this long is
+    /// closed (a WebSocket with 4008, as a slow consumer).
+    #[arg(long, env = "VICHE_WRITE_TIMEOUT_MS", default_value_t = WRITE_TIMEOUT_MS_DEFAULT)]
+    pub write_timeout_ms: u64,
+    /// An HTTP request's headers must arrive within this long, and then its
+    /// body within this long; else the connection is closed (408 for a body).
+    #[arg(long, env = "VICHE_HTTP_REQUEST_TIMEOUT_MS", default_value_t = HTTP_REQUEST_TIMEOUT_MS_DEFAULT)]
+    pub http_request_timeout_ms: u64,
 }
 
 /// The web client's build when `--web-dir` is absent: `web/dist` (the
@@ -207,6 +262,10 @@ impl Args {
             ("--rooms-max", self.rooms_max),
             ("--writer-queue-per-user-max", self.writer_queue_per_user_max),
             ("--max-connections", self.max_connections),
+            ("--max-http-connections", self.max_http_connections),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+            ("--write-timeout-ms", self.write_timeout_ms as usize),
+            ("--http-request-timeout-ms", self.http_request_timeout_ms as usize),
             ("--token-ttl", self.token_ttl as usize),
         ];
         for (flag, value) in positive {
@@ -276,6 +335,15 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    pub fn edge_limits(&self) -> EdgeLimits {
+        EdgeLimits {
+            write_timeout_ms: self.write_timeout_ms,
+            http_request_timeout_ms: self.http_request_timeout_ms,
+            http_connections_max: self.max_http_connections,
+            connections_per_ip_max: self.max_connections_per_ip,
+        }
     }
 
     pub fn engine_config(&self) -> EngineConfig {

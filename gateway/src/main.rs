@@ -128,6 +128,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.max_connections,
         origins,
         proxies,
+        args.edge_limits(),
     ));
     let stop = async {
         tokio::select! {

@@ -439,7 +439,7 @@ async fn drive_traffic(server: &Server) {
         sender.take_pending();
         if i % 5 == 4 {
             let s = samples(&scrape(server).await);
-            if total(&s, "viche_slow_consumer_closes_total") >= 1.0 {
+            if value_of(&s, "viche_slow_consumers_total", "{reason=\"outbox_full\"}") >= 1.0 {
                 closed = true;
                 break;
             }
@@ -452,7 +452,9 @@ async fn drive_traffic(server: &Server) {
             Event::Closed(info) => break info,
         }
     };
-    assert_eq!(close.code, Some(4008), "{close}");
+    // The close frame is written only if the socket takes it within 1 s;
+    // a client that reads nothing is reset instead.
+    assert!(matches!(close.code, Some(4008) | None), "{close}");
 
     // Failed logins: a wrong password, unknown users, then 429.
     let err = http.login("alice", "wrong password!").await.expect_err("a wrong password");
@@ -637,7 +639,7 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
         ("send→deliver p99", format!("histogram_quantile(0.99, sum by (le) (rate(viche_send_deliver_latency_seconds_bucket{{{sel}}}[{RATE_WINDOW}])))")),
         ("deliveries/s", format!("sum(rate(viche_deliveries_total{{{sel}}}[{RATE_WINDOW}]))")),
         ("commit p50", format!("histogram_quantile(0.5, sum by (le) (rate(viche_store_commit_duration_seconds_bucket{{{sel}}}[{RATE_WINDOW}])))")),
-        ("slow consumers", format!("sum(increase(viche_slow_consumer_closes_total{{{sel}}}[{RATE_WINDOW}]))")),
+        ("slow consumers", format!("sum(increase(viche_slow_consumers_total{{{sel}}}[{RATE_WINDOW}]))")),
         ("rate-limited sends", format!("sum(increase(viche_rate_limited_total{{{sel},kind=\"send\"}}[{RATE_WINDOW}]))")),
         ("failed logins", format!("sum(increase(viche_auth_failures_total{{{sel},reason=~\"wrong_password|unknown_user\"}}[{RATE_WINDOW}]))")),
         ("DMs in", format!("sum(increase(viche_frames_in_total{{{sel},type=\"dm\"}}[{RATE_WINDOW}]))")),

@@ -78,7 +78,8 @@ pub enum CloseCode {
     Unauthorized = 4001,
     /// No `hello` in time.
     HelloTimeout = 4002,
-    /// The client does not read fast enough; its outbound queue is full.
+    /// The client does not read fast enough: its outbound queue is full,
+    /// or its socket took nothing for the write timeout.
     SlowConsumer = 4008,
     /// The user already has as many sessions open as the server allows.
     TooManySessions = 4009,
@@ -153,6 +154,8 @@ impl Close {
     pub const HELLO_TIMEOUT: Close = Close { code: CloseCode::HelloTimeout, reason: "no hello in time" };
     pub const SLOW_CONSUMER: Close =
         Close { code: CloseCode::SlowConsumer, reason: "slow consumer: outbound queue full" };
+    pub const WRITE_TIMEOUT: Close =
+        Close { code: CloseCode::SlowConsumer, reason: "slow consumer: nothing read within the write timeout" };
     pub const RATE_LIMITED: Close = Close { code: CloseCode::RateLimited, reason: "kept sending after rate_limited" };
     pub const TOO_MANY_SESSIONS: Close =
         Close { code: CloseCode::TooManySessions, reason: "too many sessions for this user" };

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use viche_protocol::Close;
 
-use crate::metrics::SLOW_CONSUMER_CLOSES;
+use crate::metrics::SLOW_CONSUMERS;
 
 /// One item for the write loop.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ impl Outbox {
             inner.bytes = 0;
             inner.close = Some(PendingClose { close: Close::SLOW_CONSUMER, drain_first: false });
             drop(inner);
-            SLOW_CONSUMER_CLOSES.counter().increment(1);
+            SLOW_CONSUMERS.counter_with("outbox_full").increment(1);
             self.notify.notify_one();
             return Err(PushError::SlowConsumer);
         }
@@ -120,6 +120,12 @@ impl Outbox {
         }
         drop(inner);
         self.notify.notify_one();
+    }
+
+    /// A requested close that does not wait for the queue (a slow
+    /// consumer's): the connection must end at once.
+    pub fn close_now(&self) -> Option<Close> {
+        self.inner.lock().close.filter(|c| !c.drain_first).map(|c| c.close)
     }
 
     pub fn is_closing(&self) -> bool {
@@ -167,6 +173,7 @@ mod tests {
         assert_eq!(o.push(Bytes::from_static(b"c")), Err(PushError::SlowConsumer));
         assert_eq!(o.push(Bytes::from_static(b"d")), Err(PushError::Closed));
         let mut out = Vec::new();
+        assert_eq!(o.close_now(), Some(Close::SLOW_CONSUMER), "a slow consumer's close does not wait");
         let close = o.drain(&mut out).unwrap();
         assert_eq!(close, Close::SLOW_CONSUMER);
         assert!(out.is_empty(), "a slow consumer's queue is dropped");
@@ -198,6 +205,7 @@ mod tests {
         let o = Outbox::new(10, 100);
         o.push(Bytes::from_static(b"a")).unwrap();
         o.close(Close::SHUTDOWN, true);
+        assert_eq!(o.close_now(), None, "a shutdown close waits for the queue");
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out).unwrap(), Close::SHUTDOWN);
         assert_eq!(out.len(), 1);

@@ -34,7 +34,8 @@ impl TrustedProxies {
         Ok(Self(nets))
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = unmapped(ip);
         self.0.iter().any(|net| net.contains(&ip))
     }

@@ -8,6 +8,8 @@
 //! - `upgrade.rs`: `GET /ws`
 //! - `reply.rs`: JSON answers, and refusals as HTTP statuses
 //! - static files: `crate::web`
+//! - `io.rs`, `slots.rs`: the connection under hyper, and the caps on
+//!   connections (`server.rs` applies them at accept)
 //!
 //! Every error body is `{"error": CODE, "message": TEXT}`; a body that is
 //! not the expected JSON is a 400 `invalid`.
@@ -17,7 +19,9 @@ mod client_addr;
 mod conversations;
 mod health;
 mod history;
+mod io;
 mod reply;
+mod slots;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -32,14 +36,17 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
-use viche_engine::metrics::{HTTP_REQUESTS, HTTP_REQUEST_DURATION};
+use viche_engine::metrics::{CONNECTIONS_REFUSED, HTTP_REQUESTS, HTTP_REQUEST_DURATION};
 use viche_engine::Engine;
 use viche_protocol::ErrorCode;
 
 pub use client_addr::TrustedProxies;
-pub use reply::Body;
+pub use io::HttpIo;
+pub use reply::{Body, RequestDeadline};
+pub use slots::{AddressSlot, AddressSlots, HttpSlots};
 pub use upgrade::AllowedOrigins;
 
+use crate::config::EdgeLimits;
 use crate::exporter::Exporter;
 
 pub struct App {
@@ -53,6 +60,11 @@ pub struct App {
     pub connections_max: usize,
     pub allowed_origins: AllowedOrigins,
     pub trusted_proxies: TrustedProxies,
+    pub edge: EdgeLimits,
+    /// Connections in their HTTP phase (`--max-http-connections`).
+    pub http_connections: Arc<HttpSlots>,
+    /// Connections per client address (`--max-connections-per-ip`).
+    pub addresses: Arc<AddressSlots>,
 }
 
 impl App {
@@ -63,6 +75,7 @@ impl App {
         connections_max: usize,
         allowed_origins: AllowedOrigins,
         trusted_proxies: TrustedProxies,
+        edge: EdgeLimits,
     ) -> Self {
         Self {
             engine,
@@ -73,6 +86,9 @@ impl App {
             connections_max,
             allowed_origins,
             trusted_proxies,
+            edge,
+            http_connections: HttpSlots::new(edge.http_connections_max),
+            addresses: AddressSlots::new(edge.connections_per_ip_max),
         }
     }
 }
@@ -149,22 +165,36 @@ impl Route {
     }
 }
 
-pub async fn route(app: Arc<App>, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn route(app: Arc<App>, addr: SocketAddr, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = Route::of(req.method(), req.uri().path());
     // The address every per-address limit of this request is charged to.
     let client = app.trusted_proxies.client(addr.ip(), req.headers());
-    let response = match route {
-        Route::Register => accounts::register(&app.engine, client, req).await,
-        Route::Login => accounts::login(&app.engine, client, req).await,
-        Route::History => history::history(&app.engine, &req).await,
-        Route::Conversations => conversations::conversations(&app.engine, &req).await,
-        Route::Healthz => health::healthz(),
-        Route::Readyz => health::readyz(&app),
-        Route::Metrics => health::metrics(&app),
-        Route::Ws => upgrade::upgrade(&app, req),
-        Route::ApiOther => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
-        Route::Static => static_file(&app, &req).await,
+    // The body, if the handler reads one, must arrive by then (`reply::read_json`).
+    req.extensions_mut().insert(RequestDeadline(tokio::time::Instant::now() + app.edge.http_request_timeout()));
+    // A connection from a trusted proxy was not charged at accept: each of
+    // its requests is, to the client the proxy names, for as long as the
+    // request lasts (or the WebSocket it upgrades to).
+    let address_slot = match app.trusted_proxies.trusts(addr.ip()) {
+        false => Ok(None),
+        true => app.addresses.try_acquire(client).map(Some).ok_or(()),
+    };
+    let response = match (route, address_slot) {
+        (_, Err(())) => {
+            CONNECTIONS_REFUSED.counter_with("max_connections_per_ip").increment(1);
+            let message = "too many connections from your address; retry later";
+            reply::error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded, message)
+        }
+        (Route::Register, Ok(_slot)) => accounts::register(&app.engine, client, req).await,
+        (Route::Login, Ok(_slot)) => accounts::login(&app.engine, client, req).await,
+        (Route::History, Ok(_slot)) => history::history(&app.engine, &req).await,
+        (Route::Conversations, Ok(_slot)) => conversations::conversations(&app.engine, &req).await,
+        (Route::Healthz, Ok(_slot)) => health::healthz(),
+        (Route::Readyz, Ok(_slot)) => health::readyz(&app),
+        (Route::Metrics, Ok(_slot)) => health::metrics(&app),
+        (Route::Ws, Ok(slot)) => upgrade::upgrade(&app, req, slot),
+        (Route::ApiOther, Ok(_slot)) => reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint"),
+        (Route::Static, Ok(_slot)) => static_file(&app, &req).await,
     };
     let mut response = response;
     // No answer of ours may be sniffed into another type (a JSON error as HTML, say).

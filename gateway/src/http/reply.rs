@@ -4,14 +4,20 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use viche_engine::metrics::HTTP_TIMEOUTS;
 use viche_engine::Refusal;
 use viche_protocol::ErrorCode;
 
 pub type Body = Full<Bytes>;
+
+/// When a request's body must have arrived: `--http-request-timeout-ms`
+/// after its headers (set by `route` as a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub tokio::time::Instant);
 
 /// Largest JSON body the API reads (credentials are at most ~1.1 KiB).
 const JSON_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -67,7 +73,24 @@ pub async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> 
         let message = "the body must be JSON, sent with Content-Type: application/json";
         return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::Invalid, message));
     }
-    let bytes = match Limited::new(req.into_body(), JSON_BODY_BYTES_MAX).collect().await {
+    let deadline = req.extensions().get::<RequestDeadline>().copied();
+    let collect = Limited::new(req.into_body(), JSON_BODY_BYTES_MAX).collect();
+    let collected = match deadline {
+        Some(RequestDeadline(at)) => match tokio::time::timeout_at(at, collect).await {
+            Ok(collected) => collected,
+            Err(_) => {
+                // A body that does not arrive would hold the connection and
+                // its task: answer 408 and close (what is unread is dropped).
+                HTTP_TIMEOUTS.counter_with("body").increment(1);
+                let message = "the request body did not arrive in time";
+                let mut response = error(StatusCode::REQUEST_TIMEOUT, ErrorCode::Invalid, message);
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                return Err(response);
+            }
+        },
+        None => collect.await,
+    };
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return Err(error(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "body unreadable or larger than 16 KiB"))

@@ -1,5 +1,6 @@
 //! `GET /ws`: the upgrade to a WebSocket, within `--max-connections`. Each
-//! connection holds a [`ConnectionSlot`] for its whole life; the slot is
+//! connection holds a [`ConnectionSlot`] for its whole life, and its
+//! address's slot of `--max-connections-per-ip` (`slots.rs`); the slots are
 //! given back when the connection's task ends, however it ends.
 
 use std::sync::atomic::Ordering;
@@ -14,6 +15,7 @@ use viche_engine::metrics::{CONNECTIONS_ACCEPTED, CONNECTIONS_REFUSED};
 use viche_protocol::ErrorCode;
 
 use super::reply::{self, Body};
+use super::slots::AddressSlot;
 use super::App;
 
 /// Which browser pages may open a WebSocket (`--allowed-origins`).
@@ -72,7 +74,9 @@ impl Drop for ConnectionSlot {
     }
 }
 
-pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+/// `address_slot`: the client's, taken by `route` when the request came
+/// through a trusted proxy (else the TCP connection holds one already).
+pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, address_slot: Option<AddressSlot>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return reply::error(StatusCode::BAD_REQUEST, ErrorCode::Invalid, "expected a WebSocket upgrade");
     }
@@ -95,10 +99,11 @@ pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     app.open_connections.fetch_add(1, Ordering::Relaxed);
     let slot = ConnectionSlot(app.clone());
     let engine = app.engine.clone();
+    let write_timeout = app.edge.write_timeout();
     app.sessions.spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(ws) => crate::ws::serve(engine, ws.into_inner().into_inner()).await,
+            Ok(ws) => crate::ws::serve(engine, ws.into_inner().into_inner(), write_timeout, address_slot).await,
             Err(_) => crate::ws::count_closed_without_code(),
         }
     });

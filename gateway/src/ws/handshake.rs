@@ -10,20 +10,15 @@ use viche_engine::{Engine, Session};
 use viche_protocol::{decode_client, encode_server, ClientFrame, Close, ErrorCode, ServerFrame, PROTOCOL_VERSION};
 
 use super::read::{read_until_data, Incoming, ReadError, ReadState};
-use super::socket::SocketWriter;
-use super::write::{count_closed_without_code, write_close, write_data_then_close};
+use super::write::{count_closed_without_code, WriteSide};
 
 /// The session and the read state, or `None` when the connection was
 /// closed (and counted) here.
-pub(super) async fn handshake(
-    engine: &Engine,
-    st: ReadState,
-    writer: &mut SocketWriter,
-) -> Option<(Session, ReadState)> {
+pub(super) async fn handshake(engine: &Engine, st: ReadState, write: &mut WriteSide) -> Option<(Session, ReadState)> {
     let timeout = Duration::from_millis(engine.config().hello_timeout_ms);
     let (st, first) = match tokio::time::timeout(timeout, read_until_data(st)).await {
         Err(_) => {
-            write_close(writer, Close::HELLO_TIMEOUT).await;
+            write.close(Some(Close::HELLO_TIMEOUT)).await;
             return None;
         }
         Ok(r) => r,
@@ -35,11 +30,11 @@ pub(super) async fn handshake(
             return None;
         }
         Err(ReadError::TooLarge) => {
-            write_close(writer, Close::FRAME_TOO_LARGE).await;
+            write.close(Some(Close::FRAME_TOO_LARGE)).await;
             return None;
         }
         Err(ReadError::Protocol) => {
-            write_close(writer, Close::PROTOCOL_ERROR).await;
+            write.close(Some(Close::PROTOCOL_ERROR)).await;
             return None;
         }
     };
@@ -59,20 +54,20 @@ pub(super) async fn handshake(
         _ => {
             AUTH_FAILURES.counter_with("no_hello").increment(1);
             let frame = reject(ErrorCode::Unauthorized, "the first frame must be hello");
-            write_data_then_close(writer, encoding, &frame, Close::UNAUTHORIZED).await;
+            write.refuse(encoding, &frame, Close::UNAUTHORIZED).await;
             return None;
         }
     };
     if v != PROTOCOL_VERSION {
         let frame = reject(ErrorCode::Invalid, "unsupported protocol version; this server speaks v=1");
-        write_data_then_close(writer, encoding, &frame, Close::UNSUPPORTED_VERSION).await;
+        write.refuse(encoding, &frame, Close::UNSUPPORTED_VERSION).await;
         return None;
     }
     let verified = match engine.authenticate(&token) {
         Ok(verified) => verified,
         Err(refusal) => {
             let frame = reject(refusal.code, &refusal.message);
-            write_data_then_close(writer, encoding, &frame, Close::UNAUTHORIZED).await;
+            write.refuse(encoding, &frame, Close::UNAUTHORIZED).await;
             return None;
         }
     };
@@ -80,7 +75,7 @@ pub(super) async fn handshake(
         Ok(session) => session,
         Err(refusal) => {
             let frame = reject(refusal.code, &refusal.message);
-            write_data_then_close(writer, encoding, &frame, Close::TOO_MANY_SESSIONS).await;
+            write.refuse(encoding, &frame, Close::TOO_MANY_SESSIONS).await;
             return None;
         }
     };

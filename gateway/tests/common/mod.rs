@@ -234,6 +234,11 @@ impl Server {
         self.dir.path().join("data")
     }
 
+    /// The `--web-dir` the server serves its static files from.
+    pub fn web_dir(&self) -> PathBuf {
+        self.dir.path().join("web")
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -332,7 +332,17 @@ async fn slow_consumer_is_closed_4008_and_others_are_unaffected() {
             Event::Closed(info) => break info,
         }
     };
-    assert_eq!(close.code, Some(4008), "{close}");
+    // The session ended as a slow consumer the moment its outbox overflowed;
+    // the 4008 close frame is sent only if the socket takes it within 1 s,
+    // and this client was not reading then: it may find a reset instead.
+    assert!(matches!(close.code, Some(4008) | None), "{close}");
+    let metrics = server.http().get_raw("/metrics", None).await.unwrap().body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"viche_slow_consumers_total{reason="outbox_full"} "#) && !l.ends_with(" 0")),
+        "counted as an outbox_full slow consumer"
+    );
     assert!(got.len() < n, "closed before everything was delivered");
     assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "what it got is in order");
 

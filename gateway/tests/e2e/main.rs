@@ -29,6 +29,7 @@ mod fairness;
 #[cfg(feature = "failpoints")]
 mod faults;
 mod history;
+mod hostile;
 mod limits;
 mod memory;
 mod rooms;

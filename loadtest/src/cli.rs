@@ -12,7 +12,7 @@ use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
 #[command(
     name = "viche-load",
     version,
-    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins.",
+    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins, hostile clients.",
     long_about = "Load generator for a Viche server. Every run is bounded in time and stops by itself, and goes only to \
                   loopback addresses unless --allow-remote is given. Latency is the send's due time to each \
                   receiver's arrival on one clock (open loop: a late send goes out at once, never skipped). \
@@ -35,6 +35,19 @@ pub enum Cmd {
     Churn(ChurnArgs),
     /// Registration and login throughput through the HTTP API.
     Login(LoginArgs),
+    /// Fan-out measured twice: clean, then mixed with hostile clients (non-readers, slowloris, login flood, reconnect storm, junk frames).
+    #[command(
+        long_about = "Fan-out measured twice in one invocation: first a clean phase, then a hostile phase of the same \
+                      shape (fresh sessions, fresh rooms) during which hostile clients run from the warm-up's start to \
+                      the window's end: (a) --non-readers that join the rooms and never read, (b) --slowloris HTTP \
+                      connections (stalled or trickled bodies and headers), (c) a login flood (wrong passwords for real \
+                      users and unknown names), (d) a reconnect storm (join with since, disconnect, again), (e) junk \
+                      frames (invalid MessagePack/JSON, frames that are not maps, oversized frames). The report compares \
+                      the normal users' latency and loss in both phases (goal: hostile p99 within --p99-ratio-max × the \
+                      clean p99, nothing lost) and says what the hostile clients observed; with --check a missed goal exits 1. \
+                      Needs --jwt-secret; one process."
+    )]
+    Hostile(HostileArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -81,7 +94,7 @@ pub struct Common {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw latency percentiles over time and the latency histogram into this SVG file.
+    /// Draw latency percentiles over time and the latency histogram into this SVG file (hostile: both phases).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Generator processes (this program re-executed, each with a slice of the sessions).
@@ -205,6 +218,70 @@ pub struct LoginArgs {
     pub concurrency: usize,
 }
 
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct HostileArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Normal users: rooms (as `fanout`).
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Normal users: sessions per room (each a distinct user).
+    #[arg(long, default_value_t = 50)]
+    pub members: usize,
+    /// Normal users: senders per room (among its members).
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// Normal users: messages per second per sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Normal users: body size in bytes (at least 40).
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// (a) Clients that join the normal users' rooms and never read (raw sockets with a small receive buffer); 0: none.
+    #[arg(long, default_value_t = 20)]
+    pub non_readers: usize,
+    /// Receive buffer of a non-reader's socket, bytes (SO_RCVBUF, set before connecting; the kernel doubles it).
+    #[arg(long, default_value_t = 4096)]
+    pub non_reader_rcvbuf: usize,
+    /// `history` requests (limit 100) per second each non-reader sends and never reads the answer of; 0: none.
+    #[arg(long, default_value_t = 5.0)]
+    pub non_reader_history_rate: f64,
+    /// (b) Slowloris HTTP connections held at once (stalled or trickled bodies after a Content-Length, partial headers); 0: none.
+    #[arg(long, default_value_t = 40)]
+    pub slowloris: usize,
+    /// A trickling slowloris connection sends its next byte every this many ms.
+    #[arg(long, default_value_t = 1000)]
+    pub slowloris_interval_ms: u64,
+    /// (c) Login flood: concurrent tasks sending wrong passwords for real usernames and logins of unknown names; 0: none.
+    #[arg(long, default_value_t = 16)]
+    pub login_flood_tasks: usize,
+    /// Login flood attempts per second, all tasks together (0: as fast as the server answers).
+    #[arg(long, default_value_t = 100.0)]
+    pub login_flood_rate: f64,
+    /// (d) Reconnect storm: clients that connect, join with `since`, stay --storm-hold-ms, disconnect, again; 0: none.
+    #[arg(long, default_value_t = 10)]
+    pub storm_clients: usize,
+    /// How long a storm client stays joined before it disconnects (drops the socket or closes, alternately), ms.
+    #[arg(long, default_value_t = 250)]
+    pub storm_hold_ms: u64,
+    /// (e) Sessions that join a room, read, and send junk frames (invalid MessagePack/JSON, not maps, oversized); 0: none.
+    #[arg(long, default_value_t = 5)]
+    pub junk_sessions: usize,
+    /// Junk frames per second per junk session (every 8th is oversized: max_frame + 1 bytes).
+    #[arg(long, default_value_t = 5.0)]
+    pub junk_rate: f64,
+    /// Correct logins per second of a real user nobody attacks, in both phases (what a legitimate login sees); 0: none.
+    #[arg(long, default_value_t = 1.0)]
+    pub login_probe_rate: f64,
+    /// Source addresses of the hostile clients (as --source-ips; default: the system's choice), so that
+    /// per-address limits of the server can tell them from the normal users.
+    #[arg(long)]
+    pub hostile_source_ips: Option<String>,
+    /// The goal: the normal users' p99 in the hostile phase at most this many times the clean phase's.
+    #[arg(long, default_value_t = 2.0)]
+    pub p99_ratio_max: f64,
+}
+
 impl Cmd {
     pub fn name(&self) -> &'static str {
         match self {
@@ -213,6 +290,7 @@ impl Cmd {
             Cmd::Connections(_) => "connections",
             Cmd::Churn(_) => "churn",
             Cmd::Login(_) => "login",
+            Cmd::Hostile(_) => "hostile",
         }
     }
 
@@ -223,6 +301,7 @@ impl Cmd {
             Cmd::Connections(a) => &a.common,
             Cmd::Churn(a) => &a.common,
             Cmd::Login(a) => &a.common,
+            Cmd::Hostile(a) => &a.common,
         }
     }
 
@@ -233,6 +312,7 @@ impl Cmd {
             Cmd::Connections(a) => serde_json::to_value(a),
             Cmd::Churn(a) => serde_json::to_value(a),
             Cmd::Login(a) => serde_json::to_value(a),
+            Cmd::Hostile(a) => serde_json::to_value(a),
         }
         .unwrap_or_default()
     }
@@ -315,6 +395,35 @@ impl Cmd {
                 }
                 sliced(a.users, "users")?;
             }
+            Cmd::Hostile(a) => {
+                if a.rooms == 0 || a.members == 0 || a.senders == 0 || a.senders > a.members {
+                    return Err("hostile: needs rooms ≥ 1, members ≥ 1, 1 ≤ senders ≤ members".into());
+                }
+                if !rate_ok(a.rate) || !body_ok(a.body_bytes) {
+                    return Err("hostile: needs 0 < rate, 40 ≤ body-bytes".into());
+                }
+                let opt_rate = |r: f64| r.is_finite() && (0.0..=1_000_000.0).contains(&r);
+                if !opt_rate(a.non_reader_history_rate)
+                    || !opt_rate(a.login_flood_rate)
+                    || !opt_rate(a.junk_rate)
+                    || !opt_rate(a.login_probe_rate)
+                {
+                    return Err("hostile: the rates of the hostile clients and the login probe must be ≥ 0".into());
+                }
+                if a.non_reader_rcvbuf == 0 || a.non_reader_rcvbuf > 64 << 20 || a.slowloris_interval_ms == 0 {
+                    return Err("hostile: needs 0 < non-reader-rcvbuf ≤ 64 MiB, slowloris-interval-ms > 0".into());
+                }
+                if !(a.p99_ratio_max.is_finite() && a.p99_ratio_max >= 1.0) {
+                    return Err("hostile: --p99-ratio-max must be at least 1".into());
+                }
+                let many = a.non_readers + a.slowloris + a.login_flood_tasks + a.storm_clients + a.junk_sessions;
+                if many > 50_000 {
+                    return Err("hostile: at most 50,000 hostile clients in all".into());
+                }
+                if c.workers != 1 {
+                    return Err("hostile runs in one process (--workers 1)".into());
+                }
+            }
         }
         Ok(())
     }
@@ -344,29 +453,12 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
     let mut plan = Plan::default();
     match cmd {
         Cmd::Fanout(a) => {
-            let interval = interval_ns(a.rate);
-            for r in (0..a.rooms).filter(|r| r % workers == worker) {
-                let room = plan.rooms.len();
-                plan.rooms.push(format!("{tag}-r{r}"));
-                for m in 0..a.members {
-                    let index = r * a.members + m;
-                    plan.members.push(MemberSpec {
-                        index,
-                        user: format!("{tag}u{index}"),
-                        room,
-                        join: true,
-                        send: (m < a.senders).then(|| SendPlan {
-                            target: SendTarget::Room,
-                            interval_ns: interval,
-                            offset_ns: offset_ns(seed, index, interval),
-                            body_bytes: a.body_bytes,
-                        }),
-                        churn: None,
-                        connect_after_ns: 0,
-                        seed: mix(seed, index as u64),
-                    });
-                }
-            }
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
+        }
+        Cmd::Hostile(a) => {
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
         }
         Cmd::Dm(a) => {
             plan.register_users = true;
@@ -460,6 +552,47 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
     plan
 }
 
+/// The shape of fan-out traffic: R rooms × M members, S senders per room.
+pub struct FanoutShape {
+    pub rooms: usize,
+    pub members: usize,
+    pub senders: usize,
+    pub interval_ns: u64,
+    pub body_bytes: usize,
+}
+
+impl FanoutShape {
+    pub fn of(rooms: usize, members: usize, senders: usize, rate: f64, body_bytes: usize) -> Self {
+        FanoutShape { rooms, members, senders, interval_ns: interval_ns(rate), body_bytes }
+    }
+}
+
+/// The fan-out rooms `{tag}-r{r}` of this worker and their members.
+fn fanout_members(plan: &mut Plan, a: &FanoutShape, tag: &str, seed: u64, worker: usize, workers: usize) {
+    for r in (0..a.rooms).filter(|r| r % workers == worker) {
+        let room = plan.rooms.len();
+        plan.rooms.push(format!("{tag}-r{r}"));
+        for m in 0..a.members {
+            let index = r * a.members + m;
+            plan.members.push(MemberSpec {
+                index,
+                user: format!("{tag}u{index}"),
+                room,
+                join: true,
+                send: (m < a.senders).then(|| SendPlan {
+                    target: SendTarget::Room,
+                    interval_ns: a.interval_ns,
+                    offset_ns: offset_ns(seed, index, a.interval_ns),
+                    body_bytes: a.body_bytes,
+                }),
+                churn: None,
+                connect_after_ns: 0,
+                seed: mix(seed, index as u64),
+            });
+        }
+    }
+}
+
 /// The users of the `login` scenario for one process.
 pub fn login_users(a: &LoginArgs, tag: &str, worker: usize, workers: usize) -> Vec<(usize, String)> {
     (0..a.users).filter(|u| u % workers == worker).map(|u| (u, format!("{tag}l{u}"))).collect()
@@ -471,6 +604,7 @@ pub fn deliveries_per_send(cmd: &Cmd) -> f64 {
         Cmd::Fanout(a) => a.members as f64,
         Cmd::Dm(_) => 2.0,
         Cmd::Churn(a) => (a.clients as f64 / a.rooms as f64) + a.senders as f64,
+        Cmd::Hostile(a) => a.members as f64,
         Cmd::Connections(_) | Cmd::Login(_) => 0.0,
     }
 }

@@ -251,6 +251,100 @@ pub struct Report {
     /// What broke an invariant (loss, gaps, duplicates, errors, failed
     /// connections, unanswered sends); empty on a clean run.
     pub problems: Vec<String>,
+    /// `hostile`: the clean phase, the comparison with it, and what the
+    /// hostile clients observed (the top level is the hostile phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<HostileSection>,
+}
+
+/// What the `hostile` scenario adds to its report. The report's top level
+/// is the normal users of the hostile phase; `clean` is the same shape of
+/// normal users measured first, without hostile clients.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostileSection {
+    /// How the phases ran, in words.
+    pub order: String,
+    /// The clean phase's report (same fields as the top level).
+    pub clean: Box<Report>,
+    /// The normal users' figures side by side, and the goal.
+    pub comparison: Comparison,
+    /// Each kind of hostile client: what it did and what it observed, by
+    /// kind (`non_readers`, `slowloris`, `login_flood`, `reconnect_storm`,
+    /// `junk_frames`).
+    pub clients: BTreeMap<String, HostileKind>,
+    /// Correct logins of a real user nobody attacks, by phase (`clean`, `hostile`).
+    pub login_probe: BTreeMap<String, HostileKind>,
+    /// The server's own counters over each phase (`/metrics`, by phase,
+    /// then by series): the increase of every counter that moved (traffic
+    /// volume excluded), and a few gauges at the phase's end.
+    pub server_view: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// The normal users of one phase, in a few figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseFigures {
+    /// Send→deliver percentiles (the `latency` histogram), ms.
+    pub latency: Summary,
+    pub sends: u64,
+    pub acks: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub sessions_lost: u64,
+    pub error_frames: u64,
+    pub closes: u64,
+}
+
+impl PhaseFigures {
+    pub fn of(r: &Report) -> Self {
+        let g = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+        PhaseFigures {
+            latency: r.latency.get(h::LATENCY).cloned().unwrap_or_default(),
+            sends: g(c::SENDS),
+            acks: g(c::ACKS),
+            expected: r.loss.expected,
+            received: r.loss.received,
+            lost: r.loss.lost,
+            gaps: r.loss.gaps,
+            duplicates: r.loss.duplicates,
+            sessions_lost: g(c::MEMBERS_LOST),
+            error_frames: r.errors_by_code.values().sum(),
+            closes: r.closes_by_code.values().sum(),
+        }
+    }
+
+    /// Nothing lost, skipped, repeated, unanswered or cut off.
+    pub fn intact(&self) -> bool {
+        self.lost == 0 && self.gaps == 0 && self.duplicates == 0 && self.sessions_lost == 0 && self.acks == self.sends
+    }
+}
+
+/// The goal of `hostile`: the normal users' p99 in the hostile phase at
+/// most `p99_ratio_max` × the clean phase's, and nothing lost in either.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub clean: PhaseFigures,
+    pub hostile: PhaseFigures,
+    /// Hostile p99 / clean p99 (none when either phase delivered nothing).
+    pub p99_ratio: Option<f64>,
+    pub p99_ratio_max: f64,
+    pub p99_within_goal: bool,
+    /// Both phases: nothing lost, no gap, no duplicate, every send acknowledged, no session lost.
+    pub nothing_lost: bool,
+    pub goal_met: bool,
+}
+
+/// One kind of hostile client (or the login probe): what it did
+/// (`counters`), how each connection or attempt ended as the client saw it
+/// (`outcomes`), and timings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostileKind {
+    pub what: String,
+    pub counters: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub latency: BTreeMap<String, Summary>,
 }
 
 /// What a scenario expected, for the derived figures.
@@ -354,6 +448,9 @@ impl Report {
 
     /// The human-readable summary table.
     pub fn table(&self) -> String {
+        if let Some(hostile) = &self.hostile {
+            return crate::tables::hostile(self, hostile);
+        }
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         let g = |k: &str| self.counters.get(k).copied().unwrap_or(0);
@@ -516,13 +613,8 @@ impl Report {
                 ),
             );
         }
-        row("problems", if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") });
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (k, v) in rows {
-            out.push_str(&format!("{k:<width$}  {v}\n"));
-        }
-        out
+        rows.push(("problems".into(), if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") }));
+        crate::tables::align(&rows)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
 #[command(
     name = "viche-load",
     version,
-    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins, hostile clients.",
+    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins, hostile clients, soak.",
     long_about = "Load generator for a Viche server. Every run is bounded in time and stops by itself, and goes only to \
                   loopback addresses unless --allow-remote is given. Latency is the send's due time to each \
                   receiver's arrival on one clock (open loop: a late send goes out at once, never skipped). \
@@ -48,6 +48,16 @@ pub enum Cmd {
                       Needs --jwt-secret; one process."
     )]
     Hostile(HostileArgs),
+    /// A bounded mixed run (fan-out, DMs, churn with resumes, logins, registrations, history paging) sampling the server's RSS every second.
+    #[command(
+        long_about = "A bounded mixed run (default 5 minutes after a 1-minute warm-up): fan-out, DMs, churn with resumes \
+                      (join with since; gaps and duplicates checked), registrations and logins, history paging over \
+                      WebSocket and HTTP. The server's RSS is sampled every second (/proc/PID/status, else /metrics) and \
+                      --plot draws it. Reports the RSS growth after the warm-up per 1,000 operations (operations = sends + \
+                      logins + registrations + history pages + reconnects); --check-rss-growth-mib N fails the run when \
+                      RSS grows more than N MiB after the warm-up. One process."
+    )]
+    Soak(SoakArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -94,7 +104,8 @@ pub struct Common {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw latency percentiles over time and the latency histogram into this SVG file (hostile: both phases).
+    /// Draw latency percentiles over time and the latency histogram into this SVG file (hostile: both phases;
+    /// soak: the server's RSS over time).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Generator processes (this program re-executed, each with a slice of the sessions).
@@ -282,6 +293,62 @@ pub struct HostileArgs {
     pub p99_ratio_max: f64,
 }
 
+#[derive(Args, Debug, Clone, Serialize)]
+#[command(
+    mut_arg("duration", |a| a.default_value("300")),
+    mut_arg("warmup", |a| a.default_value("60"))
+)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Fan-out rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Steady sessions per fan-out room (each a distinct user).
+    #[arg(long, default_value_t = 20)]
+    pub members: usize,
+    /// Senders per fan-out room (among its members).
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// Messages per second per fan-out sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// Pairs of registered users exchanging DMs.
+    #[arg(long, default_value_t = 5)]
+    pub dm_pairs: usize,
+    /// DMs per second per DM user.
+    #[arg(long, default_value_t = 1.0)]
+    pub dm_rate: f64,
+    /// Clients in the fan-out rooms that drop and resume with `join since` (gaps and duplicates checked).
+    #[arg(long, default_value_t = 20)]
+    pub churn_clients: usize,
+    /// A storm every this many seconds: each churn client drops with probability --storm-fraction.
+    #[arg(long, default_value_t = 10.0)]
+    pub storm_every: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub storm_fraction: f64,
+    /// First reconnect within [0, this] ms; then exponential backoff with full jitter.
+    #[arg(long, default_value_t = 100)]
+    pub backoff_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub backoff_max_ms: u64,
+    /// New users registered per second through HTTP (the server's per-address registration limit applies).
+    #[arg(long, default_value_t = 0.2)]
+    pub registrations_rate: f64,
+    /// Logins per second (correct passwords) of the users registered so far.
+    #[arg(long, default_value_t = 1.0)]
+    pub logins_rate: f64,
+    /// History pages per second (limit 50, paging back to the first message), alternately over WebSocket and HTTP.
+    #[arg(long, default_value_t = 4.0)]
+    pub history_rate: f64,
+    /// Fail the run (exit 1, a problem listed) when the server's RSS grows by more than this many MiB after the
+    /// warm-up. Implies --check.
+    #[arg(long)]
+    pub check_rss_growth_mib: Option<f64>,
+}
+
 impl Cmd {
     pub fn name(&self) -> &'static str {
         match self {
@@ -291,6 +358,7 @@ impl Cmd {
             Cmd::Churn(_) => "churn",
             Cmd::Login(_) => "login",
             Cmd::Hostile(_) => "hostile",
+            Cmd::Soak(_) => "soak",
         }
     }
 
@@ -302,6 +370,7 @@ impl Cmd {
             Cmd::Churn(a) => &a.common,
             Cmd::Login(a) => &a.common,
             Cmd::Hostile(a) => &a.common,
+            Cmd::Soak(a) => &a.common,
         }
     }
 
@@ -313,6 +382,7 @@ impl Cmd {
             Cmd::Churn(a) => serde_json::to_value(a),
             Cmd::Login(a) => serde_json::to_value(a),
             Cmd::Hostile(a) => serde_json::to_value(a),
+            Cmd::Soak(a) => serde_json::to_value(a),
         }
         .unwrap_or_default()
     }
@@ -424,6 +494,35 @@ impl Cmd {
                     return Err("hostile runs in one process (--workers 1)".into());
                 }
             }
+            Cmd::Soak(a) => {
+                if a.rooms == 0 || a.members == 0 || a.senders == 0 || a.senders > a.members {
+                    return Err("soak: needs rooms ≥ 1, members ≥ 1, 1 ≤ senders ≤ members".into());
+                }
+                if !rate_ok(a.rate) || !body_ok(a.body_bytes) || (a.dm_pairs > 0 && !rate_ok(a.dm_rate)) {
+                    return Err("soak: needs 0 < rate, 0 < dm-rate, 40 ≤ body-bytes".into());
+                }
+                let opt_rate = |r: f64| r.is_finite() && (0.0..=10_000.0).contains(&r);
+                if !opt_rate(a.registrations_rate) || !opt_rate(a.logins_rate) || !opt_rate(a.history_rate) {
+                    return Err("soak: registrations-rate, logins-rate and history-rate must be in [0, 10000]".into());
+                }
+                if a.churn_clients > 0
+                    && (a.storm_every.is_nan()
+                        || a.storm_every <= 0.0
+                        || !(0.0..=1.0).contains(&a.storm_fraction)
+                        || a.backoff_ms == 0
+                        || a.backoff_max_ms < a.backoff_ms)
+                {
+                    return Err(
+                        "soak: needs storm-every > 0, storm-fraction in [0, 1], 0 < backoff-ms ≤ backoff-max-ms".into(),
+                    );
+                }
+                if a.check_rss_growth_mib.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
+                    return Err("soak: --check-rss-growth-mib must be ≥ 0".into());
+                }
+                if c.workers != 1 {
+                    return Err("soak runs in one process (--workers 1)".into());
+                }
+            }
         }
         Ok(())
     }
@@ -460,6 +559,60 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
             let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
             fanout_members(&mut plan, &shape, tag, seed, worker, workers);
         }
+        Cmd::Soak(a) => {
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
+            // Churn clients in the fan-out rooms, after the steady members.
+            let churn = ChurnPlan {
+                every_ns: (a.storm_every * 1e9) as u64,
+                fraction: a.storm_fraction,
+                backoff_base_ns: a.backoff_ms * 1_000_000,
+                backoff_max_ns: a.backoff_max_ms * 1_000_000,
+            };
+            let base = a.rooms * a.members;
+            for c in 0..a.churn_clients {
+                let index = base + c;
+                plan.members.push(MemberSpec {
+                    index,
+                    user: format!("{tag}u{index}"),
+                    room: c % a.rooms,
+                    join: true,
+                    send: None,
+                    churn: Some(churn.clone()),
+                    connect_after_ns: 0,
+                    seed: mix(seed, index as u64),
+                    register: false,
+                });
+            }
+            // DM pairs: registered users (a DM's peer must exist).
+            let interval = interval_ns(a.dm_rate.max(1e-9));
+            let base = base + a.churn_clients;
+            for p in 0..a.dm_pairs {
+                let (ua, ub) = (format!("{tag}a{p}"), format!("{tag}b{p}"));
+                let room = plan.rooms.len();
+                let (lo, hi) = if ua.as_bytes() <= ub.as_bytes() { (&ua, &ub) } else { (&ub, &ua) };
+                plan.rooms.push(format!("dm:{lo}:{hi}"));
+                for (k, (me, other)) in [(&ua, &ub), (&ub, &ua)].into_iter().enumerate() {
+                    let index = base + 2 * p + k;
+                    plan.members.push(MemberSpec {
+                        index,
+                        user: me.clone(),
+                        room,
+                        join: false,
+                        send: Some(SendPlan {
+                            target: SendTarget::Dm(other.clone()),
+                            interval_ns: interval,
+                            offset_ns: offset_ns(seed, index, interval),
+                            body_bytes: a.body_bytes,
+                        }),
+                        churn: None,
+                        connect_after_ns: 0,
+                        seed: mix(seed, index as u64),
+                        register: true,
+                    });
+                }
+            }
+        }
         Cmd::Dm(a) => {
             plan.register_users = true;
             let interval = interval_ns(a.rate);
@@ -485,6 +638,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
             }
@@ -501,6 +655,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                     churn: None,
                     connect_after_ns: if a.ramp_rate > 0.0 { (s as f64 / a.ramp_rate * 1e9) as u64 } else { 0 },
                     seed: mix(seed, s as u64),
+                    register: false,
                 });
             }
         }
@@ -531,6 +686,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
                 for index in (0..a.clients).filter(|c| c % a.rooms == r) {
@@ -543,6 +699,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: Some(churn.clone()),
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
             }
@@ -588,6 +745,7 @@ fn fanout_members(plan: &mut Plan, a: &FanoutShape, tag: &str, seed: u64, worker
                 churn: None,
                 connect_after_ns: 0,
                 seed: mix(seed, index as u64),
+                register: false,
             });
         }
     }
@@ -605,6 +763,17 @@ pub fn deliveries_per_send(cmd: &Cmd) -> f64 {
         Cmd::Dm(_) => 2.0,
         Cmd::Churn(a) => (a.clients as f64 / a.rooms as f64) + a.senders as f64,
         Cmd::Hostile(a) => a.members as f64,
+        Cmd::Soak(a) => {
+            // Sends per second of each kind, each with its own audience.
+            let fanout = (a.rooms * a.senders) as f64 * a.rate;
+            let dm = (2 * a.dm_pairs) as f64 * a.dm_rate;
+            let audience = a.members as f64 + a.churn_clients as f64 / a.rooms as f64;
+            if fanout + dm > 0.0 {
+                (fanout * audience + dm * 2.0) / (fanout + dm)
+            } else {
+                0.0
+            }
+        }
         Cmd::Connections(_) | Cmd::Login(_) => 0.0,
     }
 }

@@ -14,5 +14,6 @@ pub mod rawws;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod soak;
 pub mod tables;
 pub mod traffic;

@@ -1,7 +1,8 @@
 //! `--plot FILE.svg`: latency percentiles per second over the run (top)
 //! and the histogram of send→deliver latency over the window (bottom);
 //! for `hostile`, the percentiles of the clean phase (top) and of the
-//! hostile phase (bottom) on one scale.
+//! hostile phase (bottom) on one scale; for `soak`, the server's RSS over
+//! the run (top) and the percentiles (bottom).
 //! plotters' SVG backend writes text as SVG text: no font files needed.
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::{h, Report};
+use crate::report::{h, Report, SoakSection};
 
 pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
@@ -22,6 +23,10 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         let title = |phase: &str| format!("viche-load hostile, {phase}: normal users' send→deliver latency per second");
         percentiles(&top, &hs.clean, &title("clean phase"), y)?;
         percentiles(&bottom, report, &title("hostile phase"), y)?;
+    } else if let Some(soak) = &report.soak {
+        rss(&top, report, soak)?;
+        let title = format!("viche-load soak: send→deliver latency per second ({procs})");
+        percentiles(&bottom, report, &title, y_range(&[report]))?;
     } else {
         let title = format!("viche-load {}: send→deliver latency ({procs})", report.scenario);
         percentiles(&top, report, &title, y_range(&[report]))?;
@@ -82,6 +87,60 @@ fn percentiles<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(
                 vec![(report.warmup_s, y_min), (report.warmup_s, y_max)],
+                MAGENTA.mix(0.6).stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("end of warm-up")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MAGENTA.mix(0.6).stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The server's RSS over the run (`soak`), MiB.
+fn rss<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, report: &Report, soak: &SoakSection) -> anyhow::Result<()> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let pts: Vec<(f64, f64)> =
+        soak.samples.iter().filter_map(|s| s.rss_bytes.map(|b| (s.t_s, b as f64 / MIB))).collect();
+    let t_max = soak.samples.iter().map(|s| s.t_s).fold(1.0f64, f64::max);
+    let hi = pts.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    let lo = pts.iter().map(|p| p.1).fold(hi, f64::min);
+    let pad = ((hi - lo) * 0.1).max(1.0);
+    let caption = format!(
+        "viche-load soak: server RSS ({}), growth after the warm-up {} MiB = {} KiB per 1,000 operations",
+        soak.rss_source,
+        soak.rss_growth_bytes.map_or("n/a".into(), |b| format!("{:+.2}", b as f64 / MIB)),
+        soak.rss_growth_per_1000_ops_bytes.map_or("n/a".into(), |b| format!("{:+.2}", b / 1024.0)),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..t_max, (lo - pad).max(0.0)..hi + pad)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the start (warm-up included)")
+        .y_desc("RSS, MiB")
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), RGBColor(31, 119, 180).stroke_width(2)))
+        .map_err(err)?
+        .label("RSS")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RGBColor(31, 119, 180).stroke_width(2)));
+    if report.warmup_s > 0.0 {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(report.warmup_s, (lo - pad).max(0.0)), (report.warmup_s, hi + pad)],
                 MAGENTA.mix(0.6).stroke_width(2),
             ))
             .map_err(err)?

@@ -51,6 +51,9 @@ pub mod c {
     /// Time each process spent registering, and logging in (`login`).
     pub const REGISTER_PHASE_US: &str = "register_phase_us";
     pub const LOGIN_PHASE_US: &str = "login_phase_us";
+    /// History pages read (`soak`): over WebSocket, and over HTTP.
+    pub const HISTORY_PAGES_WS: &str = "history_pages_ws";
+    pub const HISTORY_PAGES_HTTP: &str = "history_pages_http";
 }
 
 /// Histogram names (the keys of [`Raw::histograms`]).
@@ -75,6 +78,9 @@ pub mod h {
     pub const REPLAY_AGE: &str = "replay_age";
     pub const REGISTER: &str = "register";
     pub const LOGIN: &str = "login";
+    /// A history page's request to its answer (`soak`).
+    pub const HISTORY_WS: &str = "history_ws";
+    pub const HISTORY_HTTP: &str = "history_http";
 }
 
 /// One second of the run, counted by the second it ends in (`t` = 1 is
@@ -255,6 +261,9 @@ pub struct Report {
     /// hostile clients observed (the top level is the hostile phase).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostile: Option<HostileSection>,
+    /// `soak`: the server's RSS over time and its growth per operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakSection>,
 }
 
 /// What the `hostile` scenario adds to its report. The report's top level
@@ -345,6 +354,43 @@ pub struct HostileKind {
     pub counters: BTreeMap<String, u64>,
     pub outcomes: BTreeMap<String, u64>,
     pub latency: BTreeMap<String, Summary>,
+}
+
+/// What the `soak` scenario adds to its report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakSection {
+    /// What counts as an operation.
+    pub operations_definition: String,
+    /// Where RSS came from (`proc:PID`, `metrics`, `none`).
+    pub rss_source: String,
+    /// One sample a second from the start (warm-up included).
+    pub samples: Vec<RssSample>,
+    /// The first sample at or after the warm-up's end, and the last (the window's end).
+    pub rss_at_warmup_end_bytes: Option<u64>,
+    pub rss_at_end_bytes: Option<u64>,
+    /// Highest sample after the warm-up.
+    pub rss_peak_bytes: Option<u64>,
+    /// End minus warm-up end.
+    pub rss_growth_bytes: Option<i64>,
+    /// Operations between those two samples, in all and by kind.
+    pub operations_after_warmup: u64,
+    pub operations_by_kind: BTreeMap<String, u64>,
+    /// `rss_growth_bytes` per 1,000 operations after the warm-up.
+    pub rss_growth_per_1000_ops_bytes: Option<f64>,
+    /// Least-squares slope of RSS against operations over the samples after
+    /// the warm-up, per 1,000 operations (less sensitive to the two end samples).
+    pub rss_slope_per_1000_ops_bytes: Option<f64>,
+    /// `--check-rss-growth-mib`, when given.
+    pub check_rss_growth_mib: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssSample {
+    /// Seconds since the start (warm-up included).
+    pub t_s: f64,
+    pub rss_bytes: Option<u64>,
+    /// Operations so far (cumulative, from the start).
+    pub operations: u64,
 }
 
 /// What a scenario expected, for the derived figures.
@@ -508,6 +554,8 @@ impl Report {
             (h::REPLAY_AGE, "replayed age ms"),
             (h::REGISTER, "register ms"),
             (h::LOGIN, "login ms"),
+            (h::HISTORY_WS, "history (WS) ms"),
+            (h::HISTORY_HTTP, "history (HTTP) ms"),
         ] {
             if let Some(s) = self.latency.get(name).filter(|s| s.count > 0) {
                 row(
@@ -612,6 +660,9 @@ impl Report {
                     others.max(0.0)
                 ),
             );
+        }
+        if let Some(soak) = &self.soak {
+            rows.extend(crate::tables::soak_rows(self, soak));
         }
         rows.push(("problems".into(), if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") }));
         crate::tables::align(&rows)

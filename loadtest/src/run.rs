@@ -51,6 +51,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
     match (common.worker_index, &cmd) {
         (Some(index), _) => worker(cmd, target, source_ips, tokens, index).await,
         (None, Cmd::Hostile(_)) => crate::hostile::coordinator(cmd, target, source_ips, tokens).await,
+        (None, Cmd::Soak(_)) => crate::soak::coordinator(cmd, target, source_ips, tokens).await,
         (None, _) => coordinator(cmd, target, source_ips, tokens).await,
     }
 }
@@ -65,7 +66,7 @@ fn tokens(cmd: &Cmd) -> anyhow::Result<Tokens> {
         }
         (true, _, _) => Tokens::Login,
         (false, Some(secret), _) => Tokens::Mint { secret: secret.clone(), ttl },
-        (false, None, Cmd::Dm(_) | Cmd::Login(_)) => Tokens::Register,
+        (false, None, Cmd::Dm(_) | Cmd::Login(_) | Cmd::Soak(_)) => Tokens::Register,
         (false, None, _) => {
             bail!("give --jwt-secret (the server's, to mint tokens) or --login (register and log in real users)")
         }

@@ -90,6 +90,23 @@ impl Probe {
         (resp.status == 200).then_some(resp.body)
     }
 
+    /// The server's RSS alone: /proc/PID/status (VmRSS) when the PID is
+    /// known, else `viche_process_resident_memory_bytes`; with its source.
+    pub async fn rss(&self) -> (Option<u64>, String) {
+        if let Some(pid) = self.pid {
+            if let Some(rss) = proc_rss_bytes(pid) {
+                return (Some(rss), format!("proc:{pid}"));
+            }
+        }
+        match self.metrics_text().await {
+            Some(text) => (
+                parse_prometheus(&text).get("viche_process_resident_memory_bytes").map(|v| *v as u64),
+                "metrics".into(),
+            ),
+            None => (None, "none".into()),
+        }
+    }
+
     pub async fn sample(&self) -> Sample {
         let mut s = Sample { source: "none".into(), machine_busy_seconds: machine_busy_seconds(), ..Sample::default() };
         if let Ok(resp) = self.http.get_raw("/metrics", None).await {

@@ -1,10 +1,10 @@
-//! The text table of the `hostile` report (the other
+//! The text tables of the `hostile` and `soak` reports (the other
 //! scenarios' table is [`Report::table`]).
 
 use std::collections::BTreeMap;
 
 use crate::hist::Summary;
-use crate::report::{c, h, HostileKind, HostileSection, Report};
+use crate::report::{c, h, HostileKind, HostileSection, Report, SoakSection};
 
 /// `key  value` lines, keys padded to one width.
 pub fn align(rows: &[(String, String)]) -> String {
@@ -164,4 +164,55 @@ fn kind_line(k: &HostileKind) -> String {
         parts.push(timings.join(", "));
     }
     parts.join(" | ")
+}
+
+/// The soak's rows, before "problems".
+pub fn soak_rows(r: &Report, s: &SoakSection) -> Vec<(String, String)> {
+    let g = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    let mut rows = Vec::new();
+    rows.push((
+        "history pages".to_string(),
+        format!("{} over WebSocket, {} over HTTP", g(c::HISTORY_PAGES_WS), g(c::HISTORY_PAGES_HTTP)),
+    ));
+    rows.push((
+        "operations".to_string(),
+        format!(
+            "{} after the warm-up ({}); {}",
+            s.operations_after_warmup,
+            map(&s.operations_by_kind),
+            s.operations_definition
+        ),
+    ));
+    let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{:.2}", b as f64 / MIB));
+    rows.push((
+        "RSS samples".to_string(),
+        format!(
+            "{} MiB at the warm-up's end → {} MiB at the end (peak {} MiB), {} samples ({})",
+            mib(s.rss_at_warmup_end_bytes),
+            mib(s.rss_at_end_bytes),
+            mib(s.rss_peak_bytes),
+            s.samples.len(),
+            s.rss_source
+        ),
+    ));
+    rows.push((
+        "RSS growth".to_string(),
+        match s.rss_growth_bytes {
+            Some(b) => format!(
+                "{:+.2} MiB after the warm-up = {} KiB per 1,000 operations (least-squares slope: {} KiB per 1,000)",
+                b as f64 / MIB,
+                s.rss_growth_per_1000_ops_bytes.map_or("n/a".into(), |v| format!("{:+.2}", v / 1024.0)),
+                s.rss_slope_per_1000_ops_bytes.map_or("n/a".into(), |v| format!("{:+.2}", v / 1024.0)),
+            ),
+            None => "n/a (RSS not sampled)".into(),
+        },
+    ));
+    if let Some(limit) = s.check_rss_growth_mib {
+        let ok = s.rss_growth_bytes.is_some_and(|b| (b as f64) <= limit * MIB);
+        rows.push((
+            "RSS check".to_string(),
+            format!("growth at most {limit} MiB: {}", if ok { "ok" } else { "FAILED" }),
+        ));
+    }
+    rows
 }

@@ -1,8 +1,8 @@
 //! Each scenario of viche-load, short and small, against a real `viche`
 //! (the debug build next to this test's executable, built if missing),
 //! asserting the report's invariants: nothing lost, no gap, no duplicate,
-//! no error, and figures present and sane. A few seconds each (`hostile`,
-//! about ten).
+//! no error, and figures present and sane. A few seconds each (`hostile`
+//! and `soak`, about ten).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -466,6 +466,80 @@ fn hostile_compares_the_normal_users_with_a_clean_phase() {
     assert!(text.contains("goal") && text.contains("non-readers") && text.contains("login flood"), "{text}");
     let plot = std::fs::read_to_string(&svg).expect("the --plot file");
     assert!(plot.contains("clean phase") && plot.contains("hostile phase"));
+}
+
+#[test]
+fn soak_samples_rss_and_reports_its_growth_per_operation() {
+    let server = Server::start(&["--registrations-burst", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("soak.svg");
+    let r = load(
+        &server,
+        &[
+            "soak",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "4",
+            "--senders",
+            "1",
+            "--rate",
+            "5",
+            "--dm-pairs",
+            "2",
+            "--dm-rate",
+            "2",
+            "--churn-clients",
+            "6",
+            "--storm-every",
+            "1",
+            "--storm-fraction",
+            "1",
+            "--backoff-ms",
+            "50",
+            "--backoff-max-ms",
+            "300",
+            "--registrations-rate",
+            "2",
+            "--logins-rate",
+            "4",
+            "--history-rate",
+            "10",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--check-rss-growth-mib",
+            "1024",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.scenario, "soak");
+    // 2 rooms × 4 members, 6 churn clients, 2 DM pairs.
+    assert_eq!(count(&r, c::CONNECTIONS_OPENED), 18);
+    assert_eq!((r.loss.lost, r.loss.gaps, r.loss.duplicates), (0, 0, 0), "{:?}", r.loss);
+    assert!(r.loss.expected > 0 && r.loss.received == r.loss.expected, "{:?}", r.loss);
+    assert!(count(&r, c::RECONNECTS) >= 6, "the churn clients resumed");
+    let soak = r.soak.as_ref().expect("the soak section");
+    assert!(soak.samples.len() >= 5, "{:?}", soak.samples);
+    assert!(soak.samples.iter().all(|s| s.rss_bytes.is_some_and(|b| b > 0)), "{:?}", soak.samples);
+    assert!(soak.rss_source.starts_with("proc:"), "{}", soak.rss_source);
+    assert!(soak.samples.windows(2).all(|w| w[0].t_s < w[1].t_s && w[0].operations <= w[1].operations));
+    for kind in ["sends", "logins", "registrations", "history pages", "reconnects"] {
+        assert!(soak.operations_by_kind.get(kind).copied().unwrap_or(0) > 0, "{kind}: {:?}", soak.operations_by_kind);
+    }
+    assert_eq!(soak.operations_after_warmup, soak.operations_by_kind.values().sum::<u64>());
+    let growth = soak.rss_growth_bytes.expect("the growth");
+    assert_eq!(Some(growth), soak.rss_at_end_bytes.zip(soak.rss_at_warmup_end_bytes).map(|(b, a)| b as i64 - a as i64));
+    let per = soak.rss_growth_per_1000_ops_bytes.expect("per 1,000 operations");
+    assert!((per - growth as f64 / soak.operations_after_warmup as f64 * 1000.0).abs() < 1e-6);
+    assert!(count(&r, c::HISTORY_PAGES_WS) > 0 && count(&r, c::HISTORY_PAGES_HTTP) > 0);
+    assert!(r.errors_by_code.is_empty(), "{:?}", r.errors_by_code);
+    let plot = std::fs::read_to_string(&svg).expect("the --plot file");
+    assert!(plot.contains("RSS"), "the RSS plot");
 }
 
 #[test]

@@ -102,6 +102,15 @@ pub fn hostile(r: &Report, hs: &HostileSection) -> String {
     row("  server CPU s", side(cpu(clean), cpu(r)));
     let rss = |rep: &Report| rep.server.rss_after_bytes.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / MIB));
     row("  server RSS MiB at end", side(rss(clean), rss(r)));
+    // Other work on the machine skews a phase: say how much there was.
+    let gen = |rep: &Report| g(rep, c::GENERATOR_CPU_US) as f64 / 1e6;
+    row("  generator CPU s", side(format!("{:.2}", gen(clean)), format!("{:.2}", gen(r))));
+    let others = |rep: &Report| {
+        rep.server
+            .machine_cpu_seconds
+            .map_or("n/a".into(), |m| format!("{:.2}", (m - rep.server.cpu_seconds.unwrap_or(0.0) - gen(rep)).max(0.0)))
+    };
+    row("  machine CPU s, others", side(others(clean), others(r)));
     row("  errors (clean)", map(&clean.errors_by_code));
     row("  errors (hostile)", map(&r.errors_by_code));
     row("  closes (clean)", map(&clean.closes_by_code));

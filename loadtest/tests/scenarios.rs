@@ -430,7 +430,7 @@ fn hostile_compares_the_normal_users_with_a_clean_phase() {
     assert!((ratio - cmp.hostile.latency.p99_ms / cmp.clean.latency.p99_ms).abs() < 1e-9);
     assert_eq!(cmp.goal_met, cmp.p99_within_goal && cmp.nothing_lost);
     assert_eq!(cmp.p99_within_goal, ratio <= 2.0);
-    assert_eq!(cmp.goal_met, r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.problems.iter().any(|p| p.contains("p99")), !cmp.p99_within_goal, "{:?}", r.problems);
     // What the hostile clients observed.
     let k = |name: &str| hs.clients.get(name).unwrap_or_else(|| panic!("{name} in {:?}", hs.clients.keys()));
     let n = |kind: &HostileKind, key: &str| kind.counters.get(key).copied().unwrap_or(0);

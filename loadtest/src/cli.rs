@@ -12,7 +12,7 @@ use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
 #[command(
     name = "viche-load",
     version,
-    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins.",
+    about = "Load generator for a Viche server: fan-out, DMs, idle connections, reconnect storms, logins, hostile clients, soak.",
     long_about = "Load generator for a Viche server. Every run is bounded in time and stops by itself, and goes only to \
                   loopback addresses unless --allow-remote is given. Latency is the send's due time to each \
                   receiver's arrival on one clock (open loop: a late send goes out at once, never skipped). \
@@ -35,6 +35,29 @@ pub enum Cmd {
     Churn(ChurnArgs),
     /// Registration and login throughput through the HTTP API.
     Login(LoginArgs),
+    /// Fan-out measured twice: clean, then mixed with hostile clients (non-readers, slowloris, login flood, reconnect storm, junk frames).
+    #[command(
+        long_about = "Fan-out measured twice in one invocation: first a clean phase, then a hostile phase of the same \
+                      shape (fresh sessions, fresh rooms) during which hostile clients run from the warm-up's start to \
+                      the window's end: (a) --non-readers that join the rooms and never read, (b) --slowloris HTTP \
+                      connections (stalled or trickled bodies and headers), (c) a login flood (wrong passwords for real \
+                      users and unknown names), (d) a reconnect storm (join with since, disconnect, again), (e) junk \
+                      frames (invalid MessagePack/JSON, frames that are not maps, oversized frames). The report compares \
+                      the normal users' latency and loss in both phases (goal: hostile p99 within --p99-ratio-max × the \
+                      clean p99, nothing lost) and says what the hostile clients observed; with --check a missed goal exits 1. \
+                      Needs --jwt-secret; one process."
+    )]
+    Hostile(HostileArgs),
+    /// A bounded mixed run (fan-out, DMs, churn with resumes, logins, registrations, history paging) sampling the server's RSS every second.
+    #[command(
+        long_about = "A bounded mixed run (default 5 minutes after a 1-minute warm-up): fan-out, DMs, churn with resumes \
+                      (join with since; gaps and duplicates checked), registrations and logins, history paging over \
+                      WebSocket and HTTP. The server's RSS is sampled every second (/proc/PID/status, else /metrics) and \
+                      --plot draws it. Reports the RSS growth after the warm-up per 1,000 operations (operations = sends + \
+                      logins + registrations + history pages + reconnects); --check-rss-growth-mib N fails the run when \
+                      RSS grows more than N MiB after the warm-up. One process."
+    )]
+    Soak(SoakArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -81,7 +104,8 @@ pub struct Common {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw latency percentiles over time and the latency histogram into this SVG file.
+    /// Draw latency percentiles over time and the latency histogram into this SVG file (hostile: both phases;
+    /// soak: the server's RSS over time).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Generator processes (this program re-executed, each with a slice of the sessions).
@@ -205,6 +229,126 @@ pub struct LoginArgs {
     pub concurrency: usize,
 }
 
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct HostileArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Normal users: rooms (as `fanout`).
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Normal users: sessions per room (each a distinct user).
+    #[arg(long, default_value_t = 50)]
+    pub members: usize,
+    /// Normal users: senders per room (among its members).
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// Normal users: messages per second per sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Normal users: body size in bytes (at least 40).
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// (a) Clients that join the normal users' rooms and never read (raw sockets with a small receive buffer); 0: none.
+    #[arg(long, default_value_t = 20)]
+    pub non_readers: usize,
+    /// Receive buffer of a non-reader's socket, bytes (SO_RCVBUF, set before connecting; the kernel doubles it).
+    #[arg(long, default_value_t = 4096)]
+    pub non_reader_rcvbuf: usize,
+    /// `history` requests (limit 100) per second each non-reader sends and never reads the answer of; 0: none.
+    #[arg(long, default_value_t = 5.0)]
+    pub non_reader_history_rate: f64,
+    /// (b) Slowloris HTTP connections held at once (stalled or trickled bodies after a Content-Length, partial headers); 0: none.
+    #[arg(long, default_value_t = 40)]
+    pub slowloris: usize,
+    /// A trickling slowloris connection sends its next byte every this many ms.
+    #[arg(long, default_value_t = 1000)]
+    pub slowloris_interval_ms: u64,
+    /// (c) Login flood: concurrent tasks sending wrong passwords for real usernames and logins of unknown names; 0: none.
+    #[arg(long, default_value_t = 16)]
+    pub login_flood_tasks: usize,
+    /// Login flood attempts per second, all tasks together (0: as fast as the server answers).
+    #[arg(long, default_value_t = 100.0)]
+    pub login_flood_rate: f64,
+    /// (d) Reconnect storm: clients that connect, join with `since`, stay --storm-hold-ms, disconnect, again; 0: none.
+    #[arg(long, default_value_t = 10)]
+    pub storm_clients: usize,
+    /// How long a storm client stays joined before it disconnects (drops the socket or closes, alternately), ms.
+    #[arg(long, default_value_t = 250)]
+    pub storm_hold_ms: u64,
+    /// (e) Sessions that join a room, read, and send junk frames (invalid MessagePack/JSON, not maps, oversized); 0: none.
+    #[arg(long, default_value_t = 5)]
+    pub junk_sessions: usize,
+    /// Junk frames per second per junk session (every 8th is oversized: max_frame + 1 bytes).
+    #[arg(long, default_value_t = 5.0)]
+    pub junk_rate: f64,
+    /// Correct logins per second of a real user nobody attacks, in both phases (what a legitimate login sees); 0: none.
+    #[arg(long, default_value_t = 1.0)]
+    pub login_probe_rate: f64,
+    /// Source addresses of the hostile clients (as --source-ips; default: the system's choice), so that
+    /// per-address limits of the server can tell them from the normal users.
+    #[arg(long)]
+    pub hostile_source_ips: Option<String>,
+    /// The goal: the normal users' p99 in the hostile phase at most this many times the clean phase's.
+    #[arg(long, default_value_t = 2.0)]
+    pub p99_ratio_max: f64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+#[command(
+    mut_arg("duration", |a| a.default_value("300")),
+    mut_arg("warmup", |a| a.default_value("60"))
+)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Fan-out rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Steady sessions per fan-out room (each a distinct user).
+    #[arg(long, default_value_t = 20)]
+    pub members: usize,
+    /// Senders per fan-out room (among its members).
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// Messages per second per fan-out sender.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// Pairs of registered users exchanging DMs.
+    #[arg(long, default_value_t = 5)]
+    pub dm_pairs: usize,
+    /// DMs per second per DM user.
+    #[arg(long, default_value_t = 1.0)]
+    pub dm_rate: f64,
+    /// Clients in the fan-out rooms that drop and resume with `join since` (gaps and duplicates checked).
+    #[arg(long, default_value_t = 20)]
+    pub churn_clients: usize,
+    /// A storm every this many seconds: each churn client drops with probability --storm-fraction.
+    #[arg(long, default_value_t = 10.0)]
+    pub storm_every: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub storm_fraction: f64,
+    /// First reconnect within [0, this] ms; then exponential backoff with full jitter.
+    #[arg(long, default_value_t = 100)]
+    pub backoff_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub backoff_max_ms: u64,
+    /// New users registered per second through HTTP (the server's per-address registration limit applies).
+    #[arg(long, default_value_t = 0.2)]
+    pub registrations_rate: f64,
+    /// Logins per second (correct passwords) of the users registered so far.
+    #[arg(long, default_value_t = 1.0)]
+    pub logins_rate: f64,
+    /// History pages per second (limit 50, paging back to the first message), alternately over WebSocket and HTTP.
+    #[arg(long, default_value_t = 4.0)]
+    pub history_rate: f64,
+    /// Fail the run (exit 1, a problem listed) when the server's RSS grows by more than this many MiB after the
+    /// warm-up. Implies --check.
+    #[arg(long)]
+    pub check_rss_growth_mib: Option<f64>,
+}
+
 impl Cmd {
     pub fn name(&self) -> &'static str {
         match self {
@@ -213,6 +357,8 @@ impl Cmd {
             Cmd::Connections(_) => "connections",
             Cmd::Churn(_) => "churn",
             Cmd::Login(_) => "login",
+            Cmd::Hostile(_) => "hostile",
+            Cmd::Soak(_) => "soak",
         }
     }
 
@@ -223,6 +369,8 @@ impl Cmd {
             Cmd::Connections(a) => &a.common,
             Cmd::Churn(a) => &a.common,
             Cmd::Login(a) => &a.common,
+            Cmd::Hostile(a) => &a.common,
+            Cmd::Soak(a) => &a.common,
         }
     }
 
@@ -233,6 +381,8 @@ impl Cmd {
             Cmd::Connections(a) => serde_json::to_value(a),
             Cmd::Churn(a) => serde_json::to_value(a),
             Cmd::Login(a) => serde_json::to_value(a),
+            Cmd::Hostile(a) => serde_json::to_value(a),
+            Cmd::Soak(a) => serde_json::to_value(a),
         }
         .unwrap_or_default()
     }
@@ -315,6 +465,64 @@ impl Cmd {
                 }
                 sliced(a.users, "users")?;
             }
+            Cmd::Hostile(a) => {
+                if a.rooms == 0 || a.members == 0 || a.senders == 0 || a.senders > a.members {
+                    return Err("hostile: needs rooms ≥ 1, members ≥ 1, 1 ≤ senders ≤ members".into());
+                }
+                if !rate_ok(a.rate) || !body_ok(a.body_bytes) {
+                    return Err("hostile: needs 0 < rate, 40 ≤ body-bytes".into());
+                }
+                let opt_rate = |r: f64| r.is_finite() && (0.0..=1_000_000.0).contains(&r);
+                if !opt_rate(a.non_reader_history_rate)
+                    || !opt_rate(a.login_flood_rate)
+                    || !opt_rate(a.junk_rate)
+                    || !opt_rate(a.login_probe_rate)
+                {
+                    return Err("hostile: the rates of the hostile clients and the login probe must be ≥ 0".into());
+                }
+                if a.non_reader_rcvbuf == 0 || a.non_reader_rcvbuf > 64 << 20 || a.slowloris_interval_ms == 0 {
+                    return Err("hostile: needs 0 < non-reader-rcvbuf ≤ 64 MiB, slowloris-interval-ms > 0".into());
+                }
+                if !(a.p99_ratio_max.is_finite() && a.p99_ratio_max >= 1.0) {
+                    return Err("hostile: --p99-ratio-max must be at least 1".into());
+                }
+                let many = a.non_readers + a.slowloris + a.login_flood_tasks + a.storm_clients + a.junk_sessions;
+                if many > 50_000 {
+                    return Err("hostile: at most 50,000 hostile clients in all".into());
+                }
+                if c.workers != 1 {
+                    return Err("hostile runs in one process (--workers 1)".into());
+                }
+            }
+            Cmd::Soak(a) => {
+                if a.rooms == 0 || a.members == 0 || a.senders == 0 || a.senders > a.members {
+                    return Err("soak: needs rooms ≥ 1, members ≥ 1, 1 ≤ senders ≤ members".into());
+                }
+                if !rate_ok(a.rate) || !body_ok(a.body_bytes) || (a.dm_pairs > 0 && !rate_ok(a.dm_rate)) {
+                    return Err("soak: needs 0 < rate, 0 < dm-rate, 40 ≤ body-bytes".into());
+                }
+                let opt_rate = |r: f64| r.is_finite() && (0.0..=10_000.0).contains(&r);
+                if !opt_rate(a.registrations_rate) || !opt_rate(a.logins_rate) || !opt_rate(a.history_rate) {
+                    return Err("soak: registrations-rate, logins-rate and history-rate must be in [0, 10000]".into());
+                }
+                if a.churn_clients > 0
+                    && (a.storm_every.is_nan()
+                        || a.storm_every <= 0.0
+                        || !(0.0..=1.0).contains(&a.storm_fraction)
+                        || a.backoff_ms == 0
+                        || a.backoff_max_ms < a.backoff_ms)
+                {
+                    return Err(
+                        "soak: needs storm-every > 0, storm-fraction in [0, 1], 0 < backoff-ms ≤ backoff-max-ms".into(),
+                    );
+                }
+                if a.check_rss_growth_mib.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
+                    return Err("soak: --check-rss-growth-mib must be ≥ 0".into());
+                }
+                if c.workers != 1 {
+                    return Err("soak runs in one process (--workers 1)".into());
+                }
+            }
         }
         Ok(())
     }
@@ -344,19 +552,55 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
     let mut plan = Plan::default();
     match cmd {
         Cmd::Fanout(a) => {
-            let interval = interval_ns(a.rate);
-            for r in (0..a.rooms).filter(|r| r % workers == worker) {
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
+        }
+        Cmd::Hostile(a) => {
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
+        }
+        Cmd::Soak(a) => {
+            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            fanout_members(&mut plan, &shape, tag, seed, worker, workers);
+            // Churn clients in the fan-out rooms, after the steady members.
+            let churn = ChurnPlan {
+                every_ns: (a.storm_every * 1e9) as u64,
+                fraction: a.storm_fraction,
+                backoff_base_ns: a.backoff_ms * 1_000_000,
+                backoff_max_ns: a.backoff_max_ms * 1_000_000,
+            };
+            let base = a.rooms * a.members;
+            for c in 0..a.churn_clients {
+                let index = base + c;
+                plan.members.push(MemberSpec {
+                    index,
+                    user: format!("{tag}u{index}"),
+                    room: c % a.rooms,
+                    join: true,
+                    send: None,
+                    churn: Some(churn.clone()),
+                    connect_after_ns: 0,
+                    seed: mix(seed, index as u64),
+                    register: false,
+                });
+            }
+            // DM pairs: registered users (a DM's peer must exist).
+            let interval = interval_ns(a.dm_rate.max(1e-9));
+            let base = base + a.churn_clients;
+            for p in 0..a.dm_pairs {
+                let (ua, ub) = (format!("{tag}a{p}"), format!("{tag}b{p}"));
                 let room = plan.rooms.len();
-                plan.rooms.push(format!("{tag}-r{r}"));
-                for m in 0..a.members {
-                    let index = r * a.members + m;
+                let (lo, hi) = if ua.as_bytes() <= ub.as_bytes() { (&ua, &ub) } else { (&ub, &ua) };
+                plan.rooms.push(format!("dm:{lo}:{hi}"));
+                for (k, (me, other)) in [(&ua, &ub), (&ub, &ua)].into_iter().enumerate() {
+                    let index = base + 2 * p + k;
                     plan.members.push(MemberSpec {
                         index,
-                        user: format!("{tag}u{index}"),
+                        user: me.clone(),
                         room,
-                        join: true,
-                        send: (m < a.senders).then(|| SendPlan {
-                            target: SendTarget::Room,
+                        join: false,
+                        send: Some(SendPlan {
+                            target: SendTarget::Dm(other.clone()),
                             interval_ns: interval,
                             offset_ns: offset_ns(seed, index, interval),
                             body_bytes: a.body_bytes,
@@ -364,6 +608,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: true,
                     });
                 }
             }
@@ -393,6 +638,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
             }
@@ -409,6 +655,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                     churn: None,
                     connect_after_ns: if a.ramp_rate > 0.0 { (s as f64 / a.ramp_rate * 1e9) as u64 } else { 0 },
                     seed: mix(seed, s as u64),
+                    register: false,
                 });
             }
         }
@@ -439,6 +686,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
                 for index in (0..a.clients).filter(|c| c % a.rooms == r) {
@@ -451,6 +699,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         churn: Some(churn.clone()),
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
+                        register: false,
                     });
                 }
             }
@@ -458,6 +707,48 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
         Cmd::Login(_) => {}
     }
     plan
+}
+
+/// The shape of fan-out traffic: R rooms × M members, S senders per room.
+pub struct FanoutShape {
+    pub rooms: usize,
+    pub members: usize,
+    pub senders: usize,
+    pub interval_ns: u64,
+    pub body_bytes: usize,
+}
+
+impl FanoutShape {
+    pub fn of(rooms: usize, members: usize, senders: usize, rate: f64, body_bytes: usize) -> Self {
+        FanoutShape { rooms, members, senders, interval_ns: interval_ns(rate), body_bytes }
+    }
+}
+
+/// The fan-out rooms `{tag}-r{r}` of this worker and their members.
+fn fanout_members(plan: &mut Plan, a: &FanoutShape, tag: &str, seed: u64, worker: usize, workers: usize) {
+    for r in (0..a.rooms).filter(|r| r % workers == worker) {
+        let room = plan.rooms.len();
+        plan.rooms.push(format!("{tag}-r{r}"));
+        for m in 0..a.members {
+            let index = r * a.members + m;
+            plan.members.push(MemberSpec {
+                index,
+                user: format!("{tag}u{index}"),
+                room,
+                join: true,
+                send: (m < a.senders).then(|| SendPlan {
+                    target: SendTarget::Room,
+                    interval_ns: a.interval_ns,
+                    offset_ns: offset_ns(seed, index, a.interval_ns),
+                    body_bytes: a.body_bytes,
+                }),
+                churn: None,
+                connect_after_ns: 0,
+                seed: mix(seed, index as u64),
+                register: false,
+            });
+        }
+    }
 }
 
 /// The users of the `login` scenario for one process.
@@ -471,6 +762,18 @@ pub fn deliveries_per_send(cmd: &Cmd) -> f64 {
         Cmd::Fanout(a) => a.members as f64,
         Cmd::Dm(_) => 2.0,
         Cmd::Churn(a) => (a.clients as f64 / a.rooms as f64) + a.senders as f64,
+        Cmd::Hostile(a) => a.members as f64,
+        Cmd::Soak(a) => {
+            // Sends per second of each kind, each with its own audience.
+            let fanout = (a.rooms * a.senders) as f64 * a.rate;
+            let dm = (2 * a.dm_pairs) as f64 * a.dm_rate;
+            let audience = a.members as f64 + a.churn_clients as f64 / a.rooms as f64;
+            if fanout + dm > 0.0 {
+                (fanout * audience + dm * 2.0) / (fanout + dm)
+            } else {
+                0.0
+            }
+        }
         Cmd::Connections(_) | Cmd::Login(_) => 0.0,
     }
 }

@@ -5,11 +5,15 @@
 pub mod cli;
 pub mod clock;
 pub mod hist;
+pub mod hostile;
 pub mod live;
 pub mod login;
 pub mod net;
 pub mod plot;
+pub mod rawws;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod soak;
+pub mod tables;
 pub mod traffic;

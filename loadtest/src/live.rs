@@ -43,10 +43,12 @@ pub enum K {
     GeneratorCpuUs,
     RegisterPhaseUs,
     LoginPhaseUs,
+    HistoryPagesWs,
+    HistoryPagesHttp,
 }
 
 impl K {
-    pub const ALL: [K; 29] = [
+    pub const ALL: [K; 31] = [
         K::ConnectionsTarget,
         K::ConnectionsOpened,
         K::ConnectFailures,
@@ -76,6 +78,8 @@ impl K {
         K::GeneratorCpuUs,
         K::RegisterPhaseUs,
         K::LoginPhaseUs,
+        K::HistoryPagesWs,
+        K::HistoryPagesHttp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +113,8 @@ impl K {
             K::GeneratorCpuUs => c::GENERATOR_CPU_US,
             K::RegisterPhaseUs => c::REGISTER_PHASE_US,
             K::LoginPhaseUs => c::LOGIN_PHASE_US,
+            K::HistoryPagesWs => c::HISTORY_PAGES_WS,
+            K::HistoryPagesHttp => c::HISTORY_PAGES_HTTP,
         }
     }
 }

@@ -1,35 +1,64 @@
 //! `--plot FILE.svg`: latency percentiles per second over the run (top)
-//! and the histogram of send→deliver latency over the window (bottom).
+//! and the histogram of send→deliver latency over the window (bottom);
+//! for `hostile`, the percentiles of the clean phase (top) and of the
+//! hostile phase (bottom) on one scale; for `soak`, the server's RSS over
+//! the run (top) and the percentiles (bottom).
 //! plotters' SVG backend writes text as SVG text: no font files needed.
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::{h, Report};
+use crate::report::{h, Report, SoakSection};
 
 pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(420);
-    let title = format!(
-        "viche-load {}: send→deliver latency ({} process{})",
-        report.scenario,
-        report.processes,
-        if report.processes == 1 { "" } else { "es" }
-    );
+    let procs = format!("{} process{}", report.processes, if report.processes == 1 { "" } else { "es" });
+    if let Some(hs) = &report.hostile {
+        // Both phases on one scale, one above the other.
+        let y = y_range(&[&hs.clean, report]);
+        let title = |phase: &str| format!("viche-load hostile, {phase}: normal users' send→deliver latency per second");
+        percentiles(&top, &hs.clean, &title("clean phase"), y)?;
+        percentiles(&bottom, report, &title("hostile phase"), y)?;
+    } else if let Some(soak) = &report.soak {
+        rss(&top, report, soak)?;
+        let title = format!("viche-load soak: send→deliver latency per second ({procs})");
+        percentiles(&bottom, report, &title, y_range(&[report]))?;
+    } else {
+        let title = format!("viche-load {}: send→deliver latency ({procs})", report.scenario);
+        percentiles(&top, report, &title, y_range(&[report]))?;
+        histogram(&bottom, report)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
 
-    // Top: percentiles per second, log scale.
+/// (min, max) ms of the percentile lines of these reports (log scale).
+fn y_range(reports: &[&Report]) -> (f64, f64) {
+    let rows = || reports.iter().flat_map(|r| r.timeline.iter()).filter(|r| r.max_ms > 0.0);
+    let y_max = rows().map(|r| r.max_ms).fold(1.0f64, f64::max) * 1.5;
+    let y_min = rows().map(|r| r.p50_ms).filter(|v| *v > 0.0).fold(y_max, f64::min).max(0.001) / 1.5;
+    (y_min.min(y_max / 10.0), y_max)
+}
+
+/// Percentiles per second over the run, log scale.
+fn percentiles<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    report: &Report,
+    title: &str,
+    (y_min, y_max): (f64, f64),
+) -> anyhow::Result<()> {
     let rows: Vec<_> = report.timeline.iter().filter(|r| r.max_ms > 0.0).collect();
     let t_max = report.timeline.iter().map(|r| r.t).max().unwrap_or(1).max(1) as f64;
-    let y_max = rows.iter().map(|r| r.max_ms).fold(1.0f64, f64::max) * 1.5;
-    let y_min = rows.iter().map(|r| r.p50_ms).filter(|v| *v > 0.0).fold(y_max, f64::min).max(0.001) / 1.5;
-    let mut chart = ChartBuilder::on(&top)
-        .caption(&title, ("sans-serif", 20))
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..t_max, (y_min.min(y_max / 10.0)..y_max).log_scale())
+        .build_cartesian_2d(0f64..t_max, (y_min..y_max).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -71,7 +100,65 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
+    Ok(())
+}
 
+/// The server's RSS over the run (`soak`), MiB.
+fn rss<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, report: &Report, soak: &SoakSection) -> anyhow::Result<()> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let pts: Vec<(f64, f64)> =
+        soak.samples.iter().filter_map(|s| s.rss_bytes.map(|b| (s.t_s, b as f64 / MIB))).collect();
+    let t_max = soak.samples.iter().map(|s| s.t_s).fold(1.0f64, f64::max);
+    let hi = pts.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    let lo = pts.iter().map(|p| p.1).fold(hi, f64::min);
+    let pad = ((hi - lo) * 0.1).max(1.0);
+    let caption = format!(
+        "viche-load soak: server RSS ({}), growth after the warm-up {} MiB = {} KiB per 1,000 operations",
+        soak.rss_source,
+        soak.rss_growth_bytes.map_or("n/a".into(), |b| format!("{:+.2}", b as f64 / MIB)),
+        soak.rss_growth_per_1000_ops_bytes.map_or("n/a".into(), |b| format!("{:+.2}", b / 1024.0)),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..t_max, (lo - pad).max(0.0)..hi + pad)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the start (warm-up included)")
+        .y_desc("RSS, MiB")
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), RGBColor(31, 119, 180).stroke_width(2)))
+        .map_err(err)?
+        .label("RSS")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RGBColor(31, 119, 180).stroke_width(2)));
+    if report.warmup_s > 0.0 {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(report.warmup_s, (lo - pad).max(0.0)), (report.warmup_s, hi + pad)],
+                MAGENTA.mix(0.6).stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("end of warm-up")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MAGENTA.mix(0.6).stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The histogram of send→deliver latency over the window.
+fn histogram<DB: DrawingBackend>(bottom: &DrawingArea<DB, Shift>, report: &Report) -> anyhow::Result<()> {
     // Bottom: the histogram, logarithmic buckets (×1.25) from 10 µs.
     let hist = report.histograms.get(h::LATENCY).cloned().unwrap_or_default();
     let mut bars: Vec<(f64, f64, u64)> = Vec::new();
@@ -94,7 +181,7 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         "histogram over the window: n = {}, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
         s.count, s.p50_ms, s.p99_ms, s.p999_ms, s.max_ms
     );
-    let mut chart = ChartBuilder::on(&bottom)
+    let mut chart = ChartBuilder::on(bottom)
         .caption(caption, ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
@@ -115,7 +202,6 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
             }),
         )
         .map_err(err)?;
-    root.present().map_err(err)?;
     Ok(())
 }
 

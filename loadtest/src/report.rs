@@ -51,6 +51,9 @@ pub mod c {
     /// Time each process spent registering, and logging in (`login`).
     pub const REGISTER_PHASE_US: &str = "register_phase_us";
     pub const LOGIN_PHASE_US: &str = "login_phase_us";
+    /// History pages read (`soak`): over WebSocket, and over HTTP.
+    pub const HISTORY_PAGES_WS: &str = "history_pages_ws";
+    pub const HISTORY_PAGES_HTTP: &str = "history_pages_http";
 }
 
 /// Histogram names (the keys of [`Raw::histograms`]).
@@ -75,6 +78,9 @@ pub mod h {
     pub const REPLAY_AGE: &str = "replay_age";
     pub const REGISTER: &str = "register";
     pub const LOGIN: &str = "login";
+    /// A history page's request to its answer (`soak`).
+    pub const HISTORY_WS: &str = "history_ws";
+    pub const HISTORY_HTTP: &str = "history_http";
 }
 
 /// One second of the run, counted by the second it ends in (`t` = 1 is
@@ -251,6 +257,140 @@ pub struct Report {
     /// What broke an invariant (loss, gaps, duplicates, errors, failed
     /// connections, unanswered sends); empty on a clean run.
     pub problems: Vec<String>,
+    /// `hostile`: the clean phase, the comparison with it, and what the
+    /// hostile clients observed (the top level is the hostile phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<HostileSection>,
+    /// `soak`: the server's RSS over time and its growth per operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakSection>,
+}
+
+/// What the `hostile` scenario adds to its report. The report's top level
+/// is the normal users of the hostile phase; `clean` is the same shape of
+/// normal users measured first, without hostile clients.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostileSection {
+    /// How the phases ran, in words.
+    pub order: String,
+    /// The clean phase's report (same fields as the top level).
+    pub clean: Box<Report>,
+    /// The normal users' figures side by side, and the goal.
+    pub comparison: Comparison,
+    /// Each kind of hostile client: what it did and what it observed, by
+    /// kind (`non_readers`, `slowloris`, `login_flood`, `reconnect_storm`,
+    /// `junk_frames`).
+    pub clients: BTreeMap<String, HostileKind>,
+    /// Correct logins of a real user nobody attacks, by phase (`clean`, `hostile`).
+    pub login_probe: BTreeMap<String, HostileKind>,
+    /// The server's own counters over each phase (`/metrics`, by phase,
+    /// then by series): the increase of every counter that moved (traffic
+    /// volume excluded), and a few gauges at the phase's end.
+    pub server_view: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// The normal users of one phase, in a few figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseFigures {
+    /// Send→deliver percentiles (the `latency` histogram), ms.
+    pub latency: Summary,
+    pub sends: u64,
+    pub acks: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub sessions_lost: u64,
+    pub error_frames: u64,
+    pub closes: u64,
+}
+
+impl PhaseFigures {
+    pub fn of(r: &Report) -> Self {
+        let g = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+        PhaseFigures {
+            latency: r.latency.get(h::LATENCY).cloned().unwrap_or_default(),
+            sends: g(c::SENDS),
+            acks: g(c::ACKS),
+            expected: r.loss.expected,
+            received: r.loss.received,
+            lost: r.loss.lost,
+            gaps: r.loss.gaps,
+            duplicates: r.loss.duplicates,
+            sessions_lost: g(c::MEMBERS_LOST),
+            error_frames: r.errors_by_code.values().sum(),
+            closes: r.closes_by_code.values().sum(),
+        }
+    }
+
+    /// Nothing lost, skipped, repeated, unanswered or cut off.
+    pub fn intact(&self) -> bool {
+        self.lost == 0 && self.gaps == 0 && self.duplicates == 0 && self.sessions_lost == 0 && self.acks == self.sends
+    }
+}
+
+/// The goal of `hostile`: the normal users' p99 in the hostile phase at
+/// most `p99_ratio_max` × the clean phase's, and nothing lost in either.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub clean: PhaseFigures,
+    pub hostile: PhaseFigures,
+    /// Hostile p99 / clean p99 (none when either phase delivered nothing).
+    pub p99_ratio: Option<f64>,
+    pub p99_ratio_max: f64,
+    pub p99_within_goal: bool,
+    /// Both phases: nothing lost, no gap, no duplicate, every send acknowledged, no session lost.
+    pub nothing_lost: bool,
+    pub goal_met: bool,
+}
+
+/// One kind of hostile client (or the login probe): what it did
+/// (`counters`), how each connection or attempt ended as the client saw it
+/// (`outcomes`), and timings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostileKind {
+    pub what: String,
+    pub counters: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub latency: BTreeMap<String, Summary>,
+}
+
+/// What the `soak` scenario adds to its report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakSection {
+    /// What counts as an operation.
+    pub operations_definition: String,
+    /// Where RSS came from (`proc:PID`, `metrics`, `none`).
+    pub rss_source: String,
+    /// One sample a second from the start (warm-up included).
+    pub samples: Vec<RssSample>,
+    /// The first sample at or after the warm-up's end, and the last (the window's end).
+    pub rss_at_warmup_end_bytes: Option<u64>,
+    pub rss_at_end_bytes: Option<u64>,
+    /// Highest sample after the warm-up.
+    pub rss_peak_bytes: Option<u64>,
+    /// End minus warm-up end.
+    pub rss_growth_bytes: Option<i64>,
+    /// Operations between those two samples, in all and by kind.
+    pub operations_after_warmup: u64,
+    pub operations_by_kind: BTreeMap<String, u64>,
+    /// `rss_growth_bytes` per 1,000 operations after the warm-up.
+    pub rss_growth_per_1000_ops_bytes: Option<f64>,
+    /// Least-squares slope of RSS against operations over the samples after
+    /// the warm-up, per 1,000 operations (less sensitive to the two end samples).
+    pub rss_slope_per_1000_ops_bytes: Option<f64>,
+    /// `--check-rss-growth-mib`, when given.
+    pub check_rss_growth_mib: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssSample {
+    /// Seconds since the start (warm-up included).
+    pub t_s: f64,
+    pub rss_bytes: Option<u64>,
+    /// Operations so far (cumulative, from the start).
+    pub operations: u64,
 }
 
 /// What a scenario expected, for the derived figures.
@@ -354,6 +494,9 @@ impl Report {
 
     /// The human-readable summary table.
     pub fn table(&self) -> String {
+        if let Some(hostile) = &self.hostile {
+            return crate::tables::hostile(self, hostile);
+        }
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         let g = |k: &str| self.counters.get(k).copied().unwrap_or(0);
@@ -411,6 +554,8 @@ impl Report {
             (h::REPLAY_AGE, "replayed age ms"),
             (h::REGISTER, "register ms"),
             (h::LOGIN, "login ms"),
+            (h::HISTORY_WS, "history (WS) ms"),
+            (h::HISTORY_HTTP, "history (HTTP) ms"),
         ] {
             if let Some(s) = self.latency.get(name).filter(|s| s.count > 0) {
                 row(
@@ -516,13 +661,11 @@ impl Report {
                 ),
             );
         }
-        row("problems", if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") });
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (k, v) in rows {
-            out.push_str(&format!("{k:<width$}  {v}\n"));
+        if let Some(soak) = &self.soak {
+            rows.extend(crate::tables::soak_rows(self, soak));
         }
-        out
+        rows.push(("problems".into(), if self.problems.is_empty() { "none".into() } else { self.problems.join("; ") }));
+        crate::tables::align(&rows)
     }
 }
 

@@ -43,12 +43,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
         None => Vec::new(),
     };
     let tokens = tokens(&cmd)?;
-    // Every run stops by itself: a watchdog ends the process past its bound.
-    let budget = common.setup_timeout + common.warmup + common.duration + common.drain + 60.0;
+    // Every run stops by itself: a watchdog ends the process past its bound
+    // (`hostile` runs two phases, each with its setup, warm-up, window and drain).
+    let phases = if matches!(cmd, Cmd::Hostile(_)) { 2.0 } else { 1.0 };
+    let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + 60.0;
     watchdog(Duration::from_secs_f64(budget + if common.worker_index.is_some() { 30.0 } else { 0.0 }));
-    match common.worker_index {
-        Some(index) => worker(cmd, target, source_ips, tokens, index).await,
-        None => coordinator(cmd, target, source_ips, tokens).await,
+    match (common.worker_index, &cmd) {
+        (Some(index), _) => worker(cmd, target, source_ips, tokens, index).await,
+        (None, Cmd::Hostile(_)) => crate::hostile::coordinator(cmd, target, source_ips, tokens).await,
+        (None, Cmd::Soak(_)) => crate::soak::coordinator(cmd, target, source_ips, tokens).await,
+        (None, _) => coordinator(cmd, target, source_ips, tokens).await,
     }
 }
 
@@ -57,9 +61,12 @@ fn tokens(cmd: &Cmd) -> anyhow::Result<Tokens> {
     let ttl =
         Duration::from_secs_f64((common.setup_timeout + common.warmup + common.duration + common.drain).max(86_400.0));
     Ok(match (common.login, &common.jwt_secret, cmd) {
+        (_, None, Cmd::Hostile(_)) | (true, _, Cmd::Hostile(_)) => {
+            bail!("hostile needs --jwt-secret (the server's) and no --login: its hundreds of clients get minted tokens")
+        }
         (true, _, _) => Tokens::Login,
         (false, Some(secret), _) => Tokens::Mint { secret: secret.clone(), ttl },
-        (false, None, Cmd::Dm(_) | Cmd::Login(_)) => Tokens::Register,
+        (false, None, Cmd::Dm(_) | Cmd::Login(_) | Cmd::Soak(_)) => Tokens::Register,
         (false, None, _) => {
             bail!("give --jwt-secret (the server's, to mint tokens) or --login (register and log in real users)")
         }
@@ -74,12 +81,12 @@ fn watchdog(after: Duration) {
     });
 }
 
-fn random_tag() -> String {
+pub(crate) fn random_tag() -> String {
     let x = cli::mix(unix_ms() ^ mono_ns(), std::process::id() as u64);
     format!("lt{:07x}", x & 0xfff_ffff)
 }
 
-fn host() -> Host {
+pub(crate) fn host() -> Host {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -92,7 +99,7 @@ fn host() -> Host {
     Host { nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu_model, kernel }
 }
 
-fn ctx(
+pub(crate) fn ctx(
     cmd: &Cmd,
     target: &Target,
     source_ips: &[IpAddr],
@@ -128,7 +135,7 @@ fn ctx(
     }))
 }
 
-fn start_of(cmd: &Cmd) -> Start {
+pub(crate) fn start_of(cmd: &Cmd) -> Start {
     let common = cmd.common();
     let start_ns = mono_ns() + START_DELAY.as_nanos() as u64;
     let window_start_ns = start_ns + (common.warmup * 1e9) as u64;
@@ -138,13 +145,13 @@ fn start_of(cmd: &Cmd) -> Start {
 // ----- progress --------------------------------------------------------------
 
 #[derive(Clone)]
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     warmup_s: f64,
 }
 
 impl Progress {
-    fn new(enabled: bool, warmup_s: f64) -> Self {
+    pub(crate) fn new(enabled: bool, warmup_s: f64) -> Self {
         let bar = enabled.then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
             bar.set_style(
@@ -157,7 +164,7 @@ impl Progress {
         Progress { bar, warmup_s }
     }
 
-    fn setup(&self, ready: usize, failed: usize, total: usize) {
+    pub(crate) fn setup(&self, ready: usize, failed: usize, total: usize) {
         if let Some(bar) = &self.bar {
             bar.set_length(total as u64);
             bar.set_position((ready + failed) as u64);
@@ -165,7 +172,7 @@ impl Progress {
         }
     }
 
-    fn running(&self, seconds: u64) {
+    pub(crate) fn running(&self, seconds: u64) {
         if let Some(bar) = &self.bar {
             bar.set_length(seconds);
             bar.set_position(0);
@@ -173,7 +180,7 @@ impl Progress {
         }
     }
 
-    fn tick(&self, t: u64, sends: u64, deliveries: u64, errors: u64, p99_ms: f64, total_s: u64) {
+    pub(crate) fn tick(&self, t: u64, sends: u64, deliveries: u64, errors: u64, p99_ms: f64, total_s: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(t.min(total_s));
             let phase = if (t as f64) <= self.warmup_s {
@@ -189,13 +196,13 @@ impl Progress {
         }
     }
 
-    fn message(&self, text: &str) {
+    pub(crate) fn message(&self, text: &str) {
         if let Some(bar) = &self.bar {
             bar.set_message(text.to_string());
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -204,8 +211,18 @@ impl Progress {
 
 // ----- the coordinator -------------------------------------------------------
 
-async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Tokens) -> anyhow::Result<u8> {
-    let common = cmd.common().clone();
+/// What every coordinator starts with: the server answers, its PID (for
+/// /proc), the run's tag.
+pub(crate) struct Prepared {
+    pub tag: String,
+    pub started_unix_ms: u64,
+    pub probe: Arc<Probe>,
+    pub baseline: server::Sample,
+}
+
+/// Checks that the server answers, finds its PID, samples it once.
+pub(crate) async fn prepare(cmd: &Cmd, target: &Target) -> anyhow::Result<Prepared> {
+    let common = cmd.common();
     let tag = common.run_tag.clone().unwrap_or_else(random_tag);
     let started_unix_ms = unix_ms();
     let http = HttpClient::with_timeout(&target.http, Duration::from_secs(10))?;
@@ -220,9 +237,6 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     let pid = common.server_pid.or_else(|| if loopback { server::find_listening_pid(target.port) } else { None });
     let probe = Arc::new(Probe::new(&target.http, pid)?);
     let baseline = probe.sample().await;
-    let progress = Progress::new(!common.no_progress, common.warmup);
-    let total_s = (common.warmup + common.duration).ceil() as u64;
-    let drain = Duration::from_secs_f64(common.drain);
     eprintln!(
         "viche-load {}: target {}, run tag {tag}, {} process{}, server pid {}",
         cmd.name(),
@@ -231,6 +245,30 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
         if common.workers == 1 { "" } else { "es" },
         pid.map_or("unknown (figures from /metrics)".to_string(), |p| p.to_string())
     );
+    Ok(Prepared { tag, started_unix_ms, probe, baseline })
+}
+
+/// Prints the table, writes `--json` and `--plot`.
+pub(crate) fn output(report: &Report, common: &cli::Common) -> anyhow::Result<()> {
+    print!("{}", report.table());
+    if let Some(path) = &common.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report: {}", path.display());
+    }
+    if let Some(path) = &common.plot {
+        crate::plot::write_svg(report, path)?;
+        eprintln!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Tokens) -> anyhow::Result<u8> {
+    let common = cmd.common().clone();
+    let Prepared { tag, started_unix_ms, probe, baseline } = prepare(&cmd, &target).await?;
+    let progress = Progress::new(!common.no_progress, common.warmup);
+    let total_s = (common.warmup + common.duration).ceil() as u64;
+    let drain = Duration::from_secs_f64(common.drain);
     let is_login = matches!(cmd, Cmd::Login(_));
     let setup_deadline = Instant::now() + Duration::from_secs_f64(common.setup_timeout);
 
@@ -315,20 +353,11 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
             ));
         }
     }
-    print!("{}", report.table());
-    if let Some(path) = &common.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("report: {}", path.display());
-    }
-    if let Some(path) = &common.plot {
-        crate::plot::write_svg(&report, path)?;
-        eprintln!("plot: {}", path.display());
-    }
+    output(&report, &common)?;
     Ok(if common.check && !report.problems.is_empty() { 1 } else { 0 })
 }
 
-async fn wait_local_setup(running: &Running, progress: &Progress, deadline: Instant) {
+pub(crate) async fn wait_local_setup(running: &Running, progress: &Progress, deadline: Instant) {
     loop {
         let (ready, failed) = running.setup_progress();
         progress.setup(ready, failed, running.total());
@@ -343,7 +372,10 @@ async fn wait_local_setup(running: &Running, progress: &Progress, deadline: Inst
 }
 
 /// Samples the server at the start and at the end of the window.
-fn scrape_window(probe: Arc<Probe>, start: Start) -> tokio::task::JoinHandle<(server::Sample, server::Sample)> {
+pub(crate) fn scrape_window(
+    probe: Arc<Probe>,
+    start: Start,
+) -> tokio::task::JoinHandle<(server::Sample, server::Sample)> {
     tokio::spawn(async move {
         sleep_until(instant_at(start.window_start_ns)).await;
         let a = probe.sample().await;

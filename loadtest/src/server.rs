@@ -84,6 +84,29 @@ impl Probe {
         self.pid
     }
 
+    /// The server's `/metrics` text, when it answers 200.
+    pub async fn metrics_text(&self) -> Option<String> {
+        let resp = self.http.get_raw("/metrics", None).await.ok()?;
+        (resp.status == 200).then_some(resp.body)
+    }
+
+    /// The server's RSS alone: /proc/PID/status (VmRSS) when the PID is
+    /// known, else `viche_process_resident_memory_bytes`; with its source.
+    pub async fn rss(&self) -> (Option<u64>, String) {
+        if let Some(pid) = self.pid {
+            if let Some(rss) = proc_rss_bytes(pid) {
+                return (Some(rss), format!("proc:{pid}"));
+            }
+        }
+        match self.metrics_text().await {
+            Some(text) => (
+                parse_prometheus(&text).get("viche_process_resident_memory_bytes").map(|v| *v as u64),
+                "metrics".into(),
+            ),
+            None => (None, "none".into()),
+        }
+    }
+
     pub async fn sample(&self) -> Sample {
         let mut s = Sample { source: "none".into(), machine_busy_seconds: machine_busy_seconds(), ..Sample::default() };
         if let Ok(resp) = self.http.get_raw("/metrics", None).await {
@@ -105,6 +128,60 @@ impl Probe {
         }
         s
     }
+}
+
+/// Every series of a Prometheus text by its full name (labels included).
+pub fn series(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if let Some((name, value)) = line.rsplit_once(char::is_whitespace) {
+            if let Ok(v) = value.parse::<f64>() {
+                out.insert(name.trim().to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Counters that only measure traffic volume: left out of the server's view.
+const VOLUME: [&str; 9] = [
+    "viche_frames_in_bytes_total",
+    "viche_frames_out_total",
+    "viche_frames_out_bytes_total",
+    "viche_deliveries_total",
+    "viche_messages_stored_total",
+    "viche_replayed_messages_total",
+    "viche_process_cpu_seconds_total",
+    "viche_logins_total",
+    "viche_registrations_total",
+];
+
+/// Gauges shown at the end of a period.
+const GAUGES: [&str; 4] =
+    ["viche_connections_open", "viche_sessions", "viche_outbox_depth_max", "viche_process_open_fds"];
+
+/// What the server counted between two `/metrics` texts: the increase of
+/// every counter (`…_total`) that moved, but for traffic volume and
+/// `frames_in` other than `bad_frame`; and a few gauges (`…@end`) at the
+/// second text.
+pub fn view(before: &str, after: &str) -> BTreeMap<String, f64> {
+    let (a, b) = (series(before), series(after));
+    let mut out = BTreeMap::new();
+    for (k, v) in &b {
+        let name = k.split('{').next().unwrap_or(k);
+        if name.ends_with("_total")
+            && !VOLUME.contains(&name)
+            && (name != "viche_frames_in_total" || k.contains("bad_frame"))
+        {
+            let d = v - a.get(k).copied().unwrap_or(0.0);
+            if d != 0.0 {
+                out.insert(k.clone(), d);
+            }
+        } else if GAUGES.contains(&name) {
+            out.insert(format!("{k}@end"), *v);
+        }
+    }
+    out
 }
 
 /// The figures over a window from its two samples. `delivered` is the
@@ -246,6 +323,21 @@ mod tests {
         assert_eq!(m["viche_deliveries_total"], 1234.0);
         assert_eq!(m["viche_frames_out_total"], 12.0);
         assert_eq!(m["viche_process_resident_memory_bytes"], 15_000_000.0);
+    }
+
+    #[test]
+    fn the_servers_view_of_a_period() {
+        let a = "viche_connections_closed_total{code=\"4008\"} 1\nviche_deliveries_total 10\n\
+                 viche_frames_in_total{type=\"bad_frame\"} 2\nviche_frames_in_total{type=\"send\"} 5\n";
+        let b = "viche_connections_closed_total{code=\"4008\"} 4\nviche_deliveries_total 99\n\
+                 viche_frames_in_total{type=\"bad_frame\"} 7\nviche_frames_in_total{type=\"send\"} 50\n\
+                 viche_rate_limited_total{kind=\"login\"} 3\nviche_connections_open 12\n";
+        let v = view(a, b);
+        assert_eq!(v["viche_connections_closed_total{code=\"4008\"}"], 3.0);
+        assert_eq!(v["viche_frames_in_total{type=\"bad_frame\"}"], 5.0);
+        assert_eq!(v["viche_rate_limited_total{kind=\"login\"}"], 3.0);
+        assert_eq!(v["viche_connections_open@end"], 12.0);
+        assert_eq!(v.len(), 4, "{v:?}");
     }
 
     #[test]

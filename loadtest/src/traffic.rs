@@ -95,6 +95,9 @@ pub struct MemberSpec {
     /// Connect no earlier than this long after setup began (a ramp).
     pub connect_after_ns: u64,
     pub seed: u64,
+    /// Register this user through HTTP for its token (a DM peer must exist),
+    /// even when tokens are minted.
+    pub register: bool,
 }
 
 /// A plan for one process: rooms and sessions.
@@ -190,7 +193,6 @@ pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
         members.push(shared.clone());
         let member = Member {
             room: rooms[spec.room].clone(),
-            spec,
             shared,
             ctx: ctx.clone(),
             conn: None,
@@ -200,7 +202,8 @@ pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
             pending: std::collections::HashMap::new(),
             sent: 0,
             rng: StdRng::seed_from_u64(0),
-            register: plan.register_users,
+            register: plan.register_users || spec.register,
+            spec,
         };
         tasks.push(tokio::spawn(member.run(start_rx.clone(), setup_began)));
     }

@@ -1,7 +1,8 @@
 //! Each scenario of viche-load, short and small, against a real `viche`
 //! (the debug build next to this test's executable, built if missing),
 //! asserting the report's invariants: nothing lost, no gap, no duplicate,
-//! no error, and figures present and sane. A few seconds each.
+//! no error, and figures present and sane. A few seconds each (`hostile`
+//! and `soak`, about ten).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use viche_load::report::{c, h, Report};
+use viche_load::report::{c, h, HostileKind, Report};
 
 const SECRET: &str = "viche-load-test-secret-0123456789";
 
@@ -333,6 +334,212 @@ fn login_registers_and_logs_in() {
     assert_eq!(r.latency[h::REGISTER].count, 6);
     assert_eq!(r.latency[h::LOGIN].count, 6);
     assert!(r.rates.registrations_per_s > 0.0 && r.rates.logins_per_s > 0.0, "{:?}", r.rates);
+}
+
+/// Runs viche-load with `args` (plus --json, --no-progress, without
+/// --check) and returns its report and its output; fails the test on a
+/// non-zero exit.
+fn load_unchecked(server: &Server, args: &[&str]) -> (Report, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .args(args)
+        .args(["--url", &server.url(), "--no-progress", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running viche-load");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "viche-load {args:?} failed ({:?}):\n{text}", out.status);
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
+    (report, text)
+}
+
+fn outcomes_matching(k: &HostileKind, pat: &str) -> u64 {
+    k.outcomes.iter().filter(|(o, _)| o.contains(pat)).map(|(_, n)| n).sum()
+}
+
+#[test]
+fn hostile_compares_the_normal_users_with_a_clean_phase() {
+    let server = Server::start(&["--registrations-burst", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("hostile.svg");
+    let (r, text) = load_unchecked(
+        &server,
+        &[
+            "hostile",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "5",
+            "--senders",
+            "1",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--non-readers",
+            "4",
+            "--non-reader-history-rate",
+            "20",
+            "--slowloris",
+            "4",
+            "--slowloris-interval-ms",
+            "200",
+            "--login-flood-tasks",
+            "4",
+            "--login-flood-rate",
+            "40",
+            "--storm-clients",
+            "3",
+            "--storm-hold-ms",
+            "150",
+            "--junk-sessions",
+            "2",
+            "--junk-rate",
+            "16",
+            "--login-probe-rate",
+            "2",
+            "--hostile-source-ips",
+            "127.0.0.2-127.0.0.5",
+            "--seed",
+            "3",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.scenario, "hostile");
+    let hs = r.hostile.as_ref().expect("the hostile section");
+    // The normal users, both phases: everything sent arrived, once, in order.
+    for (phase, rep) in [("clean", &*hs.clean), ("hostile", &r)] {
+        assert_eq!(count(rep, c::CONNECTIONS_OPENED), 10, "{phase}");
+        assert!(count(rep, c::SENDS) > 0 && count(rep, c::ACKS) == count(rep, c::SENDS), "{phase}");
+        assert_eq!((rep.loss.lost, rep.loss.gaps, rep.loss.duplicates), (0, 0, 0), "{phase}: {:?}", rep.loss);
+        assert!(rep.loss.expected > 0 && rep.loss.received == rep.loss.expected, "{phase}: {:?}", rep.loss);
+        assert!(rep.latency[h::LATENCY].count > 0 && rep.latency[h::LATENCY].p99_ms > 0.0, "{phase}");
+    }
+    let cmp = &hs.comparison;
+    assert!(cmp.nothing_lost, "{cmp:?}");
+    assert_eq!(cmp.clean.latency.p99_ms, hs.clean.latency[h::LATENCY].p99_ms);
+    assert_eq!(cmp.hostile.latency.p99_ms, r.latency[h::LATENCY].p99_ms);
+    let ratio = cmp.p99_ratio.expect("a p99 ratio");
+    assert!((ratio - cmp.hostile.latency.p99_ms / cmp.clean.latency.p99_ms).abs() < 1e-9);
+    assert_eq!(cmp.goal_met, cmp.p99_within_goal && cmp.nothing_lost);
+    assert_eq!(cmp.p99_within_goal, ratio <= 2.0);
+    assert_eq!(r.problems.iter().any(|p| p.contains("p99")), !cmp.p99_within_goal, "{:?}", r.problems);
+    // What the hostile clients observed.
+    let k = |name: &str| hs.clients.get(name).unwrap_or_else(|| panic!("{name} in {:?}", hs.clients.keys()));
+    let n = |kind: &HostileKind, key: &str| kind.counters.get(key).copied().unwrap_or(0);
+    let non_readers = k("non_readers");
+    assert_eq!(n(non_readers, "joined"), 4, "{non_readers:?}");
+    assert_eq!(non_readers.outcomes.values().sum::<u64>(), 4, "each non-reader's end: {non_readers:?}");
+    assert!(n(non_readers, "history requests left unread") > 0, "{non_readers:?}");
+    let slowloris = k("slowloris");
+    assert!(n(slowloris, "connections") >= 4, "{slowloris:?}");
+    assert!(slowloris.outcomes.values().sum::<u64>() >= 4, "{slowloris:?}");
+    let flood = k("login_flood");
+    assert!(outcomes_matching(flood, "real user: HTTP 401") > 0, "{flood:?}");
+    assert!(outcomes_matching(flood, "HTTP 429") > 0, "the flood is refused: {flood:?}");
+    assert_eq!(outcomes_matching(flood, "HTTP 200"), 0, "{flood:?}");
+    let storm = k("reconnect_storm");
+    assert!(n(storm, "joins with since") > 0, "{storm:?}");
+    assert_eq!((n(storm, "gaps"), n(storm, "duplicates")), (0, 0), "{storm:?}");
+    let junk = k("junk_frames");
+    assert!(n(junk, "answered: error bad_frame") > 0, "{junk:?}");
+    assert!(n(junk, "answered: pong") > 0, "the junk sessions are still served: {junk:?}");
+    assert!(outcomes_matching(junk, "closed 1009 after oversized") > 0, "{junk:?}");
+    for kind in hs.clients.values() {
+        assert_eq!(n(kind, "tasks cut off at the time bound"), 0, "{kind:?}");
+    }
+    // The probe's correct logins, from the normal users' address, in both phases.
+    for phase in ["clean", "hostile"] {
+        assert!(n(&hs.login_probe[phase], "attempts") > 0, "{phase}: {:?}", hs.login_probe);
+    }
+    assert!(n(&hs.login_probe["clean"], "ok") > 0, "{:?}", hs.login_probe);
+    // The server's own view of the hostile phase.
+    let view = &hs.server_view["hostile"];
+    assert!(view.keys().any(|k| k.contains("bad_frame")), "{view:?}");
+    assert!(text.contains("goal") && text.contains("non-readers") && text.contains("login flood"), "{text}");
+    let plot = std::fs::read_to_string(&svg).expect("the --plot file");
+    assert!(plot.contains("clean phase") && plot.contains("hostile phase"));
+}
+
+#[test]
+fn soak_samples_rss_and_reports_its_growth_per_operation() {
+    let server = Server::start(&["--registrations-burst", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("soak.svg");
+    let r = load(
+        &server,
+        &[
+            "soak",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "4",
+            "--senders",
+            "1",
+            "--rate",
+            "5",
+            "--dm-pairs",
+            "2",
+            "--dm-rate",
+            "2",
+            "--churn-clients",
+            "6",
+            "--storm-every",
+            "1",
+            "--storm-fraction",
+            "1",
+            "--backoff-ms",
+            "50",
+            "--backoff-max-ms",
+            "300",
+            "--registrations-rate",
+            "2",
+            "--logins-rate",
+            "4",
+            "--history-rate",
+            "10",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--check-rss-growth-mib",
+            "1024",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.scenario, "soak");
+    // 2 rooms × 4 members, 6 churn clients, 2 DM pairs.
+    assert_eq!(count(&r, c::CONNECTIONS_OPENED), 18);
+    assert_eq!((r.loss.lost, r.loss.gaps, r.loss.duplicates), (0, 0, 0), "{:?}", r.loss);
+    assert!(r.loss.expected > 0 && r.loss.received == r.loss.expected, "{:?}", r.loss);
+    assert!(count(&r, c::RECONNECTS) >= 6, "the churn clients resumed");
+    let soak = r.soak.as_ref().expect("the soak section");
+    assert!(soak.samples.len() >= 5, "{:?}", soak.samples);
+    assert!(soak.samples.iter().all(|s| s.rss_bytes.is_some_and(|b| b > 0)), "{:?}", soak.samples);
+    assert!(soak.rss_source.starts_with("proc:"), "{}", soak.rss_source);
+    assert!(soak.samples.windows(2).all(|w| w[0].t_s < w[1].t_s && w[0].operations <= w[1].operations));
+    for kind in ["sends", "logins", "registrations", "history pages", "reconnects"] {
+        assert!(soak.operations_by_kind.get(kind).copied().unwrap_or(0) > 0, "{kind}: {:?}", soak.operations_by_kind);
+    }
+    assert_eq!(soak.operations_after_warmup, soak.operations_by_kind.values().sum::<u64>());
+    let growth = soak.rss_growth_bytes.expect("the growth");
+    assert_eq!(Some(growth), soak.rss_at_end_bytes.zip(soak.rss_at_warmup_end_bytes).map(|(b, a)| b as i64 - a as i64));
+    let per = soak.rss_growth_per_1000_ops_bytes.expect("per 1,000 operations");
+    assert!((per - growth as f64 / soak.operations_after_warmup as f64 * 1000.0).abs() < 1e-6);
+    assert!(count(&r, c::HISTORY_PAGES_WS) > 0 && count(&r, c::HISTORY_PAGES_HTTP) > 0);
+    assert!(r.errors_by_code.is_empty(), "{:?}", r.errors_by_code);
+    let plot = std::fs::read_to_string(&svg).expect("the --plot file");
+    assert!(plot.contains("RSS"), "the RSS plot");
 }
 
 #[test]

@@ -437,7 +437,7 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64) -> Msg {
-        Msg { room: "r".into(), seq, from: "u".into(), body: "b".into(), cid: "c".into(), ts: 0 }
+        Msg { room: "r".into(), seq, from: "u".into(), body: "b".into(), cid: "c".into(), ts: 0, ..Msg::default() }
     }
 
     #[test]

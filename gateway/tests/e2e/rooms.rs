@@ -402,7 +402,12 @@ async fn a_retried_cid_gets_the_original_ack_and_is_not_delivered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_room_lists_at_most_a_thousand_members_per_page() {
-    let server = Server::start().await;
+    // 1,002 connections from one address: past the default per-address cap.
+    let server = Server::start_with(Opts {
+        extra_args: vec!["--max-connections-per-ip".into(), "2000".into()],
+        ..Opts::default()
+    })
+    .await;
     let exp = now_s() + 3600;
     // 1,001 users in the room (tokens minted with the secret: no argon2).
     let mut conns = Vec::new();

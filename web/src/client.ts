@@ -310,6 +310,7 @@ export class ChatClient {
     this.readQueue.clear();
     this.forgetQueue.clear();
     this.migrating.clear();
+    this.wantedActive = null;
     this.state = { ...this.emptyState(session.user), status: 'connecting' };
 
     // Before v1.1 the room list lived here; its rooms are joined once (which

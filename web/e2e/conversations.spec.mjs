@@ -171,6 +171,21 @@ describe('conversations, unread counts and DMs (protocol 1.1)', () => {
         await waitFor('the room badge', async () => (await unreadBadge(a.page, lobby).textContent().catch(() => '')) === '1 unread');
       });
 
+      it('joins once the rooms a pre-1.1 version of the app kept in this browser, then drops that list', async () => {
+        const ann = unique('ann');
+        const old = unique('old');
+        await server.register(ann);
+        const d = await openPage(browser, server, options);
+        contexts.push(d);
+        await d.page.evaluate(([u, r]) => localStorage.setItem(`viche:${u}:rooms`, JSON.stringify({ rooms: [r], dms: [], active: r })), [ann, old]);
+        await loginVia(d.page, ann);
+        // It opens as it was left, and the server adds it to her conversations.
+        await d.page.getByRole('heading', { name: `# ${old}` }).waitFor();
+        await waitFor('the old list dropped', () => d.page.evaluate((u) => localStorage.getItem(`viche:${u}:rooms`) === null, ann));
+        const fresh = await device(ann, options);
+        await fresh.page.getByRole('button', { name: `# ${old}` }).waitFor();
+      });
+
       it('Leave removes the conversation, here and after a reload', async () => {
         const ann = unique('ann');
         const room = unique('gone');

@@ -260,10 +260,12 @@ describe('protocol 1.1 in the chat screen', () => {
     await user.click(within(item(1)).getByRole('button', { name: 'Edit' }));
     await user.clear(screen.getByLabelText('Edit message'));
     await user.type(screen.getByLabelText('Edit message'), 'changed{Enter}');
+    expect(within(item(1)).getByText('Saving…')).toBeTruthy();
     await act(async () => ws.receive({ t: 'error', ref: ws.lastFrame('edit').ref, code: 'not_found', message: 'no such message' }));
     expect(screen.getByRole('alert').textContent).toMatch(/can no longer be edited.*Nothing was changed/);
     expect(item(1).querySelector('.body')?.textContent).toBe('original');
     expect(within(item(1)).queryByText('(edited)')).toBeNull();
+    expect(within(item(1)).queryByText('Saving…')).toBeNull();
   });
 
   it('marks what is on screen as read, and Leave removes the conversation', async () => {

@@ -104,7 +104,7 @@ describe('joining and history', () => {
     again.start(saved!);
     const ws = connect();
     expect(ws.frames('join')).toEqual([]);
-    expect(ws.lastFrame('conversations')).toMatchObject({ limit: 100 });
+    expect(ws.lastFrame('conversations')).toMatchObject({ limit: 200 });
     ws.conversations([conv('random', 0, 0), conv('lobby', 0, 0)]);
     expect(ws.frames('join').map((f) => f.room).sort()).toEqual(['lobby', 'random']);
   });

@@ -87,6 +87,8 @@ export interface RoomView {
   joined: boolean;
   /** The message the next send answers. */
   replyTo: number | null;
+  /** Messages with an edit or deletion not yet acknowledged (seqs). */
+  saving: number[];
 }
 
 export type Status = 'signed-out' | 'connecting' | 'online' | 'reconnecting';
@@ -198,7 +200,8 @@ type Inflight =
 
 const SESSION_KEY = 'viche:session';
 const HISTORY_PAGE = 50;
-const CONVERSATIONS_PAGE = 100;
+// The largest page: fewer round trips, and the widest tie of `last_ts` a page can get past.
+const CONVERSATIONS_PAGE = 200;
 const TYPING_SHOW_MS = 5000;
 const TYPING_SEND_EVERY_MS = 2500;
 const REPLAY_MAX = 1000;
@@ -1131,7 +1134,17 @@ export class ChatClient {
   private change(frame: ChangeFrame): void {
     this.changes.set(frame.cid, { frame, state: 'waiting', tries: 0, timer: null });
     const r = this.rooms.get(frame.room);
-    if (r) this.transmitChanges(r);
+    if (!r) return;
+    this.refreshSaving(r);
+    this.transmitChanges(r);
+  }
+
+  /** Which messages show "Saving…": an edit or deletion on its way. */
+  private refreshSaving(r: RoomInternal): void {
+    const seqs = new Set<number>();
+    for (const ch of this.changes.values()) if (ch.frame.room === r.view.id && ch.frame.t !== 'react') seqs.add(ch.frame.target);
+    const saving = [...seqs].sort((a, b) => a - b);
+    if (!sameList(saving.map(String), r.view.saving.map(String))) this.updateView(r, { saving });
   }
 
   /** Sends the waiting edits, deletions and reactions of a room, if it can. */
@@ -1150,6 +1163,7 @@ export class ChatClient {
     this.changes.delete(cid);
     const r = this.rooms.get(ch.frame.room);
     if (!r) return;
+    this.refreshSaving(r);
     // The event as stored (its msg comes too; applying it twice is harmless).
     const f = ch.frame;
     const event: Msg = {
@@ -1191,6 +1205,7 @@ export class ChatClient {
       return;
     }
     this.changes.delete(cid);
+    this.refreshSaving(r);
     const context: ErrorContext = ch.frame.t;
     this.setState({ notice: describeError(code, context, { maxBody: this.state.maxBody }) });
   }
@@ -1324,6 +1339,7 @@ export class ChatClient {
         loaded: false,
         joined: false,
         replyTo: null,
+        saving: [],
       },
       streamSeq: 0,
       resumable: false,

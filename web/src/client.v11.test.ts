@@ -86,7 +86,7 @@ describe('the conversation list', () => {
       true,
     );
     // The next page: from one past the oldest last_ts (conversations can share one).
-    expect(ws.lastFrame('conversations')).toMatchObject({ before: 5001, limit: 100 });
+    expect(ws.lastFrame('conversations')).toMatchObject({ before: 5001, limit: 200 });
     ws.conversations([conv('random', 2, 0, { last_ts: 5000 }), conv('dm:alice:cat', 1, 0, { peer: 'cat', last_ts: 4000 }), conv('empty', 0, 0)], false);
     const s = state();
     expect(s.listLoaded).toBe(true);
@@ -288,8 +288,10 @@ describe('edits, deletions, reactions and replies', () => {
     const { client, state, ws } = inLobby(3);
     const before = state().rooms.lobby.messages;
     client.edit('lobby', 3, 'not mine');
+    expect(state().rooms.lobby.saving).toEqual([3]);
     ws.receive({ t: 'error', ref: ws.lastFrame('edit').ref, code: 'forbidden', message: 'not the author' });
     expect(state().notice).toBe('You can only edit your own messages. Nothing was changed.');
+    expect(state().rooms.lobby.saving).toEqual([]);
     client.edit('lobby', 2, 'gone meanwhile');
     ws.receive({ t: 'error', ref: ws.lastFrame('edit').ref, code: 'not_found', message: 'no such message' });
     expect(state().notice).toMatch(/can no longer be edited/);
@@ -303,6 +305,7 @@ describe('edits, deletions, reactions and replies', () => {
     const { client, state, ws } = inLobby(3);
     client.edit('lobby', 2, 'offline edit');
     const cid = ws.lastFrame('edit').cid;
+    expect(state().rooms.lobby.saving).toEqual([2]);
     ws.serverClose(1006); // before the ack
     vi.advanceTimersByTime(1000);
     const next = connect();
@@ -312,6 +315,7 @@ describe('edits, deletions, reactions and replies', () => {
     expect(again.cid).toBe(cid);
     next.receive({ t: 'ack', ref: again.ref, room: 'lobby', seq: 4, cid, ts: NOW });
     expect(state().rooms.lobby.messages[1].body).toBe('offline edit');
+    expect(state().rooms.lobby.saving).toEqual([]);
   });
 
   it('resumes with since and applies the events it missed, replayed or paged', () => {

@@ -145,6 +145,7 @@ export function MessageList({ client, room, me, features, visible, onOpenDm }: P
             <MessageItem
               key={m.seq}
               message={m}
+              saving={room.saving.includes(m.seq)}
               replied={i >= 0 ? room.messages[i] : null}
               me={me}
               client={client}
@@ -153,9 +154,10 @@ export function MessageList({ client, room, me, features, visible, onOpenDm }: P
             />
           );
         })}
-        {room.pending.map((p) => (
-          <PendingItem key={p.cid} pending={p} me={me} client={client} />
-        ))}
+        {room.pending.map((p) => {
+          const i = p.replyTo === undefined ? -1 : indexOfSeq(room.messages, p.replyTo);
+          return <PendingItem key={p.cid} pending={p} replied={i >= 0 ? room.messages[i] : null} me={me} client={client} />;
+        })}
       </ol>
     </div>
   );
@@ -174,6 +176,8 @@ function useAbilities(edits: boolean, reactions: boolean, replies: boolean): Abi
 
 interface ItemProps {
   message: Message;
+  /** An edit or deletion of it is on its way. */
+  saving: boolean;
   /** The message this one answers, when it is in memory. */
   replied: Message | null;
   me: string;
@@ -182,7 +186,24 @@ interface ItemProps {
   onOpenDm: (user: string) => void;
 }
 
-const MessageItem = memo(function MessageItem({ message, replied, me, client, abilities, onOpenDm }: ItemProps) {
+/** What a reply answers, quoted above it. */
+function ReplyQuote({ replied }: { replied: Message | null }) {
+  return (
+    <div className="reply-quote">
+      <span className="sr-only">In reply to </span>
+      <span aria-hidden="true">↪ </span>
+      {replied ? (
+        <>
+          <strong>{replied.from}</strong>: {replied.deleted ? 'message deleted' : excerpt(replied.body)}
+        </>
+      ) : (
+        'an earlier message'
+      )}
+    </div>
+  );
+}
+
+const MessageItem = memo(function MessageItem({ message, saving, replied, me, client, abilities, onOpenDm }: ItemProps) {
   const [mode, setMode] = useState<'read' | 'edit' | 'react' | 'delete'>('read');
   const reactButton = useRef<HTMLButtonElement>(null);
   const deleteButton = useRef<HTMLButtonElement>(null);
@@ -202,19 +223,7 @@ const MessageItem = memo(function MessageItem({ message, replied, me, client, ab
   if (deleted) className += ' deleted';
   return (
     <li className={className} data-seq={message.seq}>
-      {message.reply_to !== undefined && (
-        <div className="reply-quote">
-          <span className="sr-only">In reply to </span>
-          <span aria-hidden="true">↪ </span>
-          {replied ? (
-            <>
-              <strong>{replied.from}</strong>: {replied.deleted ? 'message deleted' : excerpt(replied.body)}
-            </>
-          ) : (
-            'an earlier message'
-          )}
-        </div>
-      )}
+      {message.reply_to !== undefined && <ReplyQuote replied={replied} />}
       <div className="meta">
         <UserName user={message.from} me={me} onOpenDm={onOpenDm} className="author" />{' '}
         <time dateTime={date.toISOString()} title={fullFormat.format(date)}>
@@ -226,6 +235,7 @@ const MessageItem = memo(function MessageItem({ message, replied, me, client, ab
             (edited)
           </span>
         )}
+        {saving && <span className="pending-state"> Saving…</span>}
         {!deleted && (
           <span className="actions">
             {abilities.replies && (
@@ -403,7 +413,7 @@ function ReactionPicker({ onPick, onCancel }: { onPick: (emoji: string) => void;
   );
 }
 
-function PendingItem({ pending, me, client }: { pending: Pending; me: string; client: ChatClient }) {
+function PendingItem({ pending, replied, me, client }: { pending: Pending; replied: Message | null; me: string; client: ChatClient }) {
   const label =
     pending.state === 'failed'
       ? `Not sent: ${pending.error ?? 'it was refused.'}`
@@ -414,6 +424,7 @@ function PendingItem({ pending, me, client }: { pending: Pending; me: string; cl
           : 'Waiting for the connection…';
   return (
     <li className={`message mine pending ${pending.state}`} data-cid={pending.cid} data-pending={pending.state}>
+      {pending.replyTo !== undefined && <ReplyQuote replied={replied} />}
       <div className="meta">
         <span className="author">{me}</span> <span className="pending-state">{label}</span>
       </div>

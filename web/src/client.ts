@@ -243,6 +243,9 @@ export class ChatClient {
   private readTimer: ReturnType<typeof setTimeout> | null = null;
   /** Rooms left with `forget` while offline: told to the server at the next welcome. */
   private forgetQueue = new Set<string>();
+  /** Rooms left with `forget`, with their last seq then: a list answered
+   *  before the server heard of it must not bring them back. */
+  private left = new Map<string, number>();
   /** Rooms of the pre-1.1 saved list still to be joined once. */
   private migrating = new Set<string>();
   /** The conversation to open once the list is in (the last one open). */
@@ -312,6 +315,7 @@ export class ChatClient {
     this.changes.clear();
     this.readQueue.clear();
     this.forgetQueue.clear();
+    this.left.clear();
     this.migrating.clear();
     this.wantedActive = null;
     this.state = { ...this.emptyState(session.user), status: 'connecting' };
@@ -408,6 +412,7 @@ export class ChatClient {
     if (!r) return;
     if (this.welcomed) this.request({ t: 'leave', ref: 0, room: id, forget: true }, { kind: 'leave', room: id });
     else this.forgetQueue.add(id);
+    this.left.set(id, r.view.lastSeq);
     this.removeRoom(id);
   }
 
@@ -782,6 +787,8 @@ export class ChatClient {
       oldest = Math.min(oldest, Number(c.last_ts) || 0);
       if (!this.listed.has(c.room)) fresh++;
       this.listed.add(c.room);
+      const leftAt = this.left.get(c.room);
+      if (leftAt !== undefined && !this.rooms.has(c.room) && (c.last_seq || 0) <= leftAt) continue;
       const r = this.rooms.get(c.room) ?? this.addRoom(c.room);
       const last = c.last && typeof c.last.seq === 'number' ? c.last : null;
       this.updateView(r, {

@@ -405,6 +405,25 @@ describe('leaving', () => {
     expect(state().dmOrder).toEqual(['dm:alice:bob']);
   });
 
+  it('a list answered before the server heard of the leave does not bring the room back', () => {
+    const { client, state } = makeClient();
+    client.start(session());
+    const ws = connect();
+    client.leaveRoom('lobby'); // not listed yet: nothing to do
+    ws.conversations([conv('lobby', 3, 3), conv('dm:alice:bob', 2, 2)], false);
+    expect(state().roomOrder).toEqual(['lobby']);
+    client.leaveRoom('lobby');
+    client.leaveRoom('dm:alice:bob');
+    // A reconnect's list, asked before the leaves were handled.
+    ws.serverClose(1006);
+    vi.advanceTimersByTime(1000);
+    const next = connect();
+    next.conversations([conv('lobby', 3, 3), conv('dm:alice:bob', 3, 2)], false);
+    expect(state().roomOrder).toEqual([]);
+    // The DM has a newer message than when it was left: it is back.
+    expect(state().dmOrder).toEqual(['dm:alice:bob']);
+  });
+
   it('tells the server at the next welcome when it left while offline', () => {
     const { client, state, ws } = inLobby(3);
     ws.serverClose(1006);

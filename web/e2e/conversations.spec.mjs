@@ -196,20 +196,30 @@ describe('conversations, unread counts and DMs (protocol 1.1)', () => {
         await fresh.page.getByRole('button', { name: `# ${old}` }).waitFor();
       });
 
-      it('Leave removes the conversation, here and after a reload', async () => {
+      it('Leave removes the conversation, here, after a reload, and on the other device at its next connection', async () => {
         const ann = unique('ann');
         const room = unique('gone');
         const keep = unique('kept');
-        await server.register(ann);
+        const { token } = await server.register(ann);
         const a = await device(ann, options);
         await joinVia(a.page, keep);
         await toList(a.page);
         await joinVia(a.page, room);
+        const other = await device(ann, size === 'phone' ? VIEWPORTS.desktop : VIEWPORTS.phone);
+        await other.page.getByRole('button', { name: `# ${room}` }).waitFor();
+
         await a.page.getByRole('button', { name: 'Leave', exact: true }).click();
         await waitFor('the room gone from the list', async () => (await a.page.getByRole('button', { name: `# ${room}` }).count()) === 0);
+        await waitFor('the server forgot it', async () => !(await conversationsOf(server, token)).some((c) => c.room === room));
         await a.page.reload();
         await a.page.getByRole('button', { name: `# ${keep}` }).waitFor();
-        assert.equal(await a.page.getByRole('button', { name: `# ${room}` }).count(), 0, 'still gone: the server forgot it');
+        assert.equal(await a.page.getByRole('button', { name: `# ${room}` }).count(), 0, 'still gone after a reload');
+
+        // The other device learns it when it connects again (and does not join it back).
+        await other.page.evaluate(() => window.viche.ws?.close());
+        await waitFor('gone on the other device', async () => (await other.page.getByRole('button', { name: `# ${room}` }).count()) === 0);
+        await other.page.getByRole('button', { name: `# ${keep}` }).waitFor();
+        assert.ok(!(await conversationsOf(server, token)).some((c) => c.room === room), 'not added back');
       });
     });
   }

@@ -137,6 +137,9 @@ describe('reconnecting', () => {
     ws.open();
     ws.welcome();
     expect(state().status).toBe('online');
+    // Rooms are joined again once the server lists them.
+    expect(ws.frames('join')).toEqual([]);
+    ws.conversations([conv('lobby', 2, 2)]);
     const join = ws.lastFrame('join');
     expect(join).toMatchObject({ room: 'lobby', since: 2 });
     ws.receive({ t: 'ok', ref: join.ref, room: 'lobby', seq: 4, members: ['alice', 'bob'], more: false });
@@ -164,6 +167,7 @@ describe('reconnecting', () => {
     ws.serverClose(4008);
     vi.advanceTimersByTime(1000);
     ws = connect();
+    ws.conversations([conv('lobby', 1205, 5)]);
     const join = ws.lastFrame('join');
     expect(join.since).toBe(5);
     ws.receive({ t: 'ok', ref: join.ref, room: 'lobby', seq: 1205, members: ['alice'], more: true });
@@ -215,6 +219,7 @@ describe('sending', () => {
     expect(state().rooms.lobby.pending[0].state).toBe('waiting');
     vi.advanceTimersByTime(1000);
     ws = connect();
+    ws.conversations([conv('lobby', 1, 1)]);
     expect(ws.frames('send')).toHaveLength(0); // not before the room is joined again
     ws.receive({ t: 'ok', ref: ws.lastFrame('join').ref, room: 'lobby', seq: 1, members: ['alice'], more: false });
     const again = ws.lastFrame('send');

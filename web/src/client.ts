@@ -163,6 +163,10 @@ interface RoomInternal {
   resumable: boolean;
   /** Joined on every connection: public rooms, and DMs once opened. */
   follow: boolean;
+  /** The server has it among the user's conversations (listed, or a public room joined). */
+  confirmed: boolean;
+  /** The listing (`listGen`) in which it was last listed, joined or added here. */
+  seenGen: number;
   /** A join is on its way. */
   joining: boolean;
   /** Events whose target is not in memory (yet), by target. */
@@ -253,6 +257,8 @@ export class ChatClient {
   /** Rooms seen in the current listing (to stop paging when a page has nothing new). */
   private listed = new Set<string>();
   private listRetry: ReturnType<typeof setTimeout> | null = null;
+  /** Counts the listings (one per welcome). */
+  private listGen = 0;
   private listTries = 0;
   private incomingId = 0;
 
@@ -742,9 +748,19 @@ export class ChatClient {
       this.listTries = 0;
       this.requestConversations(undefined);
     }
+    // Public rooms the server lists are joined as the list comes: a room
+    // left for good on another device must not be joined (and so added)
+    // again from here. Joined now: DMs (a join adds nothing), and rooms the
+    // server may not know yet (the pre-1.1 list, a join that never went).
+    this.listGen += 1;
+    const joinNow = (r: RoomInternal) => r.follow && (!features.includes('conversations') || r.view.kind === 'dm' || !r.confirmed);
     const active = this.state.active ? this.rooms.get(this.state.active) : undefined;
-    if (active?.follow) this.queueJoin(active);
-    for (const r of this.rooms.values()) if (r.follow) this.queueJoin(r);
+    if (active && joinNow(active)) this.queueJoin(active);
+    for (const r of this.rooms.values()) {
+      if (!joinNow(r)) continue;
+      r.seenGen = this.listGen;
+      this.queueJoin(r);
+    }
     // Direct messages need no join: send what is waiting right away.
     for (const r of this.rooms.values()) {
       for (const p of r.view.pending) if (p.to && p.state === 'waiting') this.transmit(p);
@@ -790,6 +806,9 @@ export class ChatClient {
       const leftAt = this.left.get(c.room);
       if (leftAt !== undefined && !this.rooms.has(c.room) && (c.last_seq || 0) <= leftAt) continue;
       const r = this.rooms.get(c.room) ?? this.addRoom(c.room);
+      r.confirmed = true;
+      r.seenGen = this.listGen;
+      if (r.follow) this.queueJoin(r);
       const last = c.last && typeof c.last.seq === 'number' ? c.last : null;
       this.updateView(r, {
         lastSeq: Math.max(r.view.lastSeq, c.last_seq || 0),
@@ -805,6 +824,16 @@ export class ChatClient {
       this.requestConversations(oldest + 1);
       return;
     }
+    if (!more) {
+      // The whole list: what it no longer holds was left for good elsewhere.
+      for (const r of [...this.rooms.values()]) if (r.confirmed && r.seenGen < this.listGen) this.removeRoom(r.view.id);
+    }
+    this.listDone();
+  }
+
+  /** The listing is over (or failed): join what is left to join. */
+  private listDone(): void {
+    for (const r of this.rooms.values()) if (r.follow) this.queueJoin(r);
     this.setState({ listLoaded: true });
     const wanted = this.wantedActive;
     if (wanted && this.state.active === null && this.rooms.has(wanted)) this.setActive(wanted);
@@ -817,6 +846,11 @@ export class ChatClient {
       r.joining = false;
       r.joinTries = 0;
       const seq = frame.seq ?? 0;
+      if (r.view.kind === 'room') {
+        // Joining added it to the user's conversations.
+        r.confirmed = true;
+        r.seenGen = this.listGen;
+      }
       this.updateView(r, { joined: true, members: [...(frame.members ?? [])].sort() });
       if (ctx.since === undefined) {
         // A first join: live messages start after `seq`; the page before
@@ -864,6 +898,10 @@ export class ChatClient {
       if (!isDmRoom(m.room) || !this.roomIdAllowed(m.room)) return;
       // Someone wrote to us: the DM is one of our conversations now.
       r = this.addRoom(m.room);
+    }
+    if (r.view.kind === 'dm') {
+      r.confirmed = true;
+      r.seenGen = this.listGen;
     }
     if (r.view.joined && m.seq > r.streamSeq) r.streamSeq = m.seq;
     this.note(r, [m]);
@@ -1022,7 +1060,8 @@ export class ChatClient {
           }, delay);
           return;
         }
-        this.setState({ listLoaded: true, notice: describeError(code, 'session') });
+        this.listDone();
+        this.setState({ notice: describeError(code, 'session') });
         return;
     }
     const r = this.rooms.get(ctx.room);
@@ -1351,6 +1390,8 @@ export class ChatClient {
       streamSeq: 0,
       resumable: false,
       follow: !dm,
+      confirmed: false,
+      seenGen: this.listGen,
       joining: false,
       orphans: new Map(),
       orphanCount: 0,

@@ -309,6 +309,7 @@ describe('edits, deletions, reactions and replies', () => {
     ws.serverClose(1006); // before the ack
     vi.advanceTimersByTime(1000);
     const next = connect();
+    next.conversations([conv('lobby', 3, 3)]);
     expect(next.frames('edit')).toHaveLength(0); // not before the room is joined again
     joined(next, 'lobby', 3);
     const again = next.lastFrame('edit');
@@ -422,6 +423,43 @@ describe('leaving', () => {
     expect(state().roomOrder).toEqual([]);
     // The DM has a newer message than when it was left: it is back.
     expect(state().dmOrder).toEqual(['dm:alice:bob']);
+  });
+
+  it('a conversation left for good on another device goes at the next reconnect, and is not joined again', () => {
+    const { client, state } = makeClient();
+    client.start(session());
+    let ws = connect();
+    ws.conversations([conv('lobby', 3, 3), conv('gone', 2, 2), conv('dm:alice:bob', 2, 2), conv('dm:alice:cat', 1, 1)]);
+    joined(ws, 'lobby', 3);
+    joined(ws, 'gone', 2);
+    client.startDm('dave'); // started here, nothing written yet: the server does not list it
+    client.setActive('gone');
+    ws.serverClose(1006);
+    vi.advanceTimersByTime(1000);
+    ws = connect();
+    // Nothing public is joined before the server says it is still one of hers.
+    expect(ws.frames('join').map((f) => f.room)).toEqual(['dm:alice:dave']);
+    ws.conversations([conv('lobby', 3, 3), conv('dm:alice:bob', 2, 2)]);
+    expect(ws.frames('join').map((f) => f.room)).toEqual(['dm:alice:dave', 'lobby']);
+    const s = state();
+    expect(s.roomOrder).toEqual(['lobby']);
+    expect(s.dmOrder.sort()).toEqual(['dm:alice:bob', 'dm:alice:dave']);
+    expect(s.active).toBeNull();
+  });
+
+  it('removes nothing when the list could not be read to its end', () => {
+    const { client, state } = makeClient();
+    client.start(session());
+    let ws = connect();
+    ws.conversations([conv('a', 0, 0), conv('b', 0, 0)]);
+    ws.serverClose(1006);
+    vi.advanceTimersByTime(1000);
+    ws = connect();
+    // Two pages of the same last_ts: the second brings nothing new, paging stops.
+    ws.conversations([conv('a', 0, 0)], true);
+    ws.conversations([conv('a', 0, 0)], true);
+    expect(state().roomOrder).toEqual(['a', 'b']);
+    expect(ws.frames('join').map((f) => f.room).sort()).toEqual(['a', 'b']);
   });
 
   it('tells the server at the next welcome when it left while offline', () => {

@@ -201,8 +201,9 @@ describe('chatting in the browser', () => {
       await loginVia(page, 'bob');
       await page.getByLabel('Room', { exact: true }).waitFor();
       await shot(page, 'phone-list');
-      // The room list lives in each browser: this one joins afresh and gets the history.
-      await joinVia(page, 'lobby');
+      // The room list comes from the server: this browser never joined the lobby, yet it is listed.
+      await page.getByRole('button', { name: /# lobby/ }).click();
+      await page.getByRole('heading', { name: '# lobby' }).waitFor();
       await waitForBodies(page, ['Hi Bob, welcome to the lobby.', 'Hello Alice!', 'How are things?', 'Typed without a mouse.']);
       const fits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
       assert.ok(fits, 'no sideways scrolling');

@@ -282,8 +282,88 @@ export async function postAs(browser, server, token, room, bodies) {
   }
 }
 
+/**
+ * A third party speaking JSON over a raw WebSocket: sends each of `frames`
+ * (a `ref` is added) and waits for its answer; `rate_limited` is retried.
+ * Returns the answers (`ack`, `ok`, `error`, …).
+ */
+export async function wsAs(browser, server, token, frames) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${server.url}/healthz`);
+    return await page.evaluate(
+      async ({ url, token, frames }) => {
+        const ws = new WebSocket(url);
+        const got = [];
+        let wake = () => {};
+        ws.onmessage = (e) => {
+          got.push(JSON.parse(e.data));
+          wake();
+        };
+        const next = async (pred) => {
+          for (;;) {
+            const i = got.findIndex(pred);
+            if (i >= 0) return got.splice(i, 1)[0];
+            await new Promise((r) => (wake = r));
+          }
+        };
+        await new Promise((r, j) => {
+          ws.onopen = r;
+          ws.onerror = j;
+        });
+        ws.send(JSON.stringify({ t: 'hello', v: 1, token }));
+        await next((f) => f.t === 'welcome');
+        const answers = [];
+        let ref = 1;
+        for (const frame of frames) {
+          for (;;) {
+            const r = ref++;
+            ws.send(JSON.stringify({ ...frame, ref: r }));
+            const answer = await next((f) => f.ref === r);
+            if (answer.t === 'error' && answer.code === 'rate_limited') {
+              await new Promise((w) => setTimeout(w, 250));
+              continue;
+            }
+            answers.push(answer);
+            break;
+          }
+        }
+        ws.close();
+        return answers;
+      },
+      { url: `ws://127.0.0.1:${server.port}/ws`, token, frames },
+    );
+  } finally {
+    await context.close();
+  }
+}
+
+/** Window sizes every v1.1 scenario runs in. */
+export const VIEWPORTS = {
+  desktop: { viewport: { width: 1100, height: 720 } },
+  phone: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true },
+};
+
+/** A message of the open conversation, by seq. */
+export function messageItem(page, seq) {
+  return page.locator(`ol[aria-label="Conversation"] > li[data-seq="${seq}"]`);
+}
+
+/** The unread badge of a conversation in the list (its text is "N unread"). */
+export function unreadBadge(page, room) {
+  return page.getByTestId(`unread-${room}`);
+}
+
+/** The user's conversations over HTTP, as the server counts them. */
+export async function conversationsOf(server, token) {
+  const r = await fetch(`${server.url}/api/conversations`, { headers: { Authorization: `Bearer ${token}` } });
+  if (!r.ok) throw new Error(`GET /api/conversations: ${r.status} ${await r.text()}`);
+  return (await r.json()).conversations;
+}
+
 /** Presses Tab until `locator` has the focus; fails if it never does. */
-export async function tabTo(page, locator, max = 40) {
+export async function tabTo(page, locator, max = 60) {
   for (let i = 0; i < max; i++) {
     if (await locator.evaluate((el) => el === document.activeElement)) return;
     await page.keyboard.press('Tab');

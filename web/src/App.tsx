@@ -1,5 +1,5 @@
-import { useEffect, useState, useSyncExternalStore } from 'react';
-import type { ChatClient, ChatState } from './client';
+import { useCallback, useEffect, useState, useSyncExternalStore } from 'react';
+import { totalUnread, type ChatClient, type ChatState } from './client';
 import { AuthScreen } from './components/AuthScreen';
 import { ChatView } from './components/ChatView';
 import { Sidebar } from './components/Sidebar';
@@ -21,11 +21,58 @@ export function App({ client }: { client: ChatClient }) {
   return <ChatScreen client={client} state={state} />;
 }
 
+/** Below this width one pane shows at a time (styles.css says the same). */
+const NARROW = '(max-width: 700px)';
+
+function useMediaQuery(query: string): boolean {
+  const get = () => typeof window !== 'undefined' && typeof window.matchMedia === 'function' && window.matchMedia(query).matches;
+  const [matches, setMatches] = useState(get);
+  useEffect(() => {
+    if (typeof window.matchMedia !== 'function') return;
+    const list = window.matchMedia(query);
+    const update = () => setMatches(list.matches);
+    update();
+    list.addEventListener('change', update);
+    return () => list.removeEventListener('change', update);
+  }, [query]);
+  return matches;
+}
+
 function ChatScreen({ client, state }: { client: ChatClient; state: ChatState }) {
   // On a narrow screen only one pane shows: the list, or the open conversation.
   const [pane, setPane] = useState<'list' | 'chat'>(state.active ? 'chat' : 'list');
+  const narrow = useMediaQuery(NARROW);
   const room = state.active ? state.rooms[state.active] : undefined;
   const user = state.user!;
+  const chatVisible = room !== undefined && (!narrow || pane === 'chat');
+  const elsewhere = totalUnread(state, chatVisible ? state.active : null);
+
+  useEffect(() => {
+    document.title = elsewhere > 0 ? `(${elsewhere}) Viche` : 'Viche';
+  }, [elsewhere]);
+
+  const open = useCallback(
+    (id: string) => {
+      client.setActive(id);
+      setPane('chat');
+    },
+    [client],
+  );
+  const openDm = useCallback(
+    (peer: string) => {
+      if (client.startDm(peer) === null) setPane('chat');
+    },
+    [client],
+  );
+
+  // A message in another conversation, while the list is hidden: say who wrote.
+  const incoming = state.incoming;
+  const showIncoming = incoming !== null && narrow && chatVisible && incoming.room !== state.active && state.rooms[incoming.room] !== undefined;
+  useEffect(() => {
+    if (!incoming) return;
+    const timer = setTimeout(() => client.dismissIncoming(), 8000);
+    return () => clearTimeout(timer);
+  }, [client, incoming]);
 
   return (
     <div className="app" data-pane={room && pane === 'chat' ? 'chat' : 'list'}>
@@ -47,18 +94,47 @@ function ChatScreen({ client, state }: { client: ChatClient; state: ChatState })
           </button>
         </div>
       )}
+      <div className="incoming-area" aria-live="polite">
+        {showIncoming && (
+          <div className="incoming" data-testid="incoming">
+            <span className="incoming-text">
+              <strong>
+                New message from {incoming.from}
+                {state.rooms[incoming.room].kind === 'room' ? ` in # ${incoming.room}` : ''}
+              </strong>
+              <span className="incoming-body">{incoming.body}</span>
+            </span>
+            <button
+              type="button"
+              className="small"
+              onClick={() => {
+                client.dismissIncoming();
+                open(incoming.room);
+              }}
+            >
+              Open
+            </button>
+            <button type="button" className="secondary small" onClick={() => client.dismissIncoming()}>
+              Close
+            </button>
+          </div>
+        )}
+      </div>
       <div className="panes">
-        <Sidebar
-          client={client}
-          state={state}
-          onOpen={(id) => {
-            client.setActive(id);
-            setPane('chat');
-          }}
-        />
+        <Sidebar client={client} state={state} chatVisible={chatVisible} onOpen={open} />
         <main className="chat">
           {room ? (
-            <ChatView client={client} room={room} me={user} onBack={() => setPane('list')} />
+            <ChatView
+              client={client}
+              room={room}
+              me={user}
+              features={state.features}
+              visible={chatVisible}
+              unreadElsewhere={elsewhere}
+              onBack={() => setPane('list')}
+              onLeave={() => setPane('list')}
+              onOpenDm={openDm}
+            />
           ) : (
             <div className="no-room">
               <h2>Welcome, {user}</h2>

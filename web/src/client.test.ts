@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ChatClient, mergeMessages, type ClientOptions } from './client';
-import { FakeSocket, fakeToken, MemoryStorage, msg } from './test/fakes';
+import { toMessage } from './messages';
+import { conv, FakeSocket, fakeToken, MemoryStorage, msg } from './test/fakes';
 
 const NOW = 1_700_000_000_000;
 
@@ -47,11 +48,11 @@ afterEach(() => {
 
 describe('mergeMessages', () => {
   it('keeps seq order and each seq once', () => {
-    const a = [msg('r', 1, 'x'), msg('r', 3, 'x')];
-    const merged = mergeMessages(a, [msg('r', 2, 'y'), msg('r', 3, 'y'), msg('r', 4, 'y')]);
+    const a = [msg('r', 1, 'x'), msg('r', 3, 'x')].map((m) => toMessage(m));
+    const merged = mergeMessages(a, [msg('r', 2, 'y'), msg('r', 3, 'y'), msg('r', 4, 'y')].map((m) => toMessage(m)));
     expect(merged.map((m) => m.seq)).toEqual([1, 2, 3, 4]);
     expect(merged[2].from).toBe('x');
-    expect(mergeMessages(merged, [msg('r', 2, 'z')])).toBe(merged);
+    expect(mergeMessages(merged, [toMessage(msg('r', 2, 'z'))])).toBe(merged);
   });
 });
 
@@ -90,18 +91,22 @@ describe('joining and history', () => {
     expect(FakeSocket.last().frames('join')).toHaveLength(0);
   });
 
-  it('rejoins the saved rooms after a reload', () => {
+  it('after a reload, the rooms come from the server, not from the browser', () => {
     const { client, storage } = makeClient();
     client.start(session());
     connect();
     client.joinRoom('lobby');
     client.joinRoom('random');
+    expect(storage.getItem('viche:alice:rooms')).toBeNull();
     const again = new ChatClient({ url: 'ws://test/ws', createSocket: (u) => new FakeSocket(u), storage, random: () => 0.5 });
     const saved = again.savedSession();
     expect(saved?.user).toBe('alice');
     again.start(saved!);
     const ws = connect();
-    expect(ws.frames('join').map((f) => f.room)).toEqual(['lobby', 'random']);
+    expect(ws.frames('join')).toEqual([]);
+    expect(ws.lastFrame('conversations')).toMatchObject({ limit: 200 });
+    ws.conversations([conv('random', 0, 0), conv('lobby', 0, 0)]);
+    expect(ws.frames('join').map((f) => f.room).sort()).toEqual(['lobby', 'random']);
   });
 });
 
@@ -132,6 +137,9 @@ describe('reconnecting', () => {
     ws.open();
     ws.welcome();
     expect(state().status).toBe('online');
+    // Rooms are joined again once the server lists them.
+    expect(ws.frames('join')).toEqual([]);
+    ws.conversations([conv('lobby', 2, 2)]);
     const join = ws.lastFrame('join');
     expect(join).toMatchObject({ room: 'lobby', since: 2 });
     ws.receive({ t: 'ok', ref: join.ref, room: 'lobby', seq: 4, members: ['alice', 'bob'], more: false });
@@ -159,6 +167,7 @@ describe('reconnecting', () => {
     ws.serverClose(4008);
     vi.advanceTimersByTime(1000);
     ws = connect();
+    ws.conversations([conv('lobby', 1205, 5)]);
     const join = ws.lastFrame('join');
     expect(join.since).toBe(5);
     ws.receive({ t: 'ok', ref: join.ref, room: 'lobby', seq: 1205, members: ['alice'], more: true });
@@ -210,6 +219,7 @@ describe('sending', () => {
     expect(state().rooms.lobby.pending[0].state).toBe('waiting');
     vi.advanceTimersByTime(1000);
     ws = connect();
+    ws.conversations([conv('lobby', 1, 1)]);
     expect(ws.frames('send')).toHaveLength(0); // not before the room is joined again
     ws.receive({ t: 'ok', ref: ws.lastFrame('join').ref, room: 'lobby', seq: 1, members: ['alice'], more: false });
     const again = ws.lastFrame('send');
@@ -310,14 +320,22 @@ describe('direct messages', () => {
     expect(client.startDm('bob')).toMatch(/That is you/);
   });
 
-  it('lists a DM someone else started, and joins it', () => {
+  it('lists a DM someone else started, without joining it', () => {
     const { client, state } = makeClient();
     client.start(session('alice'));
     const ws = connect();
     ws.receive(msg('dm:alice:carol', 1, 'carol', 'hi alice'));
     expect(state().dmOrder).toEqual(['dm:alice:carol']);
     expect(state().rooms['dm:alice:carol'].unread).toBe(1);
-    expect(ws.lastFrame('join').room).toBe('dm:alice:carol');
+    expect(state().rooms['dm:alice:carol'].peer).toBe('carol');
+    expect(ws.frames('join')).toEqual([]);
+    expect(state().incoming).toMatchObject({ room: 'dm:alice:carol', from: 'carol', body: 'hi alice' });
+    // Opened, it is joined (presence, typing, resumes) and its history read.
+    client.setActive('dm:alice:carol');
+    const join = ws.lastFrame('join');
+    expect(join).toMatchObject({ room: 'dm:alice:carol' });
+    ws.receive({ t: 'ok', ref: join.ref, room: 'dm:alice:carol', seq: 1, members: ['alice'], more: false });
+    expect(ws.lastFrame('history')).toMatchObject({ room: 'dm:alice:carol', before: 2 });
   });
 
   it('says so when the user does not exist', () => {
@@ -364,7 +382,7 @@ describe('presence, typing and unread', () => {
     expect(ws.frames('typing')).toHaveLength(2);
   });
 
-  it('counts unread messages of rooms not on screen', () => {
+  it('counts unread as the server does: last seq minus the read marker', () => {
     const { client, state } = makeClient();
     client.start(session());
     const ws = connect();
@@ -375,12 +393,17 @@ describe('presence, typing and unread', () => {
     expect(state().active).toBe('other');
     ws.receive(msg('lobby', 1, 'bob'));
     ws.receive(msg('lobby', 2, 'bob'));
-    ws.receive(msg('lobby', 3, 'alice'));
-    ws.receive(msg('other', 1, 'bob'));
     expect(state().rooms.lobby.unread).toBe(2);
+    // An event counts like a message.
+    ws.receive({ ...msg('lobby', 3, 'bob', ''), kind: 'reaction', target: 1, emoji: '👍', on: true });
+    expect(state().rooms.lobby.unread).toBe(3);
+    // What the user stores moves the user's own marker (the server does the same).
+    ws.receive(msg('lobby', 4, 'alice'));
+    expect(state().rooms.lobby).toMatchObject({ unread: 0, readSeq: 4, lastSeq: 4 });
+    ws.receive(msg('other', 1, 'bob'));
+    expect(state().rooms.other.unread).toBe(1);
+    client.markSeen('other', 1);
     expect(state().rooms.other.unread).toBe(0);
-    client.setActive('lobby');
-    expect(state().rooms.lobby.unread).toBe(0);
   });
 });
 

@@ -17,7 +17,19 @@ export const ERROR_TEXT: Record<ErrorCode, string> = {
 };
 
 /** Where an error happened, to say it more precisely. */
-export type ErrorContext = 'login' | 'register' | 'join' | 'send' | 'dm' | 'history' | 'session';
+export type ErrorContext =
+  | 'login'
+  | 'register'
+  | 'join'
+  | 'send'
+  | 'dm'
+  | 'history'
+  | 'session'
+  /** A send that answers a message (`reply_to`). */
+  | 'reply'
+  | 'edit'
+  | 'delete'
+  | 'react';
 
 export interface ErrorDetail {
   /** Seconds from a `Retry-After` header. */
@@ -30,6 +42,10 @@ export interface ErrorDetail {
 
 export function describeError(code: string, context?: ErrorContext, detail: ErrorDetail = {}): string {
   switch (code) {
+    case 'forbidden':
+      if (context === 'edit') return 'You can only edit your own messages. Nothing was changed.';
+      if (context === 'delete') return 'You can only delete your own messages. Nothing was changed.';
+      break;
     case 'unauthorized':
       if (context === 'login') return 'Wrong username or password.';
       break;
@@ -39,9 +55,15 @@ export function describeError(code: string, context?: ErrorContext, detail: Erro
       }
       if (context === 'join') return 'Room names are 1 to 64 letters, digits, "_", "." or "-".';
       if (context === 'dm') return detail.to ? `You cannot start a conversation with ${detail.to}.` : ERROR_TEXT.invalid;
-      if (context === 'send') return 'That message was not accepted (it is empty or malformed).';
+      if (context === 'send' || context === 'reply') return 'That message was not accepted (it is empty or malformed).';
+      if (context === 'edit') return 'That edit was not accepted (it is empty or malformed). Nothing was changed.';
+      if (context === 'react') return 'That reaction was not accepted: a reaction is 1 to 32 bytes.';
       break;
     case 'not_found':
+      if (context === 'edit') return 'That message can no longer be edited: it was deleted, or it is not a message. Nothing was changed.';
+      if (context === 'delete') return 'That message is already gone: it was deleted, or it is not a message.';
+      if (context === 'react') return 'You cannot react to that: the message was deleted, or it is not a message.';
+      if (context === 'reply') return 'The message you answered is gone: it was deleted, or it is not a message.';
       if (context === 'dm' || context === 'join') return detail.to ? `There is no user called ${detail.to}.` : 'There is no such user.';
       break;
     case 'too_large':

@@ -1,5 +1,7 @@
-// Frames of the Viche wire protocol v1 (docs/protocol.md), as this client
-// speaks them: MessagePack maps over binary WebSocket messages.
+// Frames of the Viche wire protocol v1 (docs/protocol.md) with the
+// compatible additions of v1.1 (conversations, read markers, edits,
+// deletions, reactions, replies), as this client speaks them: MessagePack
+// maps over binary WebSocket messages.
 import { decode, encode } from '@msgpack/msgpack';
 
 export const PROTOCOL_VERSION = 1;
@@ -20,6 +22,9 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/** What kind of event a `msg` is (v1.1); absent for an ordinary message. */
+export type MsgKind = 'edit' | 'delete' | 'reaction';
+
 export interface Msg {
   t?: 'msg';
   room: string;
@@ -28,21 +33,49 @@ export interface Msg {
   body: string;
   cid: string;
   ts: number;
+  /** v1.1: an edit, deletion or reaction of `target`. */
+  kind?: MsgKind;
+  target?: number;
+  /** v1.1: the seq of the ordinary message this one answers. */
+  reply_to?: number;
+  emoji?: string;
+  on?: boolean;
+  /** v1.1, in history and replays: the target's current state. */
+  edited_ts?: number;
+  deleted?: boolean;
+  reactions?: Record<string, string[]>;
+}
+
+/** v1.1: one of the user's conversations, as `conversations` lists them. */
+export interface Conversation {
+  room: string;
+  kind: 'room' | 'dm';
+  peer?: string;
+  last_seq: number;
+  last_ts: number;
+  last: Msg | null;
+  read_seq: number;
+  unread: number;
 }
 
 export type ClientFrame =
   | { t: 'hello'; v: number; token: string }
   | { t: 'auth'; ref: number; token: string }
   | { t: 'join'; ref: number; room: string; since?: number }
-  | { t: 'leave'; ref: number; room: string }
-  | { t: 'send'; ref: number; room: string; body: string; cid: string }
-  | { t: 'dm'; ref: number; to: string; body: string; cid: string }
+  | { t: 'leave'; ref: number; room: string; forget?: boolean }
+  | { t: 'send'; ref: number; room: string; body: string; cid: string; reply_to?: number }
+  | { t: 'dm'; ref: number; to: string; body: string; cid: string; reply_to?: number }
+  | { t: 'edit'; ref: number; room: string; target: number; body: string; cid: string }
+  | { t: 'delete'; ref: number; room: string; target: number; cid: string }
+  | { t: 'react'; ref: number; room: string; target: number; emoji: string; on: boolean; cid: string }
+  | { t: 'read'; ref: number; room: string; seq: number }
+  | { t: 'conversations'; ref: number; before?: number; limit?: number }
   | { t: 'typing'; room: string }
   | { t: 'history'; ref: number; room: string; before?: number; limit?: number }
   | { t: 'ping'; ref: number };
 
 export type ServerFrame =
-  | { t: 'welcome'; v: number; session: string; user: string; heartbeat_ms: number; max_frame: number; max_body: number }
+  | { t: 'welcome'; v: number; session: string; user: string; heartbeat_ms: number; max_frame: number; max_body: number; features?: string[] }
   | { t: 'ok'; ref: number; room?: string; seq?: number; members?: string[]; more?: boolean }
   | { t: 'ack'; ref: number; room: string; seq: number; cid: string; ts: number }
   | ({ t: 'msg' } & Msg)
@@ -50,7 +83,9 @@ export type ServerFrame =
   | { t: 'typing'; room: string; user: string }
   | { t: 'history'; ref: number; room: string; messages: Msg[]; more: boolean }
   | { t: 'error'; ref?: number; code: string; message: string }
-  | { t: 'pong'; ref: number };
+  | { t: 'pong'; ref: number }
+  | { t: 'read'; room: string; seq: number }
+  | { t: 'conversations'; ref: number; items: Conversation[]; more: boolean };
 
 export function encodeFrame(frame: ClientFrame): Uint8Array {
   return encode(frame, { ignoreUndefined: true });

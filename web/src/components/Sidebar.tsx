@@ -1,13 +1,16 @@
 import { useState, type FormEvent } from 'react';
 import type { ChatClient, ChatState } from '../client';
+import { previewText } from '../messages';
 
 interface Props {
   client: ChatClient;
   state: ChatState;
+  /** The open conversation is on screen (its badge is then not shown). */
+  chatVisible: boolean;
   onOpen: (room: string) => void;
 }
 
-export function Sidebar({ client, state, onOpen }: Props) {
+export function Sidebar({ client, state, chatVisible, onOpen }: Props) {
   const [room, setRoom] = useState('');
   const [peer, setPeer] = useState('');
   const [roomError, setRoomError] = useState<string | null>(null);
@@ -60,11 +63,12 @@ export function Sidebar({ client, state, onOpen }: Props) {
             {roomError}
           </p>
         )}
-        <ul className="conversations">
+        <ul className="conversations" aria-label="Rooms">
           {state.roomOrder.map((id) => (
-            <ConversationItem key={id} id={id} title={`# ${id}`} state={state} onOpen={onOpen} />
+            <ConversationItem key={id} id={id} title={`# ${id}`} state={state} chatVisible={chatVisible} onOpen={onOpen} />
           ))}
         </ul>
+        {!state.listLoaded && state.roomOrder.length + state.dmOrder.length === 0 && <p className="muted">Loading your conversations…</p>}
       </section>
       <section className="side-section">
         <h2>Direct messages</h2>
@@ -88,9 +92,16 @@ export function Sidebar({ client, state, onOpen }: Props) {
             {dmError}
           </p>
         )}
-        <ul className="conversations">
+        <ul className="conversations" aria-label="Direct messages">
           {state.dmOrder.map((id) => (
-            <ConversationItem key={id} id={id} title={`@ ${state.rooms[id]?.peer ?? id}`} state={state} onOpen={onOpen} />
+            <ConversationItem
+              key={id}
+              id={id}
+              title={`@ ${state.rooms[id]?.peer ?? id}`}
+              state={state}
+              chatVisible={chatVisible}
+              onOpen={onOpen}
+            />
           ))}
         </ul>
       </section>
@@ -98,9 +109,19 @@ export function Sidebar({ client, state, onOpen }: Props) {
   );
 }
 
-function ConversationItem({ id, title, state, onOpen }: { id: string; title: string; state: ChatState; onOpen: (room: string) => void }) {
-  const unread = state.rooms[id]?.unread ?? 0;
+interface ItemProps {
+  id: string;
+  title: string;
+  state: ChatState;
+  chatVisible: boolean;
+  onOpen: (room: string) => void;
+}
+
+function ConversationItem({ id, title, state, chatVisible, onOpen }: ItemProps) {
+  const room = state.rooms[id];
+  const unread = room?.unread ?? 0;
   const active = state.active === id;
+  const preview = room?.last ? previewText(room.last, state.user) : '';
   return (
     <li>
       <button
@@ -112,13 +133,16 @@ function ConversationItem({ id, title, state, onOpen }: { id: string; title: str
           onOpen(id);
         }}
       >
-        <span className="conversation-name">{title}</span>
-        {unread > 0 && !active && (
-          <span className="badge" data-testid={`unread-${id}`}>
-            {unread}
-            <span className="sr-only"> unread</span>
-          </span>
-        )}
+        <span className="conversation-top">
+          <span className="conversation-name">{title}</span>
+          {unread > 0 && !(active && chatVisible) && (
+            <span className="badge" data-testid={`unread-${id}`}>
+              {unread}
+              <span className="sr-only"> unread</span>
+            </span>
+          )}
+        </span>
+        {preview && <span className="conversation-preview">{preview}</span>}
       </button>
     </li>
   );

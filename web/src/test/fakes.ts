@@ -37,8 +37,12 @@ export class FakeSocket implements SocketLike {
   receive(frame: Frame): void {
     this.onmessage?.({ data: encode(frame).slice().buffer });
   }
-  welcome(user = 'alice', maxBody = 4096): void {
-    this.receive({ t: 'welcome', v: 1, session: 's1', user, heartbeat_ms: 30000, max_frame: 65536, max_body: maxBody });
+  welcome(user = 'alice', maxBody = 4096, features: string[] = ['conversations', 'edits', 'reactions', 'replies']): void {
+    this.receive({ t: 'welcome', v: 1, session: 's1', user, heartbeat_ms: 30000, max_frame: 65536, max_body: maxBody, features });
+  }
+  /** Answers the latest `conversations` request with `items` (one page). */
+  conversations(items: Frame[] | Record<string, unknown>[] = [], more = false): void {
+    this.receive({ t: 'conversations', ref: this.lastFrame('conversations').ref, items, more });
   }
   /** The frames of type `t` sent so far. */
   frames(t: string): Frame[] {
@@ -76,4 +80,32 @@ export function fakeToken(user: string, iat: number, exp: number): string {
 
 export function msg(room: string, seq: number, from: string, body = `m${seq}`, cid = `c-${from}-${seq}`) {
   return { t: 'msg' as const, room, seq, from, body, cid, ts: 1_700_000_000_000 + seq * 1000 };
+}
+
+/** A v1.1 event: an edit, deletion or reaction of `target`. */
+export function event(
+  room: string,
+  seq: number,
+  from: string,
+  kind: 'edit' | 'delete' | 'reaction',
+  target: number,
+  extra: { body?: string; emoji?: string; on?: boolean } = {},
+) {
+  return { ...msg(room, seq, from, extra.body ?? '', `e-${from}-${seq}`), kind, target, ...(extra.emoji ? { emoji: extra.emoji, on: extra.on ?? true } : {}) };
+}
+
+/** One item of a `conversations` page. */
+export function conv(room: string, lastSeq: number, readSeq: number, extra: Record<string, unknown> = {}) {
+  const dm = room.startsWith('dm:');
+  return {
+    room,
+    kind: dm ? 'dm' : 'room',
+    ...(dm ? { peer: 'bob' } : {}),
+    last_seq: lastSeq,
+    last_ts: lastSeq ? 1_700_000_000_000 + lastSeq * 1000 : 0,
+    last: lastSeq ? msg(room, lastSeq, 'bob') : null,
+    read_seq: readSeq,
+    unread: lastSeq - readSeq,
+    ...extra,
+  };
 }

@@ -787,6 +787,10 @@ impl Report {
                 ));
             }
             rows.push((name.to_string(), text));
+            if op == Op::Send {
+                // Its percentiles are the rows above (send→deliver, ...).
+                continue;
+            }
             let labels: &[(&str, &str)] = if op.delivers() {
                 &[("deliver", "→deliver ms"), ("deliver_from_due", " due→deliver ms"), ("ack", "→ack ms")]
             } else {

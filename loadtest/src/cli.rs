@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::mix::{Mix, Op};
 use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
 
 #[derive(Parser, Debug, Clone)]
@@ -25,7 +26,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Cmd {
-    /// R rooms × M members, S senders per room at a rate each.
+    /// R rooms × M members, S senders per room at a rate each (--mix: also edits, reactions and reads).
     Fanout(FanoutArgs),
     /// Pairs of users exchanging direct messages.
     Dm(DmArgs),
@@ -158,6 +159,12 @@ pub struct FanoutArgs {
     /// Body size in bytes (at least 40: the send and due times are stamped in it).
     #[arg(long, default_value_t = 100)]
     pub body_bytes: usize,
+    /// What each sender does at --rate, by weight: `send=70,edit=10,react=15,read=5` (an operation left out weighs
+    /// 0). Edits target the sender's own recent messages, reactions toggle one emoji on a recent message of the
+    /// room, reads move the marker to the newest seq seen (each sender then has a second session that receives the
+    /// push). Default: sends only.
+    #[arg(long, value_name = "OP=WEIGHT,...")]
+    pub mix: Option<Mix>,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -552,7 +559,8 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
     let mut plan = Plan::default();
     match cmd {
         Cmd::Fanout(a) => {
-            let shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            let mut shape = FanoutShape::of(a.rooms, a.members, a.senders, a.rate, a.body_bytes);
+            shape.mix = a.mix.unwrap_or_default();
             fanout_members(&mut plan, &shape, tag, seed, worker, workers);
         }
         Cmd::Hostile(a) => {
@@ -582,6 +590,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                     connect_after_ns: 0,
                     seed: mix(seed, index as u64),
                     register: false,
+                    second_session: false,
                 });
             }
             // DM pairs: registered users (a DM's peer must exist).
@@ -604,11 +613,13 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                             interval_ns: interval,
                             offset_ns: offset_ns(seed, index, interval),
                             body_bytes: a.body_bytes,
+                            mix: Mix::default(),
                         }),
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
                         register: true,
+                        second_session: false,
                     });
                 }
             }
@@ -634,11 +645,13 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                             interval_ns: interval,
                             offset_ns: offset_ns(seed, index, interval),
                             body_bytes: a.body_bytes,
+                            mix: Mix::default(),
                         }),
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
                         register: false,
+                        second_session: false,
                     });
                 }
             }
@@ -656,6 +669,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                     connect_after_ns: if a.ramp_rate > 0.0 { (s as f64 / a.ramp_rate * 1e9) as u64 } else { 0 },
                     seed: mix(seed, s as u64),
                     register: false,
+                    second_session: false,
                 });
             }
         }
@@ -682,11 +696,13 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                             interval_ns: interval,
                             offset_ns: offset_ns(seed, index, interval),
                             body_bytes: a.body_bytes,
+                            mix: Mix::default(),
                         }),
                         churn: None,
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
                         register: false,
+                        second_session: false,
                     });
                 }
                 for index in (0..a.clients).filter(|c| c % a.rooms == r) {
@@ -700,6 +716,7 @@ pub fn plan(cmd: &Cmd, tag: &str, worker: usize, workers: usize) -> Plan {
                         connect_after_ns: 0,
                         seed: mix(seed, index as u64),
                         register: false,
+                        second_session: false,
                     });
                 }
             }
@@ -716,15 +733,19 @@ pub struct FanoutShape {
     pub senders: usize,
     pub interval_ns: u64,
     pub body_bytes: usize,
+    /// What the senders do (default: sends only).
+    pub mix: Mix,
 }
 
 impl FanoutShape {
     pub fn of(rooms: usize, members: usize, senders: usize, rate: f64, body_bytes: usize) -> Self {
-        FanoutShape { rooms, members, senders, interval_ns: interval_ns(rate), body_bytes }
+        FanoutShape { rooms, members, senders, interval_ns: interval_ns(rate), body_bytes, mix: Mix::default() }
     }
 }
 
-/// The fan-out rooms `{tag}-r{r}` of this worker and their members.
+/// The fan-out rooms `{tag}-r{r}` of this worker and their members; when
+/// the senders read, each sender's second session (indexes after every
+/// member's).
 fn fanout_members(plan: &mut Plan, a: &FanoutShape, tag: &str, seed: u64, worker: usize, workers: usize) {
     for r in (0..a.rooms).filter(|r| r % workers == worker) {
         let room = plan.rooms.len();
@@ -741,12 +762,33 @@ fn fanout_members(plan: &mut Plan, a: &FanoutShape, tag: &str, seed: u64, worker
                     interval_ns: a.interval_ns,
                     offset_ns: offset_ns(seed, index, a.interval_ns),
                     body_bytes: a.body_bytes,
+                    mix: a.mix,
                 }),
                 churn: None,
                 connect_after_ns: 0,
                 seed: mix(seed, index as u64),
                 register: false,
+                second_session: false,
             });
+        }
+        // A reader's pushes go to the user's other sessions.
+        if a.mix.weight(Op::Read) > 0 {
+            for m in 0..a.senders.min(a.members) {
+                let sender = r * a.members + m;
+                let index = a.rooms * a.members + r * a.senders + m;
+                plan.members.push(MemberSpec {
+                    index,
+                    user: format!("{tag}u{sender}"),
+                    room,
+                    join: false,
+                    send: None,
+                    churn: None,
+                    connect_after_ns: 0,
+                    seed: mix(seed, index as u64),
+                    register: false,
+                    second_session: true,
+                });
+            }
         }
     }
 }
@@ -821,6 +863,34 @@ mod tests {
         let b: Vec<_> =
             plan(&cmd, "t", 0, 1).members.iter().map(|m| (m.seed, m.send.as_ref().map(|s| s.offset_ns))).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_mix_with_reads_gives_each_sender_a_second_session_in_its_worker() {
+        let args = ["viche-load", "fanout", "--rooms", "4", "--members", "3", "--senders", "2", "--workers", "2"];
+        let cmd = Cli::parse_from(args.into_iter().chain(["--mix", "send=70,edit=10,react=15,read=5"])).cmd;
+        cmd.validate().unwrap();
+        let plans: Vec<Plan> = (0..2).map(|w| plan(&cmd, "t", w, 2)).collect();
+        let mut indexes: Vec<usize> = plans.iter().flat_map(|p| p.members.iter().map(|m| m.index)).collect();
+        indexes.sort();
+        assert_eq!(indexes, (0..4 * 3 + 4 * 2).collect::<Vec<_>>(), "12 members, 8 second sessions");
+        for p in &plans {
+            for second in p.members.iter().filter(|m| m.second_session) {
+                assert!(!second.join && second.send.is_none());
+                // Its user is a sender of the same room, in the same process.
+                let first = p.members.iter().find(|m| m.user == second.user && !m.second_session).unwrap();
+                assert_eq!(first.room, second.room);
+                assert_eq!(first.send.as_ref().unwrap().mix.to_string(), "send=70,edit=10,react=15,read=5");
+            }
+            assert_eq!(p.members.iter().filter(|m| m.second_session).count(), 4);
+        }
+        // Without reads, or without --mix: no second session, and sends only by default.
+        let cmd = Cli::parse_from(args.into_iter().chain(["--mix", "send=1,edit=1"])).cmd;
+        assert!(plan(&cmd, "t", 0, 2).members.iter().all(|m| !m.second_session));
+        let p = plan(&fanout(1), "t", 0, 1);
+        assert!(p.members.iter().all(|m| !m.second_session));
+        assert!(p.members.iter().filter_map(|m| m.send.as_ref()).all(|s| s.mix.sends_only()));
+        assert!(Cli::try_parse_from(["viche-load", "fanout", "--mix", "send=1,poke=2"]).is_err());
     }
 
     #[test]

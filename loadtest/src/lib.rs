@@ -8,6 +8,7 @@ pub mod hist;
 pub mod hostile;
 pub mod live;
 pub mod login;
+pub mod mix;
 pub mod net;
 pub mod plot;
 pub mod rawws;

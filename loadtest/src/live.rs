@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::hist::Hist;
+use crate::mix::{Metric, Op, OpK};
 use crate::report::{c, Raw, TimelinePoint};
 
 /// The counters, by position.
@@ -119,6 +120,19 @@ impl K {
     }
 }
 
+/// The [`K`] counter of a send's `k`, where there is one.
+pub(crate) fn legacy(op: Op, k: OpK) -> Option<K> {
+    match (op, k) {
+        (Op::Send, OpK::Due) => Some(K::SendsDue),
+        (Op::Send, OpK::Performed) => Some(K::Sends),
+        (Op::Send, OpK::InWindow) => Some(K::SendsInWindow),
+        (Op::Send, OpK::Answered) => Some(K::Acks),
+        (Op::Send, OpK::Errors) => Some(K::SendErrors),
+        (Op::Send, OpK::Unanswered) => Some(K::SendsUnanswered),
+        _ => None,
+    }
+}
+
 #[derive(Default)]
 struct Hists {
     by_name: BTreeMap<&'static str, Hist>,
@@ -129,6 +143,8 @@ struct Hists {
 /// A process's live figures.
 pub struct Live {
     counts: Vec<AtomicU64>,
+    /// The counters of each operation ([`Op`] × [`OpK`]) that have no [`K`].
+    op_counts: Vec<AtomicU64>,
     /// Error frames counted (all codes), for the timeline.
     errors_total: AtomicU64,
     hists: Mutex<Hists>,
@@ -143,6 +159,7 @@ impl Default for Live {
     fn default() -> Self {
         Live {
             counts: K::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            op_counts: (0..Op::ALL.len() * OpK::ALL.len()).map(|_| AtomicU64::new(0)).collect(),
             errors_total: AtomicU64::new(0),
             hists: Mutex::new(Hists::default()),
             errors: Mutex::new(BTreeMap::new()),
@@ -164,6 +181,42 @@ impl Live {
 
     pub fn get(&self, k: K) -> u64 {
         self.counts[k as usize].load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` to the counter `k` of `op` (a send's answers and rates are
+    /// the [`K`] counters they always were).
+    pub fn op_add(&self, op: Op, k: OpK, n: u64) {
+        match legacy(op, k) {
+            Some(k) => self.add(k, n),
+            None => {
+                self.op_counts[op as usize * OpK::ALL.len() + k as usize].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn op_inc(&self, op: Op, k: OpK) {
+        self.op_add(op, k, 1);
+    }
+
+    pub fn op_get(&self, op: Op, k: OpK) -> u64 {
+        match legacy(op, k) {
+            Some(k) => self.get(k),
+            None => self.op_counts[op as usize * OpK::ALL.len() + k as usize].load(Ordering::Relaxed),
+        }
+    }
+
+    /// A live delivery of an operation's `msg`: a message's goes to
+    /// [`Live::record_delivery`]; an edit's or reaction's, due in the
+    /// window, to its own histograms.
+    pub fn record_op_delivery(&self, op: Op, ns: u64, from_due_ns: u64, in_window: bool) {
+        if op == Op::Send {
+            return self.record_delivery(ns, from_due_ns, in_window);
+        }
+        if in_window {
+            let mut h = self.hists.lock();
+            h.by_name.entry(op.hist(Metric::Deliver)).or_default().record(ns);
+            h.by_name.entry(op.hist(Metric::DeliverFromDue)).or_default().record(from_due_ns);
+        }
     }
 
     /// Records `ns` into the histogram `name`.
@@ -225,6 +278,14 @@ impl Live {
             let v = self.get(k);
             if v > 0 {
                 raw.counters.insert(k.name().to_string(), v);
+            }
+        }
+        for op in Op::ALL {
+            for k in OpK::ALL {
+                let v = self.op_get(op, k);
+                if v > 0 && legacy(op, k).is_none() {
+                    raw.counters.insert(op.counter(k), v);
+                }
             }
         }
         raw.errors_by_code = self.errors.lock().clone();

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hist::{Hist, Summary};
+use crate::mix::{Metric, Op, OpK};
 
 /// Counter names (the keys of [`Raw::counters`]).
 pub mod c {
@@ -81,6 +82,20 @@ pub mod h {
     /// A history page's request to its answer (`soak`).
     pub const HISTORY_WS: &str = "history_ws";
     pub const HISTORY_HTTP: &str = "history_http";
+    /// `--mix`: an edit's write to each member's arrival of its `msg`
+    /// (due in the window, live deliveries), the same from its due time,
+    /// and its write to its `ack`.
+    pub const EDIT_LATENCY: &str = "edit_latency";
+    pub const EDIT_LATENCY_FROM_DUE: &str = "edit_latency_from_due";
+    pub const EDIT_ACK: &str = "edit_ack";
+    /// `--mix`: the same of a reaction.
+    pub const REACT_LATENCY: &str = "react_latency";
+    pub const REACT_LATENCY_FROM_DUE: &str = "react_latency_from_due";
+    pub const REACT_ACK: &str = "react_ack";
+    /// `--mix`: a read's write to its `ok`, and to the `read` push at the
+    /// user's second session.
+    pub const READ_OK: &str = "read_ok";
+    pub const READ_PUSH: &str = "read_push";
 }
 
 /// One second of the run, counted by the second it ends in (`t` = 1 is
@@ -264,6 +279,52 @@ pub struct Report {
     /// `soak`: the server's RSS over time and its growth per operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakSection>,
+    /// Each kind of operation the senders performed (`send`, and with
+    /// `--mix` also `edit`, `react`, `read`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operations: BTreeMap<String, OpFigures>,
+}
+
+/// One kind of operation of the senders (`--mix`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpFigures {
+    /// Due in the window, per second (offered), and written in it (achieved).
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    /// Written, whole run.
+    pub performed: u64,
+    /// Answered with `ack` (a read: `ok`).
+    pub answered: u64,
+    pub errors: u64,
+    pub unanswered: u64,
+    /// Edits or reactions due before their sender had a target, sent as
+    /// messages instead (and counted as sends).
+    pub fallbacks: u64,
+    /// `send`, `edit`, `react`: their `msg` frames at the members (loss,
+    /// duplicates and gaps of this kind's seqs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<Loss>,
+    /// `read`: the pushes at the user's second session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes: Option<Pushes>,
+    /// Percentiles, ms: `deliver` (write → each member's arrival),
+    /// `deliver_from_due`, `ack`; for `read`: `ok`, `push`.
+    pub latency: BTreeMap<String, Summary>,
+}
+
+/// The `read` pushes of `--mix`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pushes {
+    /// Reads past the marker as the reader knew it, with none of its writes
+    /// unanswered: each must push.
+    pub expected: u64,
+    /// Pushes matched to a read (expected or not).
+    pub received: u64,
+    /// Expected and never pushed.
+    pub lost: u64,
+    /// Pushes of no read of ours, or out of order.
+    pub unmatched: u64,
+    pub duplicates: u64,
 }
 
 /// What the `hostile` scenario adds to its report. The report's top level
@@ -412,7 +473,14 @@ impl Report {
         let rates = Rates {
             offered_sends_per_s: g(c::SENDS_DUE) as f64 / window,
             achieved_sends_per_s: g(c::SENDS_IN_WINDOW) as f64 / window,
-            offered_deliveries_per_s: g(c::SENDS_DUE) as f64 * exp.deliveries_per_send / window,
+            // Every operation but a read is delivered to the room.
+            offered_deliveries_per_s: Op::ALL
+                .iter()
+                .filter(|op| op.delivers())
+                .map(|op| g(&op.counter(OpK::Due)))
+                .sum::<u64>() as f64
+                * exp.deliveries_per_send
+                / window,
             deliveries_per_s: g(c::DELIVERIES_IN_WINDOW) as f64 / window,
             registrations_per_s: per_phase(g(c::REGISTRATIONS), g(c::REGISTER_PHASE_US), raw.processes, window),
             logins_per_s: per_phase(g(c::LOGINS), g(c::LOGIN_PHASE_US), raw.processes, window),
@@ -440,6 +508,13 @@ impl Report {
         check(c::MEMBERS_LOST, "sessions lost for good");
         check(c::HTTP_FAILURES, "HTTP requests failed");
         check(c::REPLAY_MORE, "resumes with more than a replay's worth missed");
+        for (op, many) in [(Op::Edit, "edits"), (Op::React, "reactions"), (Op::Read, "reads")] {
+            check(&op.counter(OpK::Errors), &format!("{many} answered with an error"));
+            check(&op.counter(OpK::Unanswered), &format!("{many} never answered"));
+        }
+        check(&Op::Read.counter(OpK::PushesLost), "read markers that moved without a push to the second session");
+        check(&Op::Read.counter(OpK::PushesUnmatched), "read pushes that match no read");
+        check(&Op::Read.counter(OpK::PushesDuplicate), "duplicate read pushes");
         let errors: u64 = raw.errors_by_code.values().sum();
         if errors > 0 {
             problems.push(format!("{errors} error frames: {:?}", raw.errors_by_code));
@@ -488,6 +563,7 @@ impl Report {
             timeline,
             histograms: raw.histograms.clone(),
             problems,
+            operations: operations(raw, window),
             ..Report::default()
         }
     }
@@ -567,6 +643,10 @@ impl Report {
                 );
             }
         }
+        if self.operations.keys().any(|k| k != Op::Send.name()) {
+            rows.extend(self.operation_rows());
+        }
+        let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         if g(c::DROPS) + g(c::RECONNECTS) > 0 {
             row(
                 "churn",
@@ -669,6 +749,118 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The rows of `--mix`: each operation's rates, answers, deliveries or
+    /// pushes, and percentiles.
+    fn operation_rows(&self) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
+        let (offered, achieved) =
+            self.operations.values().fold((0.0, 0.0), |(o, a), f| (o + f.offered_per_s, a + f.achieved_per_s));
+        let mix = self.params.get("mix").and_then(|m| m.as_str()).unwrap_or("");
+        rows.push(("operations/s".to_string(), format!("offered {offered:.1}, achieved {achieved:.1} (mix {mix})")));
+        for op in Op::ALL {
+            let Some(f) = self.operations.get(op.name()) else { continue };
+            let name = op.name();
+            let mut text = format!(
+                "offered {:.1}/s, achieved {:.1}/s: {} performed, {} {}, {} errors, {} unanswered",
+                f.offered_per_s,
+                f.achieved_per_s,
+                f.performed,
+                f.answered,
+                if op.delivers() { "acked" } else { "ok" },
+                f.errors,
+                f.unanswered
+            );
+            if f.fallbacks > 0 {
+                text.push_str(&format!(", {} sent as messages (no target yet)", f.fallbacks));
+            }
+            if let Some(d) = &f.deliveries {
+                text.push_str(&format!(
+                    "; deliveries {} of {}: {} lost, {} gaps, {} duplicates",
+                    d.received, d.expected, d.lost, d.gaps, d.duplicates
+                ));
+            }
+            if let Some(p) = &f.pushes {
+                text.push_str(&format!(
+                    "; pushes {} received, {} expected: {} lost, {} unmatched, {} duplicates",
+                    p.received, p.expected, p.lost, p.unmatched, p.duplicates
+                ));
+            }
+            rows.push((name.to_string(), text));
+            if op == Op::Send {
+                // Its percentiles are the rows above (send→deliver, ...).
+                continue;
+            }
+            let labels: &[(&str, &str)] = if op.delivers() {
+                &[("deliver", "→deliver ms"), ("deliver_from_due", " due→deliver ms"), ("ack", "→ack ms")]
+            } else {
+                &[("ok", "→ok ms"), ("push", "→push ms")]
+            };
+            for (key, label) in labels {
+                if let Some(s) = f.latency.get(*key).filter(|s| s.count > 0) {
+                    rows.push((format!("{name}{label}"), percentiles(s)));
+                }
+            }
+        }
+        rows
+    }
+}
+
+fn percentiles(s: &Summary) -> String {
+    format!(
+        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n = {})",
+        s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms, s.count
+    )
+}
+
+/// The figures of each operation performed (or due).
+fn operations(raw: &Raw, window: f64) -> BTreeMap<String, OpFigures> {
+    let mut out = BTreeMap::new();
+    for op in Op::ALL {
+        let g = |k: OpK| raw.get(&op.counter(k));
+        if g(OpK::Performed) + g(OpK::Due) + g(OpK::Fallbacks) == 0 {
+            continue;
+        }
+        let mut latency = BTreeMap::new();
+        let metrics: &[(&str, Metric)] = if op.delivers() {
+            &[("deliver", Metric::Deliver), ("deliver_from_due", Metric::DeliverFromDue), ("ack", Metric::Ack)]
+        } else {
+            &[("ok", Metric::Ack), ("push", Metric::Push)]
+        };
+        for (name, metric) in metrics {
+            if let Some(hist) = raw.histograms.get(op.hist(*metric)) {
+                latency.insert(name.to_string(), hist.summary());
+            }
+        }
+        let figures = OpFigures {
+            offered_per_s: g(OpK::Due) as f64 / window,
+            achieved_per_s: g(OpK::InWindow) as f64 / window,
+            performed: g(OpK::Performed),
+            answered: g(OpK::Answered),
+            errors: g(OpK::Errors),
+            unanswered: g(OpK::Unanswered),
+            fallbacks: g(OpK::Fallbacks),
+            deliveries: op.delivers().then(|| Loss {
+                expected: g(OpK::Expected),
+                received: g(OpK::Deliveries),
+                lost: g(OpK::Lost),
+                duplicates: g(OpK::Duplicates),
+                gaps: g(OpK::Gaps),
+            }),
+            pushes: (!op.delivers()).then(|| Pushes {
+                expected: g(OpK::PushesExpected),
+                received: g(OpK::Pushes),
+                lost: g(OpK::PushesLost),
+                unmatched: g(OpK::PushesUnmatched),
+                duplicates: g(OpK::PushesDuplicate),
+            }),
+            latency,
+        };
+        out.insert(op.name().to_string(), figures);
+    }
+    out
+}
+
 /// A count per second of its phase (the processes' phases run side by
 /// side: their mean length), or of the window when no phase was timed.
 fn per_phase(count: u64, phase_us_sum: u64, processes: u64, window_s: f64) -> f64 {
@@ -756,5 +948,49 @@ mod tests {
         assert!(table.contains("send→deliver ms"), "{table}");
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+        // Sends only: one operation, and no rows of its own.
+        assert_eq!(r.operations.keys().collect::<Vec<_>>(), vec!["send"]);
+        assert!(!table.contains("operations/s"), "{table}");
+    }
+
+    #[test]
+    fn operations_of_a_mix() {
+        let mut raw = raw_with(&[1_000_000], &[(c::SENDS_DUE, 70), (c::SENDS, 70), (c::ACKS, 70)], &[]);
+        for (op, k, n) in [
+            (Op::Edit, OpK::Due, 10),
+            (Op::Edit, OpK::Performed, 10),
+            (Op::Edit, OpK::Answered, 10),
+            (Op::Edit, OpK::Expected, 40),
+            (Op::Edit, OpK::Deliveries, 40),
+            (Op::React, OpK::Due, 15),
+            (Op::React, OpK::Performed, 15),
+            (Op::React, OpK::Errors, 1),
+            (Op::Read, OpK::Due, 5),
+            (Op::Read, OpK::Performed, 5),
+            (Op::Read, OpK::Answered, 5),
+            (Op::Read, OpK::PushesExpected, 4),
+            (Op::Read, OpK::Pushes, 3),
+            (Op::Read, OpK::PushesLost, 1),
+        ] {
+            raw.add(&op.counter(k), n);
+        }
+        let mut push = Hist::default();
+        push.record(2_000_000);
+        raw.histograms.insert(h::READ_PUSH.into(), push);
+        let exp = Expectation { warmup_s: 0.0, window_s: 10.0, deliveries_per_send: 4.0, expected_closes: vec![] };
+        let mut r = Report::finalize("fanout", &raw, &exp, ServerFigures::default());
+        assert_eq!(r.operations.len(), 4);
+        // Edits and reactions are delivered to the room too; reads are not.
+        assert_eq!(r.rates.offered_deliveries_per_s, (70.0 + 10.0 + 15.0) * 4.0 / 10.0);
+        assert_eq!(r.operations["edit"].deliveries.as_ref().map(|d| d.received), Some(40));
+        assert_eq!(r.operations["read"].pushes.as_ref().map(|p| (p.expected, p.lost)), Some((4, 1)));
+        assert_eq!(r.operations["read"].latency["push"].count, 1);
+        assert!(r.problems.iter().any(|p| p.contains("reactions answered with an error")), "{:?}", r.problems);
+        assert!(r.problems.iter().any(|p| p.contains("without a push")), "{:?}", r.problems);
+        r.params = serde_json::json!({ "mix": "send=70,edit=10,react=15,read=5" });
+        let table = r.table();
+        for text in ["operations/s", "offered 10.0, achieved 0.0 (mix send=70", "read→push ms", "pushes 3 received"] {
+            assert!(table.contains(text), "{text}: {table}");
+        }
     }
 }

@@ -9,12 +9,19 @@
 //! CLOCK_MONOTONIC ns). The schedule is open loop: a late send goes out at
 //! once, never skipped, so a server that falls behind shows as latency,
 //! not as a quieter test.
+//!
+//! With `--mix` (fan-out) a sender also edits, reacts and reads
+//! ([`crate::mix`]): edits and reactions are events in the same seq stream,
+//! checked and timed like messages; reads are timed to their `ok` and to
+//! the push at the user's second session.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{watch, Semaphore};
@@ -25,8 +32,16 @@ use viche_client::{ClientError, ClientFrame, Connection, Encoding, Event, HttpCl
 
 use crate::clock::{instant_at, mono_ns, process_cpu_us};
 use crate::live::{Live, K};
+use crate::mix::{cid_stamps_of, stamped_cid, Metric, Mix, Op, OpK, PendingRead, Push, ReadSync, EMOJI};
 use crate::net::{mint_token, register_and_login, register_only, Tokens};
 use crate::report::{h, Raw, TimelinePoint};
+
+/// Own messages a sender remembers as edit targets.
+const OWN_KEPT: usize = 32;
+/// The room's ordinary messages a sender remembers as reaction targets.
+const RECENT_KEPT: usize = 64;
+/// Edits of one message the server allows (`MESSAGE_EDITS_MAX`).
+const EDITS_PER_MESSAGE_MAX: u32 = 100;
 
 /// When traffic starts, and the measured window, in CLOCK_MONOTONIC ns.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +63,38 @@ pub struct RoomShared {
     pub name: String,
     /// The highest seq anyone saw (a `msg` or an `ack`).
     pub final_seq: AtomicU64,
+    /// The seqs acknowledged to this process's senders, with their
+    /// operation: what each kind's deliveries should be.
+    stored: Mutex<Vec<(u64, Op)>>,
+}
+
+/// A room's acknowledged seqs, sorted, with running counts by operation.
+struct Tally {
+    seqs: Vec<u64>,
+    /// `prefix[i]`: the counts by operation of the first `i` seqs.
+    prefix: Vec<[u64; 4]>,
+}
+
+impl Tally {
+    fn of(room: &RoomShared) -> Tally {
+        let mut stored = room.stored.lock().clone();
+        stored.sort_unstable();
+        stored.dedup_by_key(|(seq, _)| *seq);
+        let mut prefix = vec![[0u64; 4]];
+        for (_, op) in &stored {
+            let mut next = *prefix.last().expect("one at least");
+            next[*op as usize] += 1;
+            prefix.push(next);
+        }
+        Tally { seqs: stored.into_iter().map(|(seq, _)| seq).collect(), prefix }
+    }
+
+    /// Acknowledged seqs in (`after`, `upto`], by operation.
+    fn count(&self, after: u64, upto: u64) -> [u64; 4] {
+        let a = self.seqs.partition_point(|s| *s <= after);
+        let b = self.seqs.partition_point(|s| *s <= upto).max(a);
+        std::array::from_fn(|i| self.prefix[b][i] - self.prefix[a][i])
+    }
 }
 
 /// How a session sends.
@@ -66,6 +113,8 @@ pub struct SendPlan {
     /// The first send is due this long after the start.
     pub offset_ns: u64,
     pub body_bytes: usize,
+    /// What each due operation is (by weight; default: a send).
+    pub mix: Mix,
 }
 
 /// Reconnect storms (churn): every `every_ns` after the start (until the
@@ -98,6 +147,10 @@ pub struct MemberSpec {
     /// Register this user through HTTP for its token (a DM peer must exist),
     /// even when tokens are minted.
     pub register: bool,
+    /// The second session of a sender that reads (`--mix` with reads): the
+    /// same user, joins nothing, receives the `read` pushes of the user's
+    /// reads. Its room is the sender's.
+    pub second_session: bool,
 }
 
 /// A plan for one process: rooms and sessions.
@@ -155,6 +208,14 @@ pub struct MemberShared {
     outstanding: AtomicU64,
     /// Set while a churning session is between connections.
     away: AtomicU8,
+    /// A sender's second session (watches read pushes, not the room).
+    second: bool,
+    /// The reads of this user, for a second session.
+    read_sync: Option<Arc<ReadSync>>,
+    /// Distinct messages received, by operation.
+    received_by: [AtomicU64; 4],
+    /// Seqs skipped, as (first, last) ranges.
+    gaps: Mutex<Vec<(u64, u64)>>,
 }
 
 /// The running sessions of a process.
@@ -173,7 +234,16 @@ pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
     let rooms: Vec<Arc<RoomShared>> = plan
         .rooms
         .iter()
-        .map(|name| Arc::new(RoomShared { name: name.clone(), final_seq: AtomicU64::new(0) }))
+        .map(|name| {
+            Arc::new(RoomShared { name: name.clone(), final_seq: AtomicU64::new(0), stored: Mutex::new(Vec::new()) })
+        })
+        .collect();
+    // The users with a second session share their reads with it.
+    let read_syncs: HashMap<String, Arc<ReadSync>> = plan
+        .members
+        .iter()
+        .filter(|m| m.second_session)
+        .map(|m| (m.user.clone(), Arc::new(ReadSync::default())))
         .collect();
     let (start_tx, start_rx) = watch::channel(None);
     let setup_began = mono_ns();
@@ -189,8 +259,13 @@ pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
             received: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             away: AtomicU8::new(0),
+            second: spec.second_session,
+            read_sync: read_syncs.get(&spec.user).filter(|_| spec.second_session).cloned(),
+            received_by: Default::default(),
+            gaps: Mutex::new(Vec::new()),
         });
         members.push(shared.clone());
+        let mix = spec.send.as_ref().map(|s| s.mix).unwrap_or_default();
         let member = Member {
             room: rooms[spec.room].clone(),
             shared,
@@ -199,9 +274,17 @@ pub fn spawn(plan: Plan, ctx: Arc<Ctx>) -> Running {
             start: None,
             last_seq: 0,
             replay_upto: 0,
-            pending: std::collections::HashMap::new(),
+            pending: HashMap::new(),
             sent: 0,
             rng: StdRng::seed_from_u64(0),
+            mix_rng: StdRng::seed_from_u64(crate::cli::mix(spec.seed, 0x004D_4958)),
+            own: VecDeque::new(),
+            recent: VecDeque::new(),
+            track_recent: mix.weight(Op::React) > 0,
+            track_own: mix.weight(Op::Edit) > 0,
+            marker: 0,
+            writes_pending: 0,
+            read_sync: read_syncs.get(&spec.user).cloned(),
             register: plan.register_users || spec.register,
             spec,
         };
@@ -244,6 +327,7 @@ impl Running {
     /// its room's last seq.
     fn settled(&self) -> bool {
         self.members.iter().all(|m| match m.state.load(Ordering::Relaxed) {
+            READY if m.second => m.read_sync.as_ref().is_none_or(|s| s.awaiting() == 0),
             READY => {
                 m.away.load(Ordering::Relaxed) == 0
                     && m.outstanding.load(Ordering::Relaxed) == 0
@@ -303,16 +387,41 @@ impl Running {
         }
         ticker_stop.cancel();
         let _ = ticker.await;
-        // Loss: what each session that ever joined should have seen.
+        // Loss: what each session that ever joined should have seen; by
+        // operation, its acknowledged seqs after the session's first join.
+        let tallies: Vec<Tally> = self.rooms.iter().map(|r| Tally::of(r)).collect();
         for m in &self.members {
+            if m.second {
+                // Expected pushes that never came.
+                if let Some(sync) = &m.read_sync {
+                    live.op_add(Op::Read, OpK::PushesLost, sync.awaiting());
+                }
+                continue;
+            }
+            for op in Op::ALL.into_iter().filter(|op| op.delivers()) {
+                live.op_add(op, OpK::Deliveries, m.received_by[op as usize].load(Ordering::Relaxed));
+            }
             if matches!(m.state.load(Ordering::Relaxed), READY | GONE) {
-                let expected = self.rooms[m.room]
-                    .final_seq
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(m.start_seq.load(Ordering::Relaxed));
+                let final_seq = self.rooms[m.room].final_seq.load(Ordering::Relaxed);
+                let start_seq = m.start_seq.load(Ordering::Relaxed);
+                let expected = final_seq.saturating_sub(start_seq);
                 let received = m.received.load(Ordering::Relaxed);
                 live.add(K::Expected, expected);
                 live.add(K::Lost, expected.saturating_sub(received));
+                let tally = &tallies[m.room];
+                let by_op = tally.count(start_seq, final_seq);
+                for op in Op::ALL.into_iter().filter(|op| op.delivers()) {
+                    let expected = by_op[op as usize];
+                    let received = m.received_by[op as usize].load(Ordering::Relaxed);
+                    live.op_add(op, OpK::Expected, expected);
+                    live.op_add(op, OpK::Lost, expected.saturating_sub(received));
+                }
+                for &(first, last) in m.gaps.lock().iter() {
+                    let skipped = tally.count(first - 1, last);
+                    for op in Op::ALL {
+                        live.op_add(op, OpK::Gaps, skipped[op as usize]);
+                    }
+                }
             }
         }
         live.snapshot()
@@ -357,11 +466,40 @@ struct Member {
     last_seq: u64,
     /// Messages with seq ≤ this were replayed by the last `join since`.
     replay_upto: u64,
-    /// Unanswered sends: ref → (written, due).
-    pending: std::collections::HashMap<u64, (u64, u64)>,
+    /// Unanswered requests by ref.
+    pending: HashMap<u64, Pending>,
     sent: u64,
     rng: StdRng,
+    /// Draws the operations of `--mix` (apart from `rng`, so that churn's
+    /// draws are those of the runs before it).
+    mix_rng: StdRng,
+    /// The sender's own messages (seqs of their acks), newest last, with
+    /// the edits made to each: the targets of its edits.
+    own: VecDeque<(u64, u32)>,
+    /// The room's ordinary messages seen, newest last, with this user's
+    /// reactions to each (a bit per emoji): the targets of its reactions.
+    recent: VecDeque<(u64, u8)>,
+    track_recent: bool,
+    track_own: bool,
+    /// This user's read marker as far as this session knows: its reads and
+    /// the seqs of its acknowledged writes (each moves it).
+    marker: u64,
+    /// Writes (sends, edits, reactions) not answered yet: any may have
+    /// moved the marker past what this session has seen.
+    writes_pending: u64,
+    /// The user's reads, shared with its second session.
+    read_sync: Option<Arc<ReadSync>>,
     register: bool,
+}
+
+/// An unanswered request.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Written (ns).
+    sent: u64,
+    /// Due by the schedule (ns).
+    due: u64,
+    op: Op,
 }
 
 impl Member {
@@ -501,40 +639,108 @@ impl Member {
 
     fn finish(&mut self) {
         let live = &self.ctx.live;
-        live.add(K::SendsUnanswered, self.pending.len() as u64);
+        for p in self.pending.values() {
+            live.op_inc(p.op, OpK::Unanswered);
+        }
         self.pending.clear();
         self.conn = None;
     }
 
-    /// Sends one message due at `due`; false when the connection broke.
+    /// The operation due now: a send, or by `--mix`'s weights an edit, a
+    /// reaction or a read (an edit or reaction with no target yet is sent
+    /// as a message, and counted as a fallback of its kind).
+    fn next_op(&mut self, mix: Mix) -> Op {
+        if mix.sends_only() {
+            return Op::Send;
+        }
+        let op = mix.pick(self.mix_rng.random_range(0..mix.total()));
+        let no_target = match op {
+            Op::Edit => !self.own.iter().any(|(_, edits)| *edits < EDITS_PER_MESSAGE_MAX),
+            Op::React => self.recent.is_empty(),
+            Op::Send | Op::Read => false,
+        };
+        if no_target {
+            self.ctx.live.op_inc(op, OpK::Fallbacks);
+            return Op::Send;
+        }
+        op
+    }
+
+    /// Performs the operation due at `due` (a send unless `--mix` says
+    /// otherwise); false when the connection broke.
     async fn send(&mut self, due: u64) -> bool {
         let live = self.ctx.live.clone();
         let start = self.start.expect("sending after the start");
         let plan = self.spec.send.clone().expect("a sender");
+        let op = self.next_op(plan.mix);
         let Some(conn) = self.conn.as_mut() else { return false };
         self.sent += 1;
         let req = conn.alloc_ref();
         let sent_ns = mono_ns();
-        let body = stamp(sent_ns, due, plan.body_bytes);
         let cid = format!("{}-{}", self.ctx.run_tag, self.sent);
-        let frame = match &plan.target {
-            SendTarget::Room => ClientFrame::Send { req, room: self.room.name.clone(), body, cid, reply_to: None },
-            SendTarget::Dm(to) => ClientFrame::Dm { req, to: to.clone(), body, cid, reply_to: None },
+        let room = self.room.name.clone();
+        let frame = match op {
+            Op::Send => {
+                let body = stamp(sent_ns, due, plan.body_bytes);
+                match &plan.target {
+                    SendTarget::Room => ClientFrame::Send { req, room, body, cid, reply_to: None },
+                    SendTarget::Dm(to) => ClientFrame::Dm { req, to: to.clone(), body, cid, reply_to: None },
+                }
+            }
+            Op::Edit => {
+                // One of its own recent messages, edited fewer times than the bound.
+                let editable: Vec<usize> =
+                    (0..self.own.len()).filter(|i| self.own[*i].1 < EDITS_PER_MESSAGE_MAX).collect();
+                let i = editable[self.mix_rng.random_range(0..editable.len())];
+                self.own[i].1 += 1;
+                let body = stamp(sent_ns, due, plan.body_bytes);
+                ClientFrame::Edit { req, room, target: self.own[i].0, body, cid }
+            }
+            Op::React => {
+                // Toggle: on when this user's reaction with that emoji is
+                // off, else off; never a repeat of the current state.
+                let i = self.mix_rng.random_range(0..self.recent.len());
+                let e = self.mix_rng.random_range(0..EMOJI.len());
+                let bit = 1u8 << e;
+                let (target, reactions) = &mut self.recent[i];
+                let on = *reactions & bit == 0;
+                *reactions ^= bit;
+                let cid = stamped_cid(sent_ns, due, &self.ctx.run_tag, self.sent);
+                ClientFrame::React { req, room, target: *target, emoji: EMOJI[e].to_string(), on, cid }
+            }
+            Op::Read => {
+                // The newest seq seen; it must push when it is past the
+                // marker as this session knows it and no write of ours
+                // (which moves the marker) is unanswered.
+                let seq = self.last_seq;
+                let expected = seq > self.marker && self.writes_pending == 0;
+                if let Some(sync) = &self.read_sync {
+                    sync.register(seq, PendingRead { sent_ns, due_ns: due, expected });
+                    if expected {
+                        live.op_inc(Op::Read, OpK::PushesExpected);
+                    }
+                }
+                self.marker = self.marker.max(seq);
+                ClientFrame::Read { req, room, seq }
+            }
         };
         let result = conn.send_frame(&frame).await;
         let now = mono_ns();
         if start.in_window(due) {
-            live.inc(K::SendsDue);
+            live.op_inc(op, OpK::Due);
             live.record(h::SEND_LAG, now.saturating_sub(due));
         }
         if result.is_err() {
             return false;
         }
-        live.inc(K::Sends);
+        live.op_inc(op, OpK::Performed);
         if start.in_window(now) {
-            live.inc(K::SendsInWindow);
+            live.op_inc(op, OpK::InWindow);
         }
-        self.pending.insert(req, (sent_ns, due));
+        self.pending.insert(req, Pending { sent: sent_ns, due, op });
+        if op.delivers() {
+            self.writes_pending += 1;
+        }
         self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -545,10 +751,41 @@ impl Member {
         self.conn = None;
     }
 
-    fn answered(&mut self, req: u64) -> Option<(u64, u64)> {
-        let stamps = self.pending.remove(&req)?;
+    fn answered(&mut self, req: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&req)?;
         self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
-        Some(stamps)
+        if pending.op.delivers() {
+            self.writes_pending -= 1;
+        }
+        Some(pending)
+    }
+
+    fn in_window(&self, ns: u64) -> bool {
+        self.start.is_some_and(|s| s.in_window(ns))
+    }
+
+    /// A `read` push at a second session: the push of which read, and when.
+    fn on_read_push(&mut self, room: &str, seq: u64) {
+        let live = self.ctx.live.clone();
+        let arrival = mono_ns();
+        let Some(sync) = self.read_sync.as_ref().filter(|_| self.shared.second && room == self.room.name) else {
+            live.inc(K::OtherFrames);
+            return;
+        };
+        match sync.pushed(seq) {
+            Push::Matched { read, skipped } => {
+                live.op_inc(Op::Read, OpK::Pushes);
+                live.op_add(Op::Read, OpK::PushesLost, skipped);
+                if self.in_window(read.due_ns) {
+                    live.record(h::READ_PUSH, arrival.saturating_sub(read.sent_ns));
+                }
+            }
+            Push::Duplicate => live.op_inc(Op::Read, OpK::PushesDuplicate),
+            Push::Unmatched { skipped } => {
+                live.op_inc(Op::Read, OpK::PushesUnmatched);
+                live.op_add(Op::Read, OpK::PushesLost, skipped);
+            }
+        }
     }
 
     fn on_event(&mut self, ev: Result<Event, ClientError>) -> Flow {
@@ -557,18 +794,39 @@ impl Member {
             Ok(Event::Frame(ServerFrame::Msg(m))) => self.on_msg(m),
             Ok(Event::Frame(ServerFrame::Ack { req, seq, .. })) => {
                 self.room.final_seq.fetch_max(seq, Ordering::Relaxed);
-                if let Some((sent, due)) = self.answered(req) {
-                    live.inc(K::Acks);
-                    if self.start.is_some_and(|s| s.in_window(due)) {
-                        live.record(h::ACK, mono_ns().saturating_sub(sent));
+                if let Some(p) = self.answered(req) {
+                    live.op_inc(p.op, OpK::Answered);
+                    if self.in_window(p.due) {
+                        live.record(p.op.hist(Metric::Ack), mono_ns().saturating_sub(p.sent));
+                    }
+                    // Stored at `seq`: a delivery every member should see,
+                    // and this user's marker is there now.
+                    self.room.stored.lock().push((seq, p.op));
+                    self.marker = self.marker.max(seq);
+                    if p.op == Op::Send && self.track_own {
+                        self.own.push_back((seq, 0));
+                        if self.own.len() > OWN_KEPT {
+                            self.own.pop_front();
+                        }
                     }
                 }
             }
+            Ok(Event::Frame(ServerFrame::Ok { req, .. }))
+                if self.pending.get(&req).is_some_and(|p| p.op == Op::Read) =>
+            {
+                if let Some(p) = self.answered(req) {
+                    live.op_inc(Op::Read, OpK::Answered);
+                    if self.in_window(p.due) {
+                        live.record(h::READ_OK, mono_ns().saturating_sub(p.sent));
+                    }
+                }
+            }
+            Ok(Event::Frame(ServerFrame::Read { room, seq })) => self.on_read_push(&room, seq),
             Ok(Event::Frame(ServerFrame::Error { req, code, .. })) => {
                 live.error(code.as_str());
                 if let Some(req) = req {
-                    if self.answered(req).is_some() {
-                        live.inc(K::SendErrors);
+                    if let Some(p) = self.answered(req) {
+                        live.op_inc(p.op, OpK::Errors);
                     }
                 }
             }
@@ -596,31 +854,51 @@ impl Member {
             return;
         }
         self.room.final_seq.fetch_max(m.seq, Ordering::Relaxed);
+        // Edits and reactions are in the room's seq stream like messages.
+        let op = Op::of_msg(m.kind);
         if m.seq <= self.last_seq {
             live.inc(K::Duplicates);
+            if let Some(op) = op {
+                live.op_inc(op, OpK::Duplicates);
+            }
             return;
         }
         if m.seq > self.last_seq + 1 {
             live.add(K::Gaps, m.seq - self.last_seq - 1);
+            self.shared.gaps.lock().push((self.last_seq + 1, m.seq - 1));
         }
         self.last_seq = m.seq;
         self.shared.last_seq.store(m.seq, Ordering::Relaxed);
         self.shared.received.fetch_add(1, Ordering::Relaxed);
         live.inc(K::Deliveries);
-        let start = self.start;
-        if start.is_some_and(|s| s.in_window(arrival)) {
+        if let Some(op) = op {
+            self.shared.received_by[op as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if self.in_window(arrival) {
             live.inc(K::DeliveriesInWindow);
         }
-        let Some((sent, due)) = stamps_of(&m.body) else { return };
+        if op == Some(Op::Send) && self.track_recent {
+            self.recent.push_back((m.seq, 0));
+            if self.recent.len() > RECENT_KEPT {
+                self.recent.pop_front();
+            }
+        }
+        // A reaction's body is empty: its stamps are in its cid.
+        let stamps = match op {
+            Some(Op::React) => cid_stamps_of(&m.cid),
+            _ => stamps_of(&m.body),
+        };
+        let Some((sent, due)) = stamps else { return };
         if m.seq <= self.replay_upto {
             live.inc(K::Replayed);
             live.record(h::REPLAY_AGE, arrival.saturating_sub(sent));
             return;
         }
-        live.record_delivery(
+        live.record_op_delivery(
+            op.unwrap_or(Op::Send),
             arrival.saturating_sub(sent),
             arrival.saturating_sub(due),
-            start.is_some_and(|s| s.in_window(due)),
+            self.in_window(due),
         );
     }
 

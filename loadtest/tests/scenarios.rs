@@ -218,6 +218,138 @@ fn fanout_small_run_is_clean_and_plots() {
     assert_eq!(r.params["rooms"], 2);
     let plot = std::fs::read_to_string(&svg).expect("the --plot file");
     assert!(plot.starts_with("<svg") && plot.contains("p99"), "an SVG with the percentiles");
+    // Without --mix: sends only, and no second session.
+    assert_eq!(r.operations.keys().collect::<Vec<_>>(), vec!["send"], "{:?}", r.operations.keys());
+    let send = &r.operations["send"];
+    assert_eq!((send.performed, send.answered), (count(&r, c::SENDS), count(&r, c::ACKS)));
+    assert_eq!(send.deliveries.as_ref().map(|d| (d.expected, d.received)), Some((r.loss.expected, r.loss.received)));
+    assert_eq!(send.latency["deliver"], r.latency[h::LATENCY]);
+}
+
+/// The figures of every kind of a `--mix` run: each performed, answered,
+/// delivered to every member (or pushed, for reads) without loss, timed,
+/// and in the table. `members` is the room size.
+fn assert_every_kind_reported(r: &Report, text: &str, members: u64) {
+    let ops = &r.operations;
+    assert_eq!(ops.keys().map(String::as_str).collect::<Vec<_>>(), vec!["edit", "react", "read", "send"]);
+    let mut delivering_acks = 0;
+    for (name, op) in ops {
+        assert!(op.performed > 0, "{name}: {op:?}");
+        assert_eq!((op.answered, op.errors, op.unanswered), (op.performed, 0, 0), "{name}: {op:?}");
+        assert!(op.offered_per_s > 0.0 && op.achieved_per_s > 0.0, "{name}: {op:?}");
+        if name == "read" {
+            let p = op.pushes.as_ref().expect("read pushes");
+            assert!(p.expected > 0 && p.received >= p.expected, "{p:?}");
+            assert_eq!((p.lost, p.unmatched, p.duplicates), (0, 0, 0), "{p:?}");
+            assert!(op.deliveries.is_none());
+            for key in ["ok", "push"] {
+                let s = &op.latency[key];
+                assert!(s.count > 0 && 0.0 < s.p50_ms && s.p50_ms <= s.p99_ms && s.max_ms < 10_000.0, "{key}: {s:?}");
+            }
+        } else {
+            let d = op.deliveries.as_ref().expect("deliveries");
+            // Every member joined before the first send: each sees every acknowledged seq of the kind.
+            assert_eq!(d.expected, op.answered * members, "{name}: {d:?}");
+            assert_eq!((d.received, d.lost, d.gaps, d.duplicates), (d.expected, 0, 0, 0), "{name}: {d:?}");
+            delivering_acks += op.answered;
+            for key in ["deliver", "deliver_from_due", "ack"] {
+                let s = &op.latency[key];
+                assert!(s.count > 0 && 0.0 < s.p50_ms && s.p50_ms <= s.p99_ms && s.max_ms < 10_000.0, "{key}: {s:?}");
+            }
+            assert!(op.latency["deliver_from_due"].p50_ms >= op.latency["deliver"].p50_ms, "{name}");
+        }
+    }
+    // The stream: messages, edits and reactions share the rooms' seqs, and nothing is missing from it.
+    assert_eq!(r.loss.expected, delivering_acks * members, "{:?}", r.loss);
+    assert_eq!((r.loss.received, r.loss.lost, r.loss.gaps, r.loss.duplicates), (r.loss.expected, 0, 0, 0));
+    assert_eq!(ops["send"].performed, count(r, c::SENDS), "a send keeps its old counters");
+    assert_eq!(ops["send"].latency["deliver"], r.latency[h::LATENCY], "a message's latency is the headline");
+    for key in [h::EDIT_LATENCY, h::EDIT_ACK, h::REACT_LATENCY, h::REACT_ACK, h::READ_OK, h::READ_PUSH] {
+        assert!(!r.histograms[key].is_empty(), "{key} travels with the report");
+    }
+    for label in ["operations/s", "edit→deliver ms", "edit→ack ms", "react→deliver ms", "read→ok ms", "read→push ms"]
+    {
+        assert!(text.contains(label), "{label} in the table:\n{text}");
+    }
+}
+
+#[test]
+fn fanout_mix_of_edits_reactions_and_reads_is_delivered_and_reported() {
+    let server = Server::start(&[]);
+    let (r, text) = load_unchecked(
+        &server,
+        &[
+            "fanout",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "4",
+            "--senders",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+            "--seed",
+            "5",
+            "--mix",
+            "send=40,edit=20,react=25,read=15",
+            "--check",
+        ],
+    );
+    assert!(r.problems.is_empty(), "problems: {:?}\n{text}", r.problems);
+    assert_eq!(r.params["mix"], "send=40,edit=20,react=25,read=15");
+    // 2 rooms × 4 members, and a second session for each of the 4 senders.
+    assert_eq!(count(&r, c::CONNECTIONS_OPENED), 12);
+    assert_eq!(count(&r, c::CONNECT_FAILURES), 0);
+    assert!(
+        r.errors_by_code.is_empty() && r.closes_by_code.is_empty(),
+        "{:?} {:?}",
+        r.errors_by_code,
+        r.closes_by_code
+    );
+    assert_every_kind_reported(&r, &text, 4);
+    // The rate is every operation's: 2 rooms × 2 senders × 10/s.
+    let offered: f64 = r.operations.values().map(|o| o.offered_per_s).sum();
+    assert!((offered - 40.0).abs() < 1e-6, "{offered}");
+}
+
+#[test]
+fn fanout_mix_over_two_workers_keeps_each_reader_with_its_second_session() {
+    let server = Server::start(&[]);
+    let (r, text) = load_unchecked(
+        &server,
+        &[
+            "fanout",
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--members",
+            "3",
+            "--senders",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.5",
+            "--workers",
+            "2",
+            "--mix",
+            "send=40,edit=20,react=20,read=20",
+            "--check",
+        ],
+    );
+    assert_eq!(r.processes, 2);
+    assert!(r.problems.is_empty(), "problems: {:?}\n{text}", r.problems);
+    assert_eq!(count(&r, c::CONNECTIONS_OPENED), 10);
+    assert_every_kind_reported(&r, &text, 3);
 }
 
 #[test]

@@ -98,7 +98,8 @@ impl Admin {
         let mut oldest: Option<u64> = None;
         let mut after: Option<String> = None;
         loop {
-            let page = store.rooms_page(after.as_deref(), ROOMS_PAGE_MAX).await.map_err(store_failed("reading rooms"))?;
+            let page =
+                store.rooms_page(after.as_deref(), ROOMS_PAGE_MAX).await.map_err(store_failed("reading rooms"))?;
             for ts in page.iter().filter_map(|r| r.first_ts) {
                 oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
             }

@@ -124,16 +124,17 @@ impl Engine {
             encoding,
             outbox: Outbox::new(config.outbox_frames_max, config.outbox_bytes_max),
         });
-        let share = self.services.directory.register(handle.clone(), config.user_sessions_max).map_err(|e| match e {
-            Refused::TooManySessions { sessions_max } => {
-                SESSIONS_REFUSED.counter().increment(1);
-                Refusal::new(
-                    viche_protocol::ErrorCode::Forbidden,
-                    format!("this user already has {sessions_max} sessions open; close one first"),
-                )
-            }
-            Refused::Barred => Refusal::new(viche_protocol::ErrorCode::Unauthorized, "this account was deleted"),
-        })?;
+        let share =
+            self.services.directory.register(handle.clone(), config.user_sessions_max).map_err(|e| match e {
+                Refused::TooManySessions { sessions_max } => {
+                    SESSIONS_REFUSED.counter().increment(1);
+                    Refusal::new(
+                        viche_protocol::ErrorCode::Forbidden,
+                        format!("this user already has {sessions_max} sessions open; close one first"),
+                    )
+                }
+                Refused::Barred => Refusal::new(viche_protocol::ErrorCode::Unauthorized, "this account was deleted"),
+            })?;
         Ok(Session::new(self.services.clone(), handle, share, token_exp_ms))
     }
 

@@ -170,7 +170,8 @@ pub const HTTP_TIMEOUT_PHASES: [&str; 3] = ["headers", "body", "response"];
 pub const RATE_LIMITED_KINDS: [&str; 10] =
     ["send", "typing", "join", "history", "replay", "read", "login", "register", "argon2_queue", "admin"];
 /// `reason` label values of `viche_auth_failures_total`.
-pub const AUTH_FAILURE_REASONS: [&str; 5] = ["wrong_password", "unknown_user", "bad_token", "no_hello", "bad_admin_token"];
+pub const AUTH_FAILURE_REASONS: [&str; 5] =
+    ["wrong_password", "unknown_user", "bad_token", "no_hello", "bad_admin_token"];
 /// `reason` label values of `viche_messages_removed_total`.
 pub const REMOVAL_REASONS: [&str; 2] = ["retention", "purge"];
 /// `route` label values of the HTTP metrics (the gateway's route table; a

@@ -64,14 +64,11 @@ async fn call(args: &AdminArgs, token: &str) -> anyhow::Result<(reqwest::StatusC
             client.post(format!("{base}/api/admin/backup")).json(&serde_json::json!({ "path": path }))
         }
     };
-    let response = request
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {base}: {e}"))?;
+    let response = request.bearer_auth(token).send().await.map_err(|e| anyhow::anyhow!("cannot reach {base}: {e}"))?;
     let status = response.status();
     let text = response.text().await.map_err(|e| anyhow::anyhow!("reading the answer of {base}: {e}"))?;
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "error": "not_json", "message": text }));
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "error": "not_json", "message": text }));
     Ok((status, body))
 }
 

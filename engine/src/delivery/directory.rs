@@ -13,9 +13,9 @@
 //! registering take the same lock, so no session can slip in between.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use viche_protocol::Close;
@@ -70,11 +70,7 @@ pub struct Directory {
 impl Directory {
     /// Adds a session, unless its user has `sessions_max` already; returns
     /// the user's share.
-    pub fn register(
-        &self,
-        session: Arc<SessionHandle>,
-        sessions_max: usize,
-    ) -> Result<Arc<UserShare>, Refused> {
+    pub fn register(&self, session: Arc<SessionHandle>, sessions_max: usize) -> Result<Arc<UserShare>, Refused> {
         let mut users = self.users.write();
         if self.is_barred(&session.user) {
             return Err(Refused::Barred);

@@ -380,10 +380,8 @@ fn trim_in(txn: &redb::WriteTransaction, room: &str, trim: Trim, rows_max: usize
     };
     for (seq, from, cid, _) in &removed {
         messages.remove((room, *seq)).map_err(redb_err(OP))?;
-        let points_here = cids
-            .get((from.as_str(), cid.as_str()))
-            .map_err(redb_err(OP))?
-            .is_some_and(|g| g.value() == (room, *seq));
+        let points_here =
+            cids.get((from.as_str(), cid.as_str())).map_err(redb_err(OP))?.is_some_and(|g| g.value() == (room, *seq));
         if points_here {
             cids.remove((from.as_str(), cid.as_str())).map_err(redb_err(OP))?;
         }
@@ -391,7 +389,9 @@ fn trim_in(txn: &redb::WriteTransaction, room: &str, trim: Trim, rows_max: usize
     // Events that named a removed message: gone with it, or (above the
     // horizon) erased in place.
     let mut named: Vec<(u64, u64)> = Vec::new();
-    for row in targets.range((room, old_horizon.saturating_add(1), 0)..=(room, horizon, u64::MAX)).map_err(redb_err(OP))? {
+    for row in
+        targets.range((room, old_horizon.saturating_add(1), 0)..=(room, horizon, u64::MAX)).map_err(redb_err(OP))?
+    {
         let (key, _) = row.map_err(redb_err(OP))?;
         let (_, target, seq) = key.value();
         named.push((target, seq));
@@ -770,7 +770,8 @@ impl Store for EmbeddedStore {
                 let (room, last) = row.map_err(redb_err(OP))?;
                 let (room, last_seq) = (room.value(), last.value());
                 let horizon = horizons.get(room).map_err(redb_err(OP))?.map_or(0, |g| g.value().0);
-                let first = messages.range((room, horizon.saturating_add(1))..=(room, u64::MAX)).map_err(redb_err(OP))?.next();
+                let first =
+                    messages.range((room, horizon.saturating_add(1))..=(room, u64::MAX)).map_err(redb_err(OP))?.next();
                 let first_ts = match first {
                     Some(row) => {
                         let (key, value) = row.map_err(redb_err(OP))?;

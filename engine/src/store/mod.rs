@@ -305,6 +305,8 @@ pub trait Store: Send + Sync + 'static {
     /// stops when `cancel` is set. Only the embedded store does this.
     async fn backup(&self, dir: &Path, cancel: Arc<AtomicBool>) -> StoreResult<BackupReport> {
         let _ = (dir, cancel);
-        Err(StoreError::Unsupported("back up MongoDB with mongodump (docs/operations.md, \"Backup and restore\")".into()))
+        Err(StoreError::Unsupported(
+            "back up MongoDB with mongodump (docs/operations.md, \"Backup and restore\")".into(),
+        ))
     }
 }

@@ -764,8 +764,7 @@ impl MongoStore {
                 *entry = (entry.0.max(msg.seq), entry.1.max(msg.ts), entry.2.min(msg.ts));
             }
         }
-        let newest: Vec<(String, (u64, u64, u64))> =
-            newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
+        let newest: Vec<(String, (u64, u64, u64))> = newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
         let upkeep = newest.into_iter().map(|(room, (last_seq, last_ts, first_ts))| {
             let mut created = doc! { "created_ms": to_i64(crate::clock::now_ms()) };
             if let Some(RoomKind::Dm(a, b)) = parse_room(&room) {
@@ -1217,11 +1216,8 @@ impl Store for MongoStore {
         let outcome = if deleted.matched_count > 0 {
             Some(false)
         } else {
-            let known = self
-                .users
-                .find_one(doc! { "username": user })
-                .await
-                .map_err(|e| unavailable("reading a user", e))?;
+            let known =
+                self.users.find_one(doc! { "username": user }).await.map_err(|e| unavailable("reading a user", e))?;
             known.map(|_| true)
         };
         if outcome.is_some() {
@@ -1315,8 +1311,11 @@ impl Store for MongoStore {
                 .map_err(|e| unavailable("erasing a user's messages", e))?;
             erased = done.modified_count;
         }
-        let next =
-            if rows.len() == rows_max { rows.last().and_then(|r| r.get_str("cid").ok()).map(str::to_owned) } else { None };
+        let next = if rows.len() == rows_max {
+            rows.last().and_then(|r| r.get_str("cid").ok()).map(str::to_owned)
+        } else {
+            None
+        };
         Ok(Erased { erased, next })
     }
 

@@ -57,7 +57,12 @@ struct BackupBody {
     path: String,
 }
 
-pub async fn admin(engine: &Engine, access: Option<&AdminAccess>, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn admin(
+    engine: &Engine,
+    access: Option<&AdminAccess>,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let Some(access) = access else {
         return reply::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint");
     };

@@ -22,7 +22,7 @@
 //! 3. one ordered `insert_many` under the write concern (with `wtimeout`
 //!    when `majority`). Ordered: if it stops at a failure, what was
 //!    inserted is a prefix of the batch, hence a prefix of every room's new
-//!    seqs. Nothing is ever deleted.
+//!    seqs. Only retention and purges delete (below).
 //!
 //! A process that dies between any two of these calls leaves each room's
 //! stored seqs dense: the only write is the insert, and its stored part is

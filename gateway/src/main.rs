@@ -136,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
     let origins = http::AllowedOrigins::parse(&args.allowed_origins).map_err(anyhow::Error::msg)?;
     let proxies = http::TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg)?;
-    let app = Arc::new(http::App::new(
+    let mut app = http::App::new(
         engine.clone(),
         exporter,
         args.web_dir.clone(),
@@ -144,8 +144,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         origins,
         proxies,
         args.edge_limits(),
-        admin,
-    ));
+    );
+    app.admin = admin;
+    let app = Arc::new(app);
     let stop = async {
         tokio::select! {
             () = shutdown_signal() => server::Stop::Signal,

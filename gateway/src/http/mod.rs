@@ -68,7 +68,7 @@ pub struct App {
     pub http_connections: Arc<HttpSlots>,
     /// Connections per client address (`--max-connections-per-ip`).
     pub addresses: Arc<AddressSlots>,
-    /// The admin API, when `--admin-token` is given.
+    /// The admin API, when `--admin-token` is given (set after `new`).
     pub admin: Option<AdminAccess>,
 }
 
@@ -81,7 +81,6 @@ impl App {
         allowed_origins: AllowedOrigins,
         trusted_proxies: TrustedProxies,
         edge: EdgeLimits,
-        admin: Option<AdminAccess>,
     ) -> Self {
         Self {
             engine,
@@ -95,7 +94,7 @@ impl App {
             edge,
             http_connections: HttpSlots::new(edge.http_connections_max),
             addresses: AddressSlots::new(edge.connections_per_ip_max),
-            admin,
+            admin: None,
         }
     }
 }

@@ -67,6 +67,12 @@ pub struct JoinOk {
     pub more: bool,
     /// How many users are in the room: `members` lists at most 1000 of them.
     pub members_total: Option<u64>,
+    /// The oldest seq the room still stores (retention removes older
+    /// ones); 0 when it stores none, or from a server without retention.
+    pub first_seq: u64,
+    /// With `since`: messages after `since` were removed by retention, and
+    /// the replay starts at `first_seq`.
+    pub truncated: bool,
 }
 
 /// An `ack`: the message is stored durably.
@@ -484,8 +490,23 @@ impl Connection {
         let reply = self.request(|req| ClientFrame::Join { req, room: room.to_string(), since }).await?;
         match reply {
             ServerFrame::Ok {
-                room: Some(room), seq: Some(seq), members: Some(members), more, members_total, ..
-            } => Ok(JoinOk { room, seq, members, more: more.unwrap_or(false), members_total }),
+                room: Some(room),
+                seq: Some(seq),
+                members: Some(members),
+                more,
+                members_total,
+                first_seq,
+                truncated,
+                ..
+            } => Ok(JoinOk {
+                room,
+                seq,
+                members,
+                more: more.unwrap_or(false),
+                members_total,
+                first_seq: first_seq.unwrap_or(0),
+                truncated: truncated.unwrap_or(false),
+            }),
             other => Err(ClientError::UnexpectedReply(Box::new(other))),
         }
     }

@@ -96,6 +96,8 @@ async fn request_helpers_buffer_other_frames_in_order() {
                 members: Some(vec!["alice".into(), "bob".into()]),
                 more: Some(false),
                 members_total: Some(2),
+                first_seq: Some(1),
+                truncated: None,
             };
             send(&mut ws, ok, enc).await;
             send(&mut ws, ServerFrame::Msg(msg(2)), enc).await;

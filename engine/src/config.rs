@@ -42,6 +42,11 @@ pub const HISTORY_RATE_DEFAULT: Rate = Rate { per_second: 10.0, burst: 20 };
 pub const REPLAY_RATE_DEFAULT: Rate = Rate { per_second: 2.0, burst: 20 };
 /// v1.1 `read` markers per session (a client marks as the user reads).
 pub const READ_RATE_DEFAULT: Rate = Rate { per_second: 10.0, burst: 30 };
+/// How often the store's upkeep runs: retention, and the store's gauges.
+pub const RETENTION_INTERVAL_MS_DEFAULT: u64 = 60_000;
+/// Rows one retention (or purge, or user erasure) transaction removes or
+/// erases at most: each is a short write, so the writer never waits long.
+pub const RETENTION_BATCH_ROWS_MAX_DEFAULT: usize = 1000;
 /// Failed logins per client address, across all usernames.
 pub const FAILED_LOGIN_ADDRESS_RATE_DEFAULT: Rate = Rate { per_second: 30.0 / 60.0, burst: 30 };
 /// Failed logins per username, from every address together.
@@ -84,6 +89,15 @@ pub struct EngineConfig {
     pub failed_login_user_rate: Rate,
     /// Registrations per client address.
     pub register_rate: Rate,
+    /// Retention by age: messages older than this are removed (off: `None`).
+    pub retention_age_ms: Option<u64>,
+    /// Retention by count: each room keeps at most this many (off: `None`).
+    pub retention_room_messages_max: Option<u64>,
+    pub retention_interval_ms: u64,
+    pub retention_batch_rows_max: usize,
+    /// `viche_store_size_alert_bytes`, what the store-size alert compares
+    /// with (0: no alert).
+    pub store_size_alert_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +132,11 @@ impl Default for EngineConfig {
             failed_login_address_rate: FAILED_LOGIN_ADDRESS_RATE_DEFAULT,
             failed_login_user_rate: FAILED_LOGIN_USER_RATE_DEFAULT,
             register_rate: limits::REGISTER_RATE_DEFAULT,
+            retention_age_ms: None,
+            retention_room_messages_max: None,
+            retention_interval_ms: RETENTION_INTERVAL_MS_DEFAULT,
+            retention_batch_rows_max: RETENTION_BATCH_ROWS_MAX_DEFAULT,
+            store_size_alert_bytes: 0,
         }
     }
 }
@@ -134,6 +153,8 @@ impl EngineConfig {
         assert!(self.user_rooms_max > 0 && self.user_sessions_max > 0 && self.writer_queue_user_max > 0);
         assert!(self.user_public_conversations_max > 0);
         assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
+        assert!(self.retention_interval_ms > 0 && self.retention_batch_rows_max > 0);
+        assert!(self.retention_age_ms != Some(0) && self.retention_room_messages_max != Some(0));
         let rates = [
             self.send_rate,
             self.typing_rate,

@@ -1,7 +1,8 @@
 //! The engine's front door: every transport goes through [`Engine`] to
 //! open a session, register, log in, authenticate a token, read history,
-//! page a replay, ask for readiness, and shut down in order. Nothing
-//! outside the engine names the store, the writer or the room actors.
+//! page a replay, ask for readiness, and shut down in order; and an
+//! operator's admin requests (`admin.rs`). Nothing outside the engine
+//! names the store, the writer or the room actors.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +13,15 @@ use ractor::Actor;
 use viche_protocol::{Close, Encoding, Msg};
 
 use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, KeyedLimiter, VerifiedToken};
+use crate::admin::{Admin, AdminStats, BackupDone, RoomPurged, UserDeleted};
 use crate::config::EngineConfig;
-use crate::delivery::{Directory, Outbox, SessionHandle};
+use crate::delivery::{Directory, Outbox, Refused, SessionHandle};
 use crate::health::{Health, STORE_PROBE_INTERVAL_MS};
 use crate::history;
 pub use crate::history::{ConversationsPage, HistoryPage};
-use crate::metrics::{RATE_LIMITED, SESSIONS_REFUSED, STORE_PROBES};
+use crate::metrics::{RATE_LIMITED, SESSIONS_REFUSED, STORE_PROBES, STORE_SIZE_ALERT};
 use crate::refusal::Refusal;
+use crate::retention::{Retention, RetentionReport};
 use crate::room::{Rooms, SupervisorArgs};
 use crate::services::Services;
 use crate::session::{Session, SessionSupervisor};
@@ -31,6 +34,7 @@ pub struct Engine {
     next_session_id: AtomicU64,
     /// HTTP history pages per user (a WebSocket session has its own bucket).
     history_by_user: KeyedLimiter,
+    admin: Admin,
 }
 
 /// Users whose HTTP history rate is tracked at once.
@@ -65,10 +69,21 @@ impl Engine {
             .await
             .map_err(|e| anyhow::anyhow!("session supervisor: {e}"))?;
         let accounts = Accounts::new(&config, Jwt::new(jwt_secret, config.token_ttl_s));
+        // Users deleted within a token's lifetime may still hold tokens.
+        let token_ttl_ms = config.token_ttl_s.saturating_mul(1000);
+        let now = crate::clock::now_ms();
+        let deleted = store.deleted_users_since(now.saturating_sub(token_ttl_ms)).await;
+        for user in deleted.map_err(|e| anyhow::anyhow!("reading deleted users: {e}"))? {
+            directory.bar(&user, token_ttl_ms, Close::ACCOUNT_DELETED);
+        }
         tokio::spawn(probe_store(store.clone(), health.clone()));
+        STORE_SIZE_ALERT.gauge().set(config.store_size_alert_bytes as f64);
+        let retention = Arc::new(Retention::new(store.clone(), &config));
+        retention.spawn(Duration::from_millis(config.retention_interval_ms));
         let services = Arc::new(Services { config, store, writer, directory, rooms, accounts, health, sessions });
         let history_by_user = KeyedLimiter::new(services.config.history_rate, HISTORY_LIMITER_KEYS_MAX);
-        Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1), history_by_user }))
+        let admin = Admin::new(services.clone(), retention);
+        Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1), history_by_user, admin }))
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -77,7 +92,11 @@ impl Engine {
 
     /// A token's owner and expiry, if its signature, algorithm and `exp` hold.
     pub fn authenticate(&self, token: &str) -> Result<VerifiedToken, Refusal> {
-        self.services.accounts.authenticate(token)
+        let verified = self.services.accounts.authenticate(token)?;
+        if self.services.directory.is_barred(&verified.user) {
+            return Err(Refusal::new(viche_protocol::ErrorCode::Unauthorized, "this account was deleted"));
+        }
+        Ok(verified)
     }
 
     /// Charges a registration attempt to `client` (before its body is read).
@@ -95,7 +114,8 @@ impl Engine {
 
     /// Registers an authenticated connection and returns its session;
     /// refused (`forbidden`; the transport closes with 4009) when the user
-    /// already has `user_sessions_max` sessions.
+    /// already has `user_sessions_max` sessions, and (`unauthorized`; 4001)
+    /// when its account was deleted.
     pub fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Result<Session, Refusal> {
         let config = &self.services.config;
         let handle = Arc::new(SessionHandle {
@@ -104,13 +124,17 @@ impl Engine {
             encoding,
             outbox: Outbox::new(config.outbox_frames_max, config.outbox_bytes_max),
         });
-        let share = self.services.directory.register(handle.clone(), config.user_sessions_max).map_err(|e| {
-            SESSIONS_REFUSED.counter().increment(1);
-            Refusal::new(
-                viche_protocol::ErrorCode::Forbidden,
-                format!("this user already has {} sessions open; close one first", e.sessions_max),
-            )
-        })?;
+        let share =
+            self.services.directory.register(handle.clone(), config.user_sessions_max).map_err(|e| match e {
+                Refused::TooManySessions { sessions_max } => {
+                    SESSIONS_REFUSED.counter().increment(1);
+                    Refusal::new(
+                        viche_protocol::ErrorCode::Forbidden,
+                        format!("this user already has {sessions_max} sessions open; close one first"),
+                    )
+                }
+                Refused::Barred => Refusal::new(viche_protocol::ErrorCode::Unauthorized, "this account was deleted"),
+            })?;
         Ok(Session::new(self.services.clone(), handle, share, token_exp_ms))
     }
 
@@ -179,6 +203,35 @@ impl Engine {
     /// The writer queue's bound (`--writer-queue-max`).
     pub fn writer_queue_capacity(&self) -> usize {
         self.services.writer.queue_capacity()
+    }
+
+    // ----- the admin API (docs/operations.md, "The admin API") ----------
+
+    /// What the store holds.
+    pub async fn admin_stats(&self) -> Result<AdminStats, Refusal> {
+        self.admin.stats().await
+    }
+
+    /// Deletes a user: account, conversations, markers; its sessions are
+    /// closed with 4001; every message it sent is erased in place.
+    pub async fn delete_user(&self, user: &str) -> Result<UserDeleted, Refusal> {
+        self.admin.delete_user(user).await
+    }
+
+    /// Removes every stored message of a room; its seqs are not reused.
+    pub async fn purge_room(&self, room: &str) -> Result<RoomPurged, Refusal> {
+        self.admin.purge_room(room).await
+    }
+
+    /// A retention pass now.
+    pub async fn run_retention(&self) -> Result<RetentionReport, Refusal> {
+        self.admin.run_retention().await
+    }
+
+    /// A consistent online backup of the embedded store into the new
+    /// directory `path` (`invalid` on MongoDB: use mongodump).
+    pub async fn backup(&self, path: &str) -> Result<BackupDone, Refusal> {
+        self.admin.backup(path).await
     }
 
     /// Refreshes the gauges that are sampled at scrape time.

@@ -16,6 +16,7 @@
 //! | `store.append` | every `append_batch` | the call fails (transient); `return(TEXT)`: only a batch holding a message whose body contains TEXT fails (a poison message) |
 //! | `store.last_seq` | every `last_seq` | the call fails (transient) |
 //! | `store.range` | every `range` (replays) | the call fails (transient) |
+//! | `store.trim` | every `trim_room` (retention, purges) | the call fails (the pass is counted `failed` and retried next interval) |
 //! | `embedded.io` | the embedded store's commit | the commit meets an I/O error (the store reopens its file) |
 //!
 //! Async places (`writer.commit`, `store.*`) evaluate their failpoint on

@@ -15,10 +15,14 @@
 //! - `store/`: the `Store` trait and its two implementations.
 //! - `delivery/`: how frames reach a session (handle, outbox, directory).
 //! - `history.rs`: who may read a room, and its pages.
+//! - `retention.rs`: the store's upkeep (retention, its gauges);
+//!   `admin.rs`: an operator's requests (stats, deleting a user, purging
+//!   a room, backups).
 //! - `metrics.rs`: every metric, declared once.
 
 pub mod accounts;
 pub mod address;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -28,6 +32,7 @@ mod health;
 mod history;
 pub mod metrics;
 pub mod refusal;
+pub mod retention;
 mod room;
 mod services;
 pub mod session;

@@ -167,14 +167,28 @@ pub const SLOW_CONSUMER_REASONS: [&str; 2] = ["outbox_full", "write_timeout"];
 pub const HTTP_TIMEOUT_PHASES: [&str; 3] = ["headers", "body", "response"];
 
 /// `kind` label values of `viche_rate_limited_total`.
-pub const RATE_LIMITED_KINDS: [&str; 9] =
-    ["send", "typing", "join", "history", "replay", "read", "login", "register", "argon2_queue"];
+pub const RATE_LIMITED_KINDS: [&str; 10] =
+    ["send", "typing", "join", "history", "replay", "read", "login", "register", "argon2_queue", "admin"];
 /// `reason` label values of `viche_auth_failures_total`.
-pub const AUTH_FAILURE_REASONS: [&str; 4] = ["wrong_password", "unknown_user", "bad_token", "no_hello"];
+pub const AUTH_FAILURE_REASONS: [&str; 5] =
+    ["wrong_password", "unknown_user", "bad_token", "no_hello", "bad_admin_token"];
+/// `reason` label values of `viche_messages_removed_total`.
+pub const REMOVAL_REASONS: [&str; 2] = ["retention", "purge"];
 /// `route` label values of the HTTP metrics (the gateway's route table; a
 /// gateway test checks they agree).
-pub const HTTP_ROUTES: [&str; 10] =
-    ["register", "login", "history", "conversations", "healthz", "readyz", "metrics", "ws", "api_other", "static"];
+pub const HTTP_ROUTES: [&str; 11] = [
+    "register",
+    "login",
+    "history",
+    "conversations",
+    "admin",
+    "healthz",
+    "readyz",
+    "metrics",
+    "ws",
+    "api_other",
+    "static",
+];
 
 const NO_LABELS: &[Label] = &[];
 
@@ -266,6 +280,18 @@ metrics_table! {
     STORE_PROBES: "viche_store_probes_total", Counter, Count, Live,
         &[Label { key: "result", values: &["ok", "failed"] }],
         "Readiness probes of the store (a small write every 5 s, whatever /readyz is asked), by result.";
+    STORE_SIZE: "viche_store_size_bytes", Gauge, Bytes, Live, NO_LABELS,
+        "The store's size on disk (redb: the file; MongoDB: dbStats), as of the last upkeep pass.";
+    STORE_SIZE_ALERT: "viche_store_size_alert_bytes", Gauge, Bytes, Live, NO_LABELS,
+        "--store-size-alert-bytes: the size past which VicheStoreLarge fires (0: never).";
+    OLDEST_MESSAGE_AGE: "viche_oldest_message_age_seconds", Gauge, Seconds, Live, NO_LABELS,
+        "Age of the oldest stored message as of the last upkeep pass (0 when none is stored).";
+    MESSAGES_REMOVED: "viche_messages_removed_total", Counter, Count, Live,
+        &[Label { key: "reason", values: &REMOVAL_REASONS }],
+        "Messages (and events) removed from the store, by reason (retention; purge: an admin purged a room).";
+    RETENTION_PASSES: "viche_retention_passes_total", Counter, Count, Live,
+        &[Label { key: "result", values: &["ok", "failed"] }],
+        "Upkeep passes over the store (retention, then the store gauges), by result; one every --retention-interval-ms.";
 
     // Delivery and abuse.
     OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,

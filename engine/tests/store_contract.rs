@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
-use viche_engine::store::{Added, Appended, Event, Marker, NewMessage, Store, UserRecord};
+use viche_engine::store::{Added, Appended, Event, Marker, NewMessage, Store, Trim, UserRecord};
 use viche_protocol::{ErrorCode, Msg, MsgKind};
 
 // ----- helpers ----------------------------------------------------------------
@@ -731,6 +731,153 @@ async fn conversations_page_newest_activity_first(store: &dyn Store) {
     assert_eq!(unread, 5);
 }
 
+// ----- operating for months: retention, deleting a user, counts ----------------------
+
+/// The seqs stored in `room`, oldest first.
+async fn stored_seqs(store: &dyn Store, room: &str) -> Vec<u64> {
+    seqs(&all(store, room).await)
+}
+
+async fn retention_by_count_removes_the_oldest_in_bounded_batches(store: &dyn Store) {
+    fill(store, "a", "m", 10).await;
+    let trim = Trim { seq_upto: 6, ts_before: None };
+    let first = store.trim_room("a", trim, 4).await.unwrap();
+    assert_eq!((first.removed, first.horizon, first.done), (4, 4, false), "{first:?}");
+    let second = store.trim_room("a", trim, 4).await.unwrap();
+    assert_eq!((second.removed, second.horizon, second.done, second.first_ts), (2, 6, true, Some(TS)));
+    assert_eq!(store.trim_room("a", trim, 4).await.unwrap().removed, 0, "nothing more to remove");
+    assert_eq!(stored_seqs(store, "a").await, vec![7, 8, 9, 10], "dense above the horizon");
+    assert_eq!((store.horizon("a").await.unwrap(), store.last_seq("a").await.unwrap()), (6, 10));
+    let (page, more) = store.history("a", None, 100).await.unwrap();
+    assert_eq!((seqs(&page), more), (vec![10, 9, 8, 7], false), "history ends at the horizon");
+    let (page, more) = store.history("a", Some(8), 1).await.unwrap();
+    assert_eq!((seqs(&page), more), (vec![7], false));
+    assert_eq!(store.history("a", Some(7), 10).await.unwrap(), (Vec::new(), false));
+    let next = one(store, new_msg("a", "alice", "next", "after")).await;
+    assert_eq!(stored(&next).seq, 11, "seqs are never reused");
+    assert_eq!(store.horizon("never-used").await.unwrap(), 0);
+}
+
+async fn retention_by_age_stops_at_the_first_newer_message(store: &dyn Store) {
+    let at_ts = |cid: &str, ts: u64| NewMessage { ts_ms: ts, ..new_msg("a", "alice", cid, cid) };
+    let batch = [at_ts("o1", 1_000), at_ts("o2", 1_000), at_ts("n1", 5_000), at_ts("o3", 1_000), at_ts("n2", 6_000)];
+    store.append_batch(&batch).await.unwrap();
+    let trimmed = store.trim_room("a", Trim { seq_upto: 0, ts_before: Some(2_000) }, 100).await.unwrap();
+    assert_eq!((trimmed.removed, trimmed.horizon, trimmed.first_ts, trimmed.done), (2, 2, Some(5_000), true));
+    assert_eq!(stored_seqs(store, "a").await, vec![3, 4, 5], "an older message above a newer one stays");
+    // Either rule removes: here the count.
+    let trimmed = store.trim_room("a", Trim { seq_upto: 3, ts_before: Some(2_000) }, 100).await.unwrap();
+    assert_eq!((trimmed.removed, trimmed.horizon), (2, 4), "seq 3 by count, then seq 4 by age");
+}
+
+async fn a_room_emptied_by_retention_never_numbers_from_one_again(store: &dyn Store) {
+    fill(store, "a", "m", 3).await;
+    let trimmed = store.trim_room("a", Trim { seq_upto: 3, ts_before: None }, 100).await.unwrap();
+    assert_eq!((trimmed.removed, trimmed.horizon, trimmed.first_ts), (3, 3, None));
+    assert!(all(store, "a").await.is_empty());
+    assert_eq!(store.last_seq("a").await.unwrap(), 3);
+    assert_eq!(store.history("a", None, 10).await.unwrap(), (Vec::new(), false));
+    let next = one(store, new_msg("a", "bob", "n", "again")).await;
+    assert_eq!(stored(&next).seq, 4);
+    assert_eq!(stored_seqs(store, "a").await, vec![4]);
+}
+
+async fn removing_a_message_erases_its_events_and_frees_its_cid(store: &dyn Store) {
+    fill(store, "r", "m", 2).await; // 1, 2 by alice
+    one(store, event("r", "bob", "x1", "", Event::React { target: 1, emoji: "👍".into(), on: true })).await; // 3
+    one(store, event("r", "alice", "e1", "secret edit", Event::Edit { target: 1 })).await; // 4
+    one(store, event("r", "bob", "x2", "", Event::React { target: 2, emoji: "🎉".into(), on: true })).await; // 5
+    let trimmed = store.trim_room("r", Trim { seq_upto: 1, ts_before: None }, 100).await.unwrap();
+    assert_eq!((trimmed.removed, trimmed.horizon), (1, 1));
+    let rows = all(store, "r").await;
+    assert_eq!(seqs(&rows), vec![2, 3, 4, 5], "seqs stay dense: the events are erased in place");
+    for event in &rows[1..3] {
+        assert_eq!((event.body.as_str(), event.deleted, event.emoji.clone()), ("", Some(true), None), "{event:?}");
+    }
+    assert_eq!(rows[3].emoji.as_deref(), Some("🎉"), "an event of a kept message stays");
+    assert_eq!(at(store, "r", 2).await.reactions.unwrap()["🎉"], vec!["bob".to_string()]);
+    // The removed message's cid is free again.
+    let again = one(store, new_msg("r", "alice", "m1", "new")).await;
+    assert_eq!(stored(&again).seq, 6);
+}
+
+async fn rooms_page_walks_every_room_with_its_span(store: &dyn Store) {
+    for room in ["c", "a", "b"] {
+        fill(store, room, room, 2).await;
+    }
+    store.trim_room("b", Trim { seq_upto: 1, ts_before: None }, 10).await.unwrap();
+    let page = store.rooms_page(None, 2).await.unwrap();
+    let names: Vec<&str> = page.iter().map(|r| r.room.as_str()).collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!((page[1].last_seq, page[1].horizon, page[1].first_ts), (2, 1, Some(TS)));
+    let rest = store.rooms_page(Some("b"), 2).await.unwrap();
+    assert_eq!(rest.iter().map(|r| r.room.as_str()).collect::<Vec<_>>(), vec!["c"]);
+    assert!(store.rooms_page(Some("c"), 2).await.unwrap().is_empty());
+}
+
+fn user(name: &str) -> UserRecord {
+    UserRecord { username: name.into(), password_hash: "$argon2id$x".into(), created_ms: TS }
+}
+
+async fn deleting_a_user_erases_in_place_and_keeps_the_name_taken(store: &dyn Store) {
+    for name in ["alice", "bob"] {
+        assert!(store.create_user(&user(name)).await.unwrap());
+    }
+    fill(store, "r", "a", 3).await; // 1..=3 by alice
+    one(store, new_msg("r", "bob", "b1", "bob's")).await; // 4
+    one(store, event("r", "alice", "ax", "", Event::React { target: 4, emoji: "👍".into(), on: true })).await; // 5
+    one(store, event("r", "bob", "bx", "", Event::React { target: 1, emoji: "🎉".into(), on: true })).await; // 6
+    one(store, new_msg("dm:alice:bob", "alice", "d1", "psst")).await;
+    assert_eq!(store.add_conversation("alice", "r", 10).await.unwrap(), Added::Kept);
+
+    assert_eq!(store.delete_account("alice", TS).await.unwrap(), Some(false));
+    assert_eq!(store.delete_account("alice", TS).await.unwrap(), Some(true), "deleted before");
+    assert_eq!(store.delete_account("nobody", TS).await.unwrap(), None);
+    assert_eq!(store.get_user("alice").await.unwrap(), None);
+    assert!(!store.create_user(&user("alice")).await.unwrap(), "the name stays taken");
+    assert!(store.conversations("alice", None, 100).await.unwrap().0.is_empty());
+    assert_eq!(store.deleted_users_since(TS).await.unwrap(), vec!["alice".to_string()]);
+    assert!(store.deleted_users_since(TS + 1).await.unwrap().is_empty());
+
+    // In batches of 2, by cid.
+    let (mut erased, mut after, mut calls) = (0, None::<String>, 0);
+    loop {
+        let batch = store.erase_user_messages("alice", after.as_deref(), 2).await.unwrap();
+        erased += batch.erased;
+        calls += 1;
+        match batch.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(calls < 10);
+    }
+    assert_eq!(erased, 5, "three messages, a reaction and a DM");
+    assert_eq!(store.erase_user_messages("alice", None, 100).await.unwrap().erased, 0, "erased once");
+    let rows = all(store, "r").await;
+    assert_eq!(seqs(&rows), (1..=6).collect::<Vec<_>>(), "no seq used or removed");
+    for m in rows.iter().filter(|m| m.from == "alice") {
+        assert_eq!((m.body.as_str(), m.deleted, m.reactions.clone()), ("", Some(true), None), "{m:?}");
+    }
+    assert_eq!(rows[3].body, "bob's");
+    assert_eq!(rows[3].reactions, None, "alice's reaction left bob's message");
+    assert_eq!(rows[5].emoji.as_deref(), Some("🎉"), "bob's own event stays");
+    assert_eq!(at(store, "dm:alice:bob", 1).await.body, "");
+    assert_eq!(store.get_user("bob").await.unwrap().map(|u| u.username), Some("bob".to_string()));
+}
+
+async fn stats_count_what_is_stored(store: &dyn Store) {
+    for name in ["alice", "bob", "carol"] {
+        store.create_user(&user(name)).await.unwrap();
+    }
+    fill(store, "a", "x", 4).await;
+    fill(store, "b", "y", 2).await;
+    store.delete_account("carol", TS).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.users, stats.rooms, stats.messages), (2, 2, 6), "{stats:?}");
+    store.trim_room("a", Trim { seq_upto: 3, ts_before: None }, 10).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().messages, 3);
+}
+
 // ----- the stores -----------------------------------------------------------------
 
 /// The embedded store in a fresh temporary directory (removed on drop).
@@ -849,4 +996,11 @@ contract_tests!(
     public_rooms_are_added_once_and_bounded,
     a_forgotten_dm_comes_back_with_its_next_message,
     conversations_page_newest_activity_first,
+    retention_by_count_removes_the_oldest_in_bounded_batches,
+    retention_by_age_stops_at_the_first_newer_message,
+    a_room_emptied_by_retention_never_numbers_from_one_again,
+    removing_a_message_erases_its_events_and_frees_its_cid,
+    rooms_page_walks_every_room_with_its_span,
+    deleting_a_user_erases_in_place_and_keeps_the_name_taken,
+    stats_count_what_is_stored,
 );

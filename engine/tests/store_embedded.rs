@@ -134,3 +134,51 @@ async fn a_database_from_before_1_1_is_migrated_at_open() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.range("lobby", 0, 10, 10).await.unwrap().len(), 2);
 }
+
+/// A backup is one snapshot: everything committed before it, copied into
+/// a new file a server opens as its store; the live store goes on.
+#[tokio::test]
+async fn a_backup_is_a_consistent_copy_that_opens_as_a_store() {
+    use std::sync::atomic::AtomicBool;
+    use viche_engine::store::Trim;
+
+    let (_dir, store) = open_temp();
+    store
+        .create_user(&UserRecord { username: "alice".into(), password_hash: "h".into(), created_ms: 1 })
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..25_000).map(|i| new_msg(&format!("r{}", i % 7), "alice", &format!("c{i}"), "b")).collect();
+    store.append_batch(&batch).await.unwrap();
+    store.trim_room("r0", Trim { seq_upto: 100, ts_before: None }, 1000).await.unwrap();
+
+    let backups = tempfile::tempdir().unwrap();
+    let target = backups.path().join("copy");
+    std::fs::create_dir(&target).unwrap();
+    let report = store.backup(&target, Arc::new(AtomicBool::new(false))).await.unwrap();
+    assert!(report.rows > 25_000 && report.bytes > 0, "{report:?}");
+    // The live store takes writes after the snapshot; the copy does not have them.
+    store.append_batch(&[new_msg("r1", "alice", "after", "later")]).await.unwrap();
+
+    let copy = EmbeddedStore::open(&target).expect("the backup opens as a store");
+    for room in (0..7).map(|i| format!("r{i}")) {
+        let live = store.last_seq(&room).await.unwrap();
+        let copied = copy.last_seq(&room).await.unwrap();
+        assert_eq!(copied, if room == "r1" { live - 1 } else { live }, "{room}");
+        assert_eq!(copy.horizon(&room).await.unwrap(), store.horizon(&room).await.unwrap());
+        let (a, _) = copy.history(&room, Some(copied + 1), 100).await.unwrap();
+        let (b, _) = store.history(&room, Some(copied + 1), 100).await.unwrap();
+        assert_eq!(a, b, "{room}: the same history up to the backup point");
+    }
+    assert!(copy.get_user("alice").await.unwrap().is_some());
+    let next = copy.append_batch(&[new_msg("r1", "alice", "restored", "x")]).await.unwrap();
+    assert_eq!(stored(&next[0]).seq, store.last_seq("r1").await.unwrap(), "the copy's next seq continues");
+    assert_eq!(duplicate(&copy.append_batch(&[new_msg("r2", "alice", "c2", "x")]).await.unwrap()[0]).seq, 1);
+
+    // The backup refuses to overwrite a file, and stops when cancelled.
+    let again = store.backup(&target, Arc::new(AtomicBool::new(false))).await;
+    assert!(again.is_err(), "an existing backup file is never overwritten");
+    let other = backups.path().join("cancelled");
+    std::fs::create_dir(&other).unwrap();
+    assert!(store.backup(&other, Arc::new(AtomicBool::new(true))).await.is_err());
+    assert!(store.stats().await.unwrap().bytes > 0);
+}

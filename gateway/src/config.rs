@@ -4,12 +4,15 @@
 //! Bad configuration is refused at start with one clear line, before
 //! anything is opened. Each default is the engine's or the protocol's
 //! constant: spelled once, there. Flags keep their documented spelling.
+//!
+//! Without a subcommand `viche` is the server; `viche admin …` is the
+//! command-line client of a running server's admin API (`admin_cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use viche_engine::config::{self as engine, EngineConfig};
 use viche_protocol::limits::{self, Rate};
 
@@ -53,9 +56,17 @@ impl EdgeLimits {
     }
 }
 
+/// Retention by age: at most this many days (fractions allowed, for tests).
+pub const RETENTION_DAYS_MAX: f64 = 36_500.0;
+/// The admin token, like a JWT secret, is at least this long.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "viche", version, about = "Viche: a real-time chat engine")]
 pub struct Args {
+    /// Without one, run the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// HTTP + WebSocket address.
     #[arg(long, env = "VICHE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -228,6 +239,66 @@ pub struct Args {
     /// body within this long; else the connection is closed (408 for a body).
     #[arg(long, env = "VICHE_HTTP_REQUEST_TIMEOUT_MS", default_value_t = HTTP_REQUEST_TIMEOUT_MS_DEFAULT)]
     pub http_request_timeout_ms: u64,
+
+    /// Retention by age: messages older than this many days are removed
+    /// (fractions allowed). Off when absent.
+    #[arg(long, env = "VICHE_RETENTION_DAYS")]
+    pub retention_days: Option<f64>,
+    /// Retention by count: each room keeps at most this many of its newest
+    /// messages (events count). Off when absent.
+    #[arg(long, env = "VICHE_RETENTION_MESSAGES_PER_ROOM")]
+    pub retention_messages_per_room: Option<u64>,
+    /// How often the store's upkeep runs (retention, and the store gauges).
+    #[arg(long, env = "VICHE_RETENTION_INTERVAL_MS", default_value_t = engine::RETENTION_INTERVAL_MS_DEFAULT)]
+    pub retention_interval_ms: u64,
+    /// Rows one retention, purge or erasure transaction touches at most.
+    #[arg(long, env = "VICHE_RETENTION_BATCH_ROWS", default_value_t = engine::RETENTION_BATCH_ROWS_MAX_DEFAULT)]
+    pub retention_batch_rows: usize,
+    /// Turns the admin API on (`/api/admin/…`), for requests carrying this
+    /// token as `Authorization: Bearer`. At least 16 characters.
+    #[arg(long, env = "VICHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// `viche_store_size_alert_bytes`: the store size past which the
+    /// VicheStoreLarge alert fires (0: never).
+    #[arg(long, env = "VICHE_STORE_SIZE_ALERT_BYTES", default_value_t = 0)]
+    pub store_size_alert_bytes: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Calls the admin API of a running server (docs/operations.md).
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The server's base URL.
+    #[arg(long, env = "VICHE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The server's `--admin-token`.
+    #[arg(long, env = "VICHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Print the server's JSON answer instead of sentences.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminAction {
+    /// Users, rooms, messages, store size, oldest message, retention.
+    Stats,
+    /// Deletes a user: account, conversations, markers; closes its
+    /// sessions; erases every message it sent.
+    DeleteUser { user: String },
+    /// Removes every stored message of a room (its seqs are not reused).
+    PurgeRoom { room: String },
+    /// Runs a retention pass now.
+    Retention,
+    /// Backs the embedded store up into a new directory (absolute path on
+    /// the server's machine); restore with `viche --data-dir PATH`.
+    Backup { path: String },
 }
 
 /// The web client's build when `--web-dir` is absent: `web/dist` (the
@@ -267,6 +338,8 @@ impl Args {
             ("--write-timeout-ms", self.write_timeout_ms as usize),
             ("--http-request-timeout-ms", self.http_request_timeout_ms as usize),
             ("--token-ttl", self.token_ttl as usize),
+            ("--retention-interval-ms", self.retention_interval_ms as usize),
+            ("--retention-batch-rows", self.retention_batch_rows),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -319,6 +392,22 @@ impl Args {
         if let Some(secret) = &self.jwt_secret {
             if secret.len() < 16 {
                 return Err("--jwt-secret must be at least 16 bytes".into());
+            }
+        }
+        if let Some(days) = self.retention_days {
+            if !(days.is_finite() && days > 0.0 && days <= RETENTION_DAYS_MAX) {
+                return Err(format!("--retention-days must be greater than 0 and at most {RETENTION_DAYS_MAX}"));
+            }
+        }
+        if self.retention_messages_per_room == Some(0) {
+            return Err("--retention-messages-per-room must be greater than 0".into());
+        }
+        if let Some(token) = &self.admin_token {
+            if token.chars().count() < ADMIN_TOKEN_CHARS_MIN {
+                return Err(format!("--admin-token must be at least {ADMIN_TOKEN_CHARS_MIN} characters"));
+            }
+            if self.jwt_secret.as_deref() == Some(token.as_str()) {
+                return Err("--admin-token must not be the --jwt-secret".into());
             }
         }
         if let Some(uri) = &self.mongo_uri {
@@ -384,6 +473,11 @@ impl Args {
                 burst: self.failed_logins_burst,
             },
             register_rate: Rate { per_second: self.registrations_per_minute / 60.0, burst: self.registrations_burst },
+            retention_age_ms: self.retention_days.map(|days| ((days * 86_400_000.0) as u64).max(1)),
+            retention_room_messages_max: self.retention_messages_per_room,
+            retention_interval_ms: self.retention_interval_ms,
+            retention_batch_rows_max: self.retention_batch_rows,
+            store_size_alert_bytes: self.store_size_alert_bytes,
             ..EngineConfig::default()
         }
     }

@@ -1,6 +1,8 @@
 //! `viche`: the Viche server. Reads its configuration, opens the store,
 //! starts the engine, serves HTTP and WebSocket until SIGTERM/SIGINT.
+//! `viche admin …` instead calls a running server's admin API.
 
+mod admin_cli;
 mod config;
 mod exporter;
 mod http;
@@ -19,7 +21,7 @@ use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
 use viche_engine::store::Store;
 use viche_engine::Engine;
 
-use crate::config::Args;
+use crate::config::{Args, Command};
 
 #[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
 compile_error!("choose one allocator: the features jemalloc and mimalloc exclude each other");
@@ -34,6 +36,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if let Some(Command::Admin(admin)) = args.command.take() {
+        return admin_cli::run(admin);
+    }
     if let Err(line) = args.validate() {
         eprintln!("viche: {line}");
         return ExitCode::from(2);
@@ -111,6 +116,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(s) => s.clone().into_bytes(),
         None => secret::load_or_create(&args.data_dir)?,
     };
+    if args.admin_token.as_deref().is_some_and(|token| token.as_bytes() == secret.as_slice()) {
+        anyhow::bail!("--admin-token must not be the JWT secret");
+    }
+    let admin = args.admin_token.clone().map(|token| {
+        let secret_file = args.jwt_secret.is_none().then(|| args.data_dir.join(secret::FILE_NAME));
+        http::AdminAccess::new(token, secret_file)
+    });
+    if admin.is_some() {
+        tracing::info!("the admin API is on (/api/admin/)");
+    }
     let engine = Engine::start(args.engine_config(), store, &secret).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -121,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let exporter = prometheus.map(|handle| exporter::Exporter::start(handle, engine.clone()));
     let origins = http::AllowedOrigins::parse(&args.allowed_origins).map_err(anyhow::Error::msg)?;
     let proxies = http::TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg)?;
-    let app = Arc::new(http::App::new(
+    let mut app = http::App::new(
         engine.clone(),
         exporter,
         args.web_dir.clone(),
@@ -129,7 +144,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         origins,
         proxies,
         args.edge_limits(),
-    ));
+    );
+    app.admin = admin;
+    let app = Arc::new(app);
     let stop = async {
         tokio::select! {
             () = shutdown_signal() => server::Stop::Signal,

@@ -151,6 +151,8 @@ impl Close {
         Close { code: CloseCode::InternalError, reason: "replay unavailable; rejoin with since" };
     pub const UNAUTHORIZED: Close = Close { code: CloseCode::Unauthorized, reason: "unauthorized" };
     pub const TOKEN_EXPIRED: Close = Close { code: CloseCode::Unauthorized, reason: "token expired" };
+    /// An operator deleted the account (docs/operations.md, "Deleting a user").
+    pub const ACCOUNT_DELETED: Close = Close { code: CloseCode::Unauthorized, reason: "account deleted" };
     pub const HELLO_TIMEOUT: Close = Close { code: CloseCode::HelloTimeout, reason: "no hello in time" };
     pub const SLOW_CONSUMER: Close =
         Close { code: CloseCode::SlowConsumer, reason: "slow consumer: outbound queue full" };

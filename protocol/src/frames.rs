@@ -272,6 +272,14 @@ pub enum ServerFrame {
         more: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         members_total: Option<u64>,
+        /// For `join` (retention): the oldest seq the room still stores, 0
+        /// when it stores none (docs/protocol.md, "Retention").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_seq: Option<u64>,
+        /// For `join` with `since`: present (`true`) when messages after
+        /// `since` were removed by retention, so the replay starts at `first_seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        truncated: Option<bool>,
     },
     Ack {
         #[serde(rename = "ref")]
@@ -357,7 +365,16 @@ impl ServerFrame {
 
     /// A plain `ok` (for `auth`, `leave`).
     pub fn ok(req: u64) -> Self {
-        ServerFrame::Ok { req, room: None, seq: None, members: None, more: None, members_total: None }
+        ServerFrame::Ok {
+            req,
+            room: None,
+            seq: None,
+            members: None,
+            more: None,
+            members_total: None,
+            first_seq: None,
+            truncated: None,
+        }
     }
 }
 

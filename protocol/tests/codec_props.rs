@@ -49,6 +49,8 @@ const KNOWN_KEYS: &[&str] = &[
     "code",
     "message",
     "members_total",
+    "first_seq",
+    "truncated",
     "after",
     "users",
     "forget",
@@ -295,15 +297,19 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
             opt_int(),
             prop::option::of(vec(text(), 0..5)),
             prop::option::of(any::<bool>()),
-            opt_int()
+            opt_int(),
+            opt_int(),
+            prop::option::of(any::<bool>())
         )
-            .prop_map(|(req, room, seq, members, more, members_total)| ServerFrame::Ok {
+            .prop_map(|(req, room, seq, members, more, members_total, first_seq, truncated)| ServerFrame::Ok {
                 req,
                 room,
                 seq,
                 members,
                 more,
-                members_total
+                members_total,
+                first_seq,
+                truncated
             }),
         (int(), text(), int(), text(), int()).prop_map(|(req, room, seq, cid, ts)| ServerFrame::Ack {
             req,

@@ -20,7 +20,9 @@ use viche_engine::clock::now_ms;
 use viche_engine::delivery::OutItem;
 use viche_engine::store::embedded::EmbeddedStore;
 use viche_engine::store::mongo::{MongoStore, MongoWriteConcern};
-use viche_engine::store::{Added, Appended, Marker, NewMessage, Store, StoreResult, UserRecord};
+use viche_engine::store::{
+    Added, Appended, Erased, Marker, NewMessage, RoomInfo, Store, StoreResult, StoreStats, Trim, Trimmed, UserRecord,
+};
 use viche_engine::{Engine, EngineConfig, Flow};
 use viche_protocol::limits::Rate;
 use viche_protocol::{decode_server, ClientFrame, Conversation, Encoding, Msg, ServerFrame};
@@ -95,6 +97,27 @@ impl Store for Measured {
     }
     async fn check_ready(&self) -> StoreResult<()> {
         self.inner.check_ready().await
+    }
+    async fn horizon(&self, room: &str) -> StoreResult<u64> {
+        self.inner.horizon(room).await
+    }
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>> {
+        self.inner.rooms_page(after, limit).await
+    }
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+        self.inner.trim_room(room, trim, rows_max).await
+    }
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>> {
+        self.inner.delete_account(user, now_ms).await
+    }
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased> {
+        self.inner.erase_user_messages(user, after, rows_max).await
+    }
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>> {
+        self.inner.deleted_users_since(since_ms).await
+    }
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.inner.stats().await
     }
 }
 

@@ -7,12 +7,18 @@
 //! A read-mostly map rather than an actor: a DM's delivery reads it once per
 //! message, and an actor round trip there would add latency for nothing;
 //! the lock is held only to copy out a few `Arc`s.
+//!
+//! A deleted user is barred: its sessions are closed, and it may open none
+//! until every token issued before the deletion has expired. Barring and
+//! registering take the same lock, so no session can slip in between.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use viche_protocol::Close;
 
 use super::session_handle::{SessionHandle, SessionId};
 use crate::metrics::SESSIONS;
@@ -45,31 +51,35 @@ struct UserEntry {
     share: Arc<UserShare>,
 }
 
-/// The user already has `sessions_max` sessions.
+/// Why a session was not registered.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooManySessions {
-    pub sessions_max: usize,
+pub enum Refused {
+    /// The user already has `sessions_max` sessions.
+    TooManySessions { sessions_max: usize },
+    /// The user's account was deleted.
+    Barred,
 }
 
 #[derive(Default)]
 pub struct Directory {
     users: RwLock<HashMap<Arc<str>, UserEntry>>,
+    /// Deleted users, and until when they are barred (taken after `users`).
+    barred: Mutex<HashMap<String, Instant>>,
 }
 
 impl Directory {
     /// Adds a session, unless its user has `sessions_max` already; returns
     /// the user's share.
-    pub fn register(
-        &self,
-        session: Arc<SessionHandle>,
-        sessions_max: usize,
-    ) -> Result<Arc<UserShare>, TooManySessions> {
+    pub fn register(&self, session: Arc<SessionHandle>, sessions_max: usize) -> Result<Arc<UserShare>, Refused> {
         let mut users = self.users.write();
+        if self.is_barred(&session.user) {
+            return Err(Refused::Barred);
+        }
         let entry = users
             .entry(session.user.clone())
             .or_insert_with(|| UserEntry { sessions: Vec::new(), share: Arc::default() });
         if entry.sessions.len() >= sessions_max {
-            return Err(TooManySessions { sessions_max });
+            return Err(Refused::TooManySessions { sessions_max });
         }
         entry.sessions.push(session);
         SESSIONS.gauge().increment(1.0);
@@ -105,6 +115,37 @@ impl Directory {
     pub fn online_users(&self) -> usize {
         self.users.read().len()
     }
+
+    /// Bars `user` for `for_ms` (the lifetime of the tokens it may hold)
+    /// and asks each of its sessions to close with `close`; returns how
+    /// many it had. Expired bars are forgotten here, so the table holds at
+    /// most the users deleted within one token lifetime.
+    pub fn bar(&self, user: &str, for_ms: u64, close: Close) -> usize {
+        let users = self.users.write();
+        let now = Instant::now();
+        {
+            let mut barred = self.barred.lock();
+            barred.retain(|_, until| *until > now);
+            barred.insert(user.to_owned(), now + Duration::from_millis(for_ms));
+        }
+        let sessions = users.get(user).map(|e| e.sessions.clone()).unwrap_or_default();
+        drop(users);
+        let frame = viche_protocol::ServerFrame::error(None, viche_protocol::ErrorCode::Unauthorized, close.reason);
+        for session in &sessions {
+            let _ = session.send(&frame);
+            session.outbox.close(close, true);
+        }
+        sessions.len()
+    }
+
+    /// What `user`'s sessions hold together, while it has one.
+    pub fn share_of(&self, user: &str) -> Option<Arc<UserShare>> {
+        self.users.read().get(user).map(|e| e.share.clone())
+    }
+
+    pub fn is_barred(&self, user: &str) -> bool {
+        self.barred.lock().get(user).is_some_and(|until| *until > Instant::now())
+    }
 }
 
 #[cfg(test)]
@@ -127,10 +168,22 @@ mod tests {
         let a = d.register(session(1, "ann"), 2).unwrap();
         let b = d.register(session(2, "ann"), 2).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "the sessions of a user share one count");
-        assert_eq!(d.register(session(3, "ann"), 2).err(), Some(TooManySessions { sessions_max: 2 }));
+        assert_eq!(d.register(session(3, "ann"), 2).err(), Some(Refused::TooManySessions { sessions_max: 2 }));
         assert!(d.register(session(4, "bob"), 2).is_ok(), "users are independent");
         d.unregister("ann", 1);
         assert!(d.register(session(5, "ann"), 2).is_ok(), "a closed session frees its place");
+    }
+
+    #[test]
+    fn a_barred_user_has_its_sessions_closed_and_opens_none() {
+        let d = Directory::default();
+        d.register(session(1, "ann"), 4).unwrap();
+        d.register(session(2, "ann"), 4).unwrap();
+        assert_eq!(d.bar("ann", 60_000, Close::UNAUTHORIZED), 2);
+        assert_eq!(d.register(session(3, "ann"), 4).err(), Some(Refused::Barred));
+        assert!(d.register(session(4, "bob"), 4).is_ok(), "others are not barred");
+        assert_eq!(d.bar("cy", 0, Close::UNAUTHORIZED), 0);
+        assert!(!d.is_barred("cy"), "a bar ends");
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod encoded;
 mod outbox;
 mod session_handle;
 
-pub use directory::{Directory, TooManySessions, UserShare};
+pub use directory::{Directory, Refused, UserShare};
 pub use encoded::EncodedFrame;
 pub use outbox::{OutItem, Outbox, PushError};
 pub use session_handle::{SessionHandle, SessionId};

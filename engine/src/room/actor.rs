@@ -209,9 +209,9 @@ impl RoomActorState {
 
     fn apply(&mut self, op: &mut RoomOp) {
         match op {
-            RoomOp::Join { session, req, since, .. } => {
+            RoomOp::Join { session, req, since, horizon, .. } => {
                 failpoint!("room.join");
-                self.join(session, *req, *since);
+                self.join(session, *req, *since, *horizon);
             }
             RoomOp::Leave { session, reply } => self.leave(*session, reply.take()),
             RoomOp::Typing { session, .. } => self.typing(session),
@@ -251,7 +251,7 @@ impl RoomActorState {
         }
     }
 
-    fn join(&mut self, peer: &Arc<SessionHandle>, req: u64, since: Option<u64>) {
+    fn join(&mut self, peer: &Arc<SessionHandle>, req: u64, since: Option<u64>, horizon: u64) {
         let handle = &self.handle;
         let mut state = handle.state.lock();
         state.last_activity = Instant::now();
@@ -271,7 +271,11 @@ impl RoomActorState {
             }
         }
         let last = state.last_published;
-        let missed = since.map_or(0, |s| last.saturating_sub(s));
+        // Retention removed every seq up to the horizon: a replay starts
+        // after it, and says so when it skipped what `since` asked for.
+        let horizon = horizon.min(last);
+        let truncated = since.is_some_and(|s| s < horizon);
+        let missed = since.map_or(0, |s| last.saturating_sub(s.max(horizon)));
         // The first names only: a join's work does not grow with the room.
         let members = state.user_sessions.keys().take(MEMBERS_PAGE_MAX).map(|u| u.to_string()).collect();
         let ok = ServerFrame::Ok {
@@ -281,6 +285,8 @@ impl RoomActorState {
             members: Some(members),
             more: Some(missed > REPLAY_MESSAGES_MAX),
             members_total: Some(state.user_sessions.len() as u64),
+            first_seq: Some(crate::store::first_seq(horizon, last)),
+            truncated: truncated.then_some(true),
         };
         let _ = peer.send(&ok);
         if missed > 0 {

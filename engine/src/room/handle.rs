@@ -41,6 +41,9 @@ pub(crate) enum RoomOp {
         session: Arc<SessionHandle>,
         req: u64,
         since: Option<u64>,
+        /// The room's horizon as the store said before the join
+        /// (retention): seqs up to it are gone.
+        horizon: u64,
         _in_flight: InFlight,
     },
     Leave {
@@ -202,9 +205,10 @@ impl RoomHandle {
         session: Arc<SessionHandle>,
         req: u64,
         since: Option<u64>,
+        horizon: u64,
     ) -> Result<(), HandleClosed> {
         let in_flight = self.begin()?;
-        self.enqueue(RoomOp::Join { session, req, since, _in_flight: in_flight })
+        self.enqueue(RoomOp::Join { session, req, since, horizon, _in_flight: in_flight })
     }
 
     /// Queues a `members` request; false when the room is closed.
@@ -281,14 +285,14 @@ mod tests {
     #[test]
     fn guards_end_their_operation_when_dropped() {
         let handle = Arc::new(RoomHandle::new("lobby".into()).unwrap());
-        handle.join(session(), 1, None).unwrap();
+        handle.join(session(), 1, None, 0).unwrap();
         assert_eq!(handle.state.lock().in_flight, 1, "a queued join keeps the room");
         let taken = std::mem::take(&mut handle.state.lock().ops);
         drop(taken);
         assert_eq!(handle.state.lock().in_flight, 0, "dropping the join ends it");
 
         handle.state.lock().closed = true;
-        assert_eq!(handle.join(session(), 2, None), Err(HandleClosed), "a closed room takes nothing");
+        assert_eq!(handle.join(session(), 2, None, 0), Err(HandleClosed), "a closed room takes nothing");
         assert_eq!(handle.state.lock().in_flight, 0);
         assert!(!handle.typing(session()));
         assert_eq!(handle.typing_queued.load(Ordering::Acquire), 0);

@@ -200,9 +200,17 @@ impl Session {
             Self::take(&mut self.replay_bucket, config.replay_rate, self.started, "replay")?;
         }
         self.add_conversation(&room).await?;
+        // Retention: where the room's stored messages begin (ok.first_seq).
+        let horizon = match self.services.store.horizon(&room).await {
+            Ok(horizon) => horizon,
+            Err(e) => {
+                tracing::warn!(error = %e, room, "reading a room's horizon failed");
+                return refuse(ErrorCode::Overloaded, "the room cannot be read right now; retry");
+            }
+        };
         let config = &self.services.config;
         let stale = match self.joined.get(room.as_str()) {
-            Some(handle) if handle.join(self.handle.clone(), req, since).is_ok() => return Ok(()),
+            Some(handle) if handle.join(self.handle.clone(), req, since, horizon).is_ok() => return Ok(()),
             // The room stopped meanwhile: a fresh one takes its place.
             Some(_) => true,
             None if self.joined.len() >= config.session_rooms_max => {
@@ -228,7 +236,7 @@ impl Session {
                     return Err(refusal);
                 }
             };
-            if handle.join(self.handle.clone(), req, since).is_ok() {
+            if handle.join(self.handle.clone(), req, since, horizon).is_ok() {
                 self.joined.insert(handle.name.clone(), handle);
                 return Ok(());
             }

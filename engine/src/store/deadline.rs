@@ -5,13 +5,18 @@
 //! a disk that stalls). The engine wraps whichever store it was given.
 
 use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use viche_protocol::{Conversation, Msg};
 
-use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{
+    Added, Appended, BackupReport, Erased, Marker, NewMessage, RoomInfo, Store, StoreError, StoreResult, StoreStats,
+    Trim, Trimmed, UserRecord,
+};
 
 pub(crate) struct DeadlineStore {
     inner: Arc<dyn Store>,
@@ -81,5 +86,39 @@ impl Store for DeadlineStore {
 
     async fn check_ready(&self) -> StoreResult<()> {
         self.within("check_ready", self.inner.check_ready()).await
+    }
+
+    async fn horizon(&self, room: &str) -> StoreResult<u64> {
+        self.within("horizon", self.inner.horizon(room)).await
+    }
+
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>> {
+        self.within("rooms_page", self.inner.rooms_page(after, limit)).await
+    }
+
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+        self.within("trim_room", self.inner.trim_room(room, trim, rows_max)).await
+    }
+
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>> {
+        self.within("delete_account", self.inner.delete_account(user, now_ms)).await
+    }
+
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased> {
+        self.within("erase_user_messages", self.inner.erase_user_messages(user, after, rows_max)).await
+    }
+
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>> {
+        self.within("deleted_users_since", self.inner.deleted_users_since(since_ms)).await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.within("stats", self.inner.stats()).await
+    }
+
+    /// Not within the store's deadline: a backup takes as long as the
+    /// database is large; the engine bounds it (and cancels it) itself.
+    async fn backup(&self, dir: &Path, cancel: Arc<AtomicBool>) -> StoreResult<BackupReport> {
+        self.inner.backup(dir, cancel).await
     }
 }

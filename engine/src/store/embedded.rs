@@ -1,26 +1,34 @@
 //! The embedded store: lets Viche run on a fresh machine with nothing else
 //! installed. Backed by redb: a pure-Rust, maintained, single-file ACID
 //! B-tree that fsyncs on every commit, so an acknowledged write is durable.
+//!
+//! redb locks its file: a second process cannot open (or corrupt) a
+//! database in use; a consistent copy of a running one is taken through the
+//! admin API (`backup`: one read snapshot copied into a new file in chunks).
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use parking_lot::RwLock;
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use viche_protocol::Msg;
 
 use viche_protocol::validate::{parse_room, RoomKind};
 use viche_protocol::Conversation;
 
 use super::events::{self, Row, Verdict};
-use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{
+    Added, Appended, BackupReport, Erased, Marker, NewMessage, RoomInfo, Store, StoreError, StoreResult, StoreStats,
+    Trim, Trimmed, UserRecord,
+};
 use crate::metrics::STORE_REOPENS;
 
-/// The database file inside the data directory.
-const FILE_NAME: &str = "viche.redb";
+/// The database file inside the data directory (and inside a backup).
+pub const FILE_NAME: &str = "viche.redb";
 
 /// (room, seq) → the row ([`Row`], MessagePack with field names).
 const MESSAGES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("messages_v2");
@@ -36,6 +44,17 @@ const USERS: TableDefinition<'static, &str, (&str, u64)> = TableDefinition::new(
 /// (user, room) → (read_seq, hidden_upto): the user's conversations. A DM
 /// the user forgot stays hidden while its last seq is `<= hidden_upto`.
 const CONVERSATIONS: TableDefinition<'static, (&str, &str), (u64, u64)> = TableDefinition::new("conversations");
+/// room → (horizon, horizon_ts): every seq up to `horizon` was removed
+/// (retention, a purge); `horizon_ts` is when the newest of them was stored
+/// (a conversation whose messages all went still sorts by it).
+const HORIZONS: TableDefinition<'static, &str, (u64, u64)> = TableDefinition::new("room_horizons");
+/// (room, target, seq) → (): the events naming each message, so that
+/// removing a message finds the events to erase with it.
+const EVENT_TARGETS: TableDefinition<'static, (&str, u64, u64), ()> = TableDefinition::new("event_targets");
+/// username → when the account was deleted (ms); the name stays taken.
+const DELETED_USERS: TableDefinition<'static, &str, u64> = TableDefinition::new("deleted_users");
+/// Rows one backup transaction copies; each chunk is its own small commit.
+const BACKUP_CHUNK_ROWS: usize = 10_000;
 /// Bookkeeping; `check_ready` writes a probe counter here.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const READY_PROBES_KEY: &str = "ready_probes";
@@ -81,6 +100,7 @@ impl EmbeddedStore {
             txn.list_tables().context("embedded store: listing tables")?.map(|t| t.name().to_owned()).collect();
         let has = |name: &str| tables.iter().any(|t| t == name);
         let (had_v1_messages, had_conversations) = (has(MESSAGES_V1.name()), has(CONVERSATIONS.name()));
+        let had_event_targets = has(EVENT_TARGETS.name());
         {
             txn.open_table(MESSAGES).context("embedded store: creating table messages_v2")?;
             txn.open_table(ROOM_LAST_SEQ).context("embedded store: creating table room_last_seq")?;
@@ -88,12 +108,18 @@ impl EmbeddedStore {
             txn.open_table(USERS).context("embedded store: creating table users")?;
             txn.open_table(CONVERSATIONS).context("embedded store: creating table conversations")?;
             txn.open_table(META).context("embedded store: creating table meta")?;
+            txn.open_table(HORIZONS).context("embedded store: creating table room_horizons")?;
+            txn.open_table(EVENT_TARGETS).context("embedded store: creating table event_targets")?;
+            txn.open_table(DELETED_USERS).context("embedded store: creating table deleted_users")?;
         }
         if had_v1_messages {
             migrate_v1_messages(&txn).context("embedded store: moving messages to the 1.1 format")?;
         }
         if !had_conversations {
             add_stored_dms(&txn).context("embedded store: adding stored DMs to their users' conversations")?;
+        }
+        if !had_event_targets {
+            index_events(&txn).context("embedded store: indexing the events of each message")?;
         }
         txn.commit().context("embedded store: committing the setup transaction")?;
 
@@ -192,6 +218,21 @@ fn add_stored_dms(txn: &redb::WriteTransaction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Before retention nothing indexed events by target: every stored event
+/// is indexed once.
+fn index_events(txn: &redb::WriteTransaction) -> anyhow::Result<()> {
+    let messages = txn.open_table(MESSAGES)?;
+    let mut targets = txn.open_table(EVENT_TARGETS)?;
+    for row in messages.iter()? {
+        let (key, value) = row?;
+        let (room, seq) = key.value();
+        if let Some(target) = decode("index_events", room, seq, value.value())?.target {
+            targets.insert((room, target, seq), ())?;
+        }
+    }
+    Ok(())
+}
+
 fn encode(row: &Row) -> StoreResult<Vec<u8>> {
     rmp_serde::to_vec_named(row).map_err(|e| StoreError::Corrupt(format!("encoding a row: {e}")))
 }
@@ -229,6 +270,7 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
     let mut last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
     let mut cids = txn.open_table(CIDS).map_err(redb_err(OP))?;
     let mut conversations = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+    let mut targets = txn.open_table(EVENT_TARGETS).map_err(redb_err(OP))?;
 
     let mut outcomes = Vec::with_capacity(batch.len());
     for m in batch {
@@ -275,6 +317,9 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
         cids.insert((&*m.from, m.cid.as_str()), (&*m.room, seq)).map_err(redb_err(OP))?;
 
         // The event's effect on its target, in the same commit.
+        if let (Some(_), Some(target_seq)) = (m.event.kind(), m.event.names()) {
+            targets.insert((&*m.room, target_seq, seq), ()).map_err(redb_err(OP))?;
+        }
         if let (Some(_), Some(mut target), Some(target_seq)) = (m.event.kind(), named, m.event.names()) {
             for edit_seq in events::apply(&mut target, m, seq) {
                 if let Some(mut edit) = read_row(&messages, OP, &m.room, edit_seq)? {
@@ -302,6 +347,109 @@ fn append_in(txn: &redb::WriteTransaction, batch: &[NewMessage]) -> StoreResult<
         outcomes.push(Appended::Stored(row.to_msg(&m.room, seq)));
     }
     Ok(outcomes)
+}
+
+/// One bounded trim of `room` inside an open write transaction (see
+/// `Store::trim_room`).
+fn trim_in(txn: &redb::WriteTransaction, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+    const OP: &str = "trim_room";
+    let mut messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
+    let mut cids = txn.open_table(CIDS).map_err(redb_err(OP))?;
+    let mut horizons = txn.open_table(HORIZONS).map_err(redb_err(OP))?;
+    let mut targets = txn.open_table(EVENT_TARGETS).map_err(redb_err(OP))?;
+    let (old_horizon, old_ts) = horizons.get(room).map_err(redb_err(OP))?.map_or((0, 0), |g| g.value());
+
+    // The oldest rows the rule removes, at most `rows_max`, then the first kept.
+    let mut removed: Vec<(u64, String, String, u64)> = Vec::new();
+    let (mut first_ts, mut done) = (None, true);
+    for row in messages.range((room, old_horizon.saturating_add(1))..=(room, u64::MAX)).map_err(redb_err(OP))? {
+        let (key, value) = row.map_err(redb_err(OP))?;
+        let seq = key.value().1;
+        let row = decode(OP, room, seq, value.value())?;
+        let goes = seq <= trim.seq_upto || trim.ts_before.is_some_and(|before| row.ts < before);
+        if goes && removed.len() < rows_max {
+            removed.push((seq, row.from, row.cid, row.ts));
+            continue;
+        }
+        first_ts = Some(row.ts);
+        done = !goes;
+        break;
+    }
+    let Some(&(horizon, _, _, horizon_ts)) = removed.last() else {
+        return Ok(Trimmed { removed: 0, horizon: old_horizon, first_ts, done: true });
+    };
+    for (seq, from, cid, _) in &removed {
+        messages.remove((room, *seq)).map_err(redb_err(OP))?;
+        let points_here =
+            cids.get((from.as_str(), cid.as_str())).map_err(redb_err(OP))?.is_some_and(|g| g.value() == (room, *seq));
+        if points_here {
+            cids.remove((from.as_str(), cid.as_str())).map_err(redb_err(OP))?;
+        }
+    }
+    // Events that named a removed message: gone with it, or (above the
+    // horizon) erased in place.
+    let mut named: Vec<(u64, u64)> = Vec::new();
+    for row in
+        targets.range((room, old_horizon.saturating_add(1), 0)..=(room, horizon, u64::MAX)).map_err(redb_err(OP))?
+    {
+        let (key, _) = row.map_err(redb_err(OP))?;
+        let (_, target, seq) = key.value();
+        named.push((target, seq));
+    }
+    for (target, seq) in named {
+        targets.remove((room, target, seq)).map_err(redb_err(OP))?;
+        if seq > horizon {
+            if let Some(mut event) = read_row(&messages, OP, room, seq)? {
+                if event.erase() {
+                    write_row(&mut messages, OP, room, seq, &event)?;
+                }
+            }
+        }
+    }
+    horizons.insert(room, (horizon, horizon_ts.max(old_ts))).map_err(redb_err(OP))?;
+    Ok(Trimmed { removed: removed.len() as u64, horizon, first_ts, done })
+}
+
+/// Copies one table of `snapshot` into `copy`, [`BACKUP_CHUNK_ROWS`] rows per
+/// commit, checking `cancel` between chunks.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    snapshot: &redb::ReadTransaction,
+    copy: &Database,
+    table: TableDefinition<'static, K, V>,
+    cancel: &AtomicBool,
+    path: &Path,
+) -> StoreResult<u64> {
+    const OP: &str = "backup";
+    let fail = |e: &dyn std::fmt::Display| {
+        StoreError::Unavailable(format!("{OP}: copying table {} into {}: {e}", table.name(), path.display()))
+    };
+    let source = snapshot.open_table(table).map_err(redb_err(OP))?;
+    let mut rows = source.iter().map_err(redb_err(OP))?;
+    let mut copied = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(format!("{OP}: cancelled")));
+        }
+        let mut txn = copy.begin_write().map_err(|e| fail(&e))?;
+        txn.set_durability(Durability::None);
+        let mut finished = false;
+        {
+            let mut target = txn.open_table(table).map_err(|e| fail(&e))?;
+            for _ in 0..BACKUP_CHUNK_ROWS {
+                let Some(row) = rows.next() else {
+                    finished = true;
+                    break;
+                };
+                let (key, value) = row.map_err(redb_err(OP))?;
+                target.insert(key.value(), value.value()).map_err(|e| fail(&e))?;
+                copied += 1;
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))?;
+        if finished {
+            return Ok(copied);
+        }
+    }
 }
 
 /// A user's conversation rows: (room, read_seq, hidden_upto).
@@ -513,6 +661,7 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
             let last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
             let messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
+            let horizons = txn.open_table(HORIZONS).map_err(redb_err(OP))?;
             let mut all = Vec::new();
             for (room, read_seq, hidden_upto) in user_rows(&table, OP, &user)? {
                 let last_seq = last_seqs.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value());
@@ -523,7 +672,14 @@ impl Store for EmbeddedStore {
                     0 => None,
                     seq => read_row(&messages, OP, &room, seq)?.map(|row| row.to_msg(&room, seq)),
                 };
-                let last_ts = last.as_ref().map_or(0, |m| m.ts);
+                // Its messages all removed by retention: as of the newest.
+                let removed_ts = || -> StoreResult<u64> {
+                    Ok(horizons.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value().1))
+                };
+                let last_ts = match &last {
+                    Some(m) => m.ts,
+                    None => removed_ts()?,
+                };
                 all.push(super::conversation(&user, &room, (last_seq, last_ts), last, read_seq));
             }
             Ok(super::page_conversations(all, before, limit))
@@ -538,7 +694,10 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(redb_err(OP))?;
             {
                 let mut users = txn.open_table(USERS).map_err(redb_err(OP))?;
-                if users.get(user.username.as_str()).map_err(redb_err(OP))?.is_some() {
+                let deleted = txn.open_table(DELETED_USERS).map_err(redb_err(OP))?;
+                if users.get(user.username.as_str()).map_err(redb_err(OP))?.is_some()
+                    || deleted.get(user.username.as_str()).map_err(redb_err(OP))?.is_some()
+                {
                     // Dropping the transaction uncommitted changes nothing.
                     return Ok(false);
                 }
@@ -578,6 +737,215 @@ impl Store for EmbeddedStore {
             }
             txn.commit().map_err(redb_err(OP))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn horizon(&self, room: &str) -> StoreResult<u64> {
+        const OP: &str = "horizon";
+        let room = room.to_owned();
+        self.blocking(OP, move |db| {
+            let txn = db.begin_read().map_err(redb_err(OP))?;
+            let horizons = txn.open_table(HORIZONS).map_err(redb_err(OP))?;
+            let horizon = horizons.get(room.as_str()).map_err(redb_err(OP))?.map_or(0, |g| g.value().0);
+            Ok(horizon)
+        })
+        .await
+    }
+
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>> {
+        const OP: &str = "rooms_page";
+        let after = after.map(str::to_owned);
+        self.blocking(OP, move |db| {
+            let txn = db.begin_read().map_err(redb_err(OP))?;
+            let last_seqs = txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?;
+            let horizons = txn.open_table(HORIZONS).map_err(redb_err(OP))?;
+            let messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
+            let start = match after.as_deref() {
+                Some(after) => Bound::Excluded(after),
+                None => Bound::Unbounded,
+            };
+            let mut page = Vec::with_capacity(limit.min(1024));
+            for row in last_seqs.range::<&str>((start, Bound::Unbounded)).map_err(redb_err(OP))?.take(limit) {
+                let (room, last) = row.map_err(redb_err(OP))?;
+                let (room, last_seq) = (room.value(), last.value());
+                let horizon = horizons.get(room).map_err(redb_err(OP))?.map_or(0, |g| g.value().0);
+                let first =
+                    messages.range((room, horizon.saturating_add(1))..=(room, u64::MAX)).map_err(redb_err(OP))?.next();
+                let first_ts = match first {
+                    Some(row) => {
+                        let (key, value) = row.map_err(redb_err(OP))?;
+                        Some(decode(OP, room, key.value().1, value.value())?.ts)
+                    }
+                    None => None,
+                };
+                page.push(RoomInfo { room: room.to_owned(), last_seq, horizon, first_ts });
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+        const OP: &str = "trim_room";
+        let room = room.to_owned();
+        self.blocking(OP, move |db| {
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            let trimmed = trim_in(&txn, &room, trim, rows_max)?;
+            if trimmed.removed > 0 {
+                txn.commit().map_err(redb_err(OP))?;
+            }
+            Ok(trimmed)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>> {
+        const OP: &str = "delete_account";
+        let user = user.to_owned();
+        self.blocking(OP, move |db| {
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            let outcome = {
+                let mut users = txn.open_table(USERS).map_err(redb_err(OP))?;
+                let mut deleted = txn.open_table(DELETED_USERS).map_err(redb_err(OP))?;
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(redb_err(OP))?;
+                let existed = users.remove(user.as_str()).map_err(redb_err(OP))?.is_some();
+                let before = deleted.get(user.as_str()).map_err(redb_err(OP))?.is_some();
+                if existed && !before {
+                    deleted.insert(user.as_str(), now_ms).map_err(redb_err(OP))?;
+                }
+                for (room, _, _) in user_rows(&conversations, OP, &user)? {
+                    conversations.remove((user.as_str(), room.as_str())).map_err(redb_err(OP))?;
+                }
+                match (existed, before) {
+                    (false, false) => None,
+                    (_, before) => Some(before),
+                }
+            };
+            txn.commit().map_err(redb_err(OP))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased> {
+        const OP: &str = "erase_user_messages";
+        let (user, after) = (user.to_owned(), after.map(str::to_owned));
+        self.blocking(OP, move |db| {
+            let txn = db.begin_write().map_err(redb_err(OP))?;
+            let erased = {
+                let cids = txn.open_table(CIDS).map_err(redb_err(OP))?;
+                let mut messages = txn.open_table(MESSAGES).map_err(redb_err(OP))?;
+                let start = match after.as_deref() {
+                    Some(cid) => Bound::Excluded((user.as_str(), cid)),
+                    None => Bound::Included((user.as_str(), "")),
+                };
+                let mut rows: Vec<(String, String, u64)> = Vec::new();
+                for row in cids.range::<(&str, &str)>((start, Bound::Unbounded)).map_err(redb_err(OP))? {
+                    let (key, value) = row.map_err(redb_err(OP))?;
+                    let (owner, cid) = key.value();
+                    if owner != user || rows.len() == rows_max {
+                        break;
+                    }
+                    let (room, seq) = value.value();
+                    rows.push((cid.to_owned(), room.to_owned(), seq));
+                }
+                let mut erased = 0;
+                for (_, room, seq) in &rows {
+                    let Some(mut row) = read_row(&messages, OP, room, *seq)? else { continue };
+                    if let (Some(viche_protocol::MsgKind::Reaction), Some(target)) = (row.kind, row.target) {
+                        if let Some(mut target_row) = read_row(&messages, OP, room, target)? {
+                            let before = target_row.reactions.len();
+                            target_row.reactions.retain(|r| r.user != user);
+                            if target_row.reactions.len() != before {
+                                write_row(&mut messages, OP, room, target, &target_row)?;
+                            }
+                        }
+                    }
+                    if row.erase() {
+                        write_row(&mut messages, OP, room, *seq, &row)?;
+                        erased += 1;
+                    }
+                }
+                let next = if rows.len() == rows_max { rows.last().map(|(cid, _, _)| cid.clone()) } else { None };
+                Erased { erased, next }
+            };
+            txn.commit().map_err(redb_err(OP))?;
+            Ok(erased)
+        })
+        .await
+    }
+
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>> {
+        const OP: &str = "deleted_users_since";
+        self.blocking(OP, move |db| {
+            let txn = db.begin_read().map_err(redb_err(OP))?;
+            let deleted = txn.open_table(DELETED_USERS).map_err(redb_err(OP))?;
+            let mut users = Vec::new();
+            for row in deleted.iter().map_err(redb_err(OP))? {
+                let (user, at) = row.map_err(redb_err(OP))?;
+                if at.value() >= since_ms {
+                    users.push(user.value().to_owned());
+                }
+            }
+            Ok(users)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        const OP: &str = "stats";
+        let path = self.inner.path.clone();
+        self.blocking(OP, move |db| {
+            let txn = db.begin_read().map_err(redb_err(OP))?;
+            let len = |name: &str, n: Result<u64, redb::StorageError>| {
+                n.map_err(|e| StoreError::Unavailable(format!("{OP}: counting {name}: {e}")))
+            };
+            let users = len("users", txn.open_table(USERS).map_err(redb_err(OP))?.len())?;
+            let rooms = len("rooms", txn.open_table(ROOM_LAST_SEQ).map_err(redb_err(OP))?.len())?;
+            let messages = len("messages", txn.open_table(MESSAGES).map_err(redb_err(OP))?.len())?;
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| StoreError::Unavailable(format!("{OP}: the size of {}: {e}", path.display())))?
+                .len();
+            Ok(StoreStats { users, rooms, messages, bytes })
+        })
+        .await
+    }
+
+    async fn backup(&self, dir: &Path, cancel: Arc<AtomicBool>) -> StoreResult<BackupReport> {
+        const OP: &str = "backup";
+        let path = dir.join(FILE_NAME);
+        self.blocking(OP, move |db| {
+            // Errors here are the copy's, never the live database's: they
+            // are `Unavailable`, so the live file is not reopened for them.
+            let fail = |what: &str, e: &dyn std::fmt::Display| {
+                StoreError::Unavailable(format!("{OP}: {what} {}: {e}", path.display()))
+            };
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| fail("creating", &e))?;
+            let copy = redb::Builder::new().create_file(file).map_err(|e| fail("opening", &e))?;
+            // One snapshot: everything committed before this, nothing after.
+            let snapshot = db.begin_read().map_err(redb_err(OP))?;
+            let mut rows = 0;
+            rows += copy_table(&snapshot, &copy, MESSAGES, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, ROOM_LAST_SEQ, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, CIDS, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, USERS, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, CONVERSATIONS, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, META, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, HORIZONS, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, EVENT_TARGETS, &cancel, &path)?;
+            rows += copy_table(&snapshot, &copy, DELETED_USERS, &cancel, &path)?;
+            // The chunks were committed without fsync; this one makes them durable.
+            let txn = copy.begin_write().map_err(|e| fail("finishing", &e))?;
+            txn.commit().map_err(|e| fail("finishing", &e))?;
+            drop(copy);
+            let bytes = std::fs::metadata(&path).map_err(|e| fail("measuring", &e))?.len();
+            Ok(BackupReport { rows, bytes })
         })
         .await
     }

@@ -174,6 +174,24 @@ impl Row {
         })
     }
 
+    /// Erases the row in place (a deleted user's message or event, or an
+    /// event whose target retention removed): empty body, `deleted`, no
+    /// reactions, no emoji. Its seq, author and kind stay, so seqs stay
+    /// dense. False when it was erased already.
+    pub fn erase(&mut self) -> bool {
+        let erased = self.body.is_empty()
+            && self.deleted
+            && self.reactions.is_empty()
+            && self.emoji.is_none()
+            && self.on.is_none();
+        self.body.clear();
+        self.deleted = true;
+        self.reactions.clear();
+        self.emoji = None;
+        self.on = None;
+        !erased
+    }
+
     fn is_live_message(&self) -> bool {
         self.kind.is_none() && !self.deleted
     }

@@ -3,12 +3,17 @@
 //! engine wraps whichever store it was given, so both implementations are
 //! exercised the same way.
 
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use viche_protocol::{Conversation, Msg};
 
-use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{
+    Added, Appended, BackupReport, Erased, Marker, NewMessage, RoomInfo, Store, StoreError, StoreResult, StoreStats,
+    Trim, Trimmed, UserRecord,
+};
 use crate::faults;
 
 pub(crate) struct FailpointStore(pub Arc<dyn Store>);
@@ -92,5 +97,40 @@ impl Store for FailpointStore {
 
     async fn check_ready(&self) -> StoreResult<()> {
         self.0.check_ready().await
+    }
+
+    async fn horizon(&self, room: &str) -> StoreResult<u64> {
+        self.0.horizon(room).await
+    }
+
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>> {
+        self.0.rooms_page(after, limit).await
+    }
+
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+        if faults::eval("store.trim").await.is_some() {
+            return Err(injected("store.trim"));
+        }
+        self.0.trim_room(room, trim, rows_max).await
+    }
+
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>> {
+        self.0.delete_account(user, now_ms).await
+    }
+
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased> {
+        self.0.erase_user_messages(user, after, rows_max).await
+    }
+
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>> {
+        self.0.deleted_users_since(since_ms).await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.0.stats().await
+    }
+
+    async fn backup(&self, dir: &Path, cancel: Arc<AtomicBool>) -> StoreResult<BackupReport> {
+        self.0.backup(dir, cancel).await
     }
 }

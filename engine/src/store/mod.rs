@@ -9,6 +9,12 @@
 //! and sequenced events (edits, deletions, reactions) whose effect on their
 //! target is part of the commit that stores them (`events.rs`: the rules,
 //! written once for both stores).
+//!
+//! Operating a store for months (docs/operations.md, "Retention", "Deleting
+//! a user", "Backup and restore") adds: each room's horizon (its oldest
+//! messages removed in bounded batches, seqs never reused), a user's
+//! account deleted and messages erased in place, counts for the admin API,
+//! and (embedded store only) an online backup.
 
 pub(crate) mod deadline;
 pub mod embedded;
@@ -17,6 +23,8 @@ pub mod events;
 pub(crate) mod failpoints;
 pub mod mongo;
 
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -88,9 +96,86 @@ pub enum StoreError {
     /// No answer within the deadline (`--store-timeout-ms`).
     #[error("store timeout: {0}")]
     Timeout(String),
+    /// This store does not do that (a backup of MongoDB: use mongodump).
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What retention removes from the bottom of a room: every message from
+/// the oldest on while its seq is at most `seq_upto` or it is older than
+/// `ts_before` (ms since the epoch); the first message that is neither
+/// stops it, so what stays is dense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trim {
+    pub seq_upto: u64,
+    pub ts_before: Option<u64>,
+}
+
+/// What one bounded `trim_room` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Messages (and events) removed by this call.
+    pub removed: u64,
+    /// The room's horizon now: every seq up to it is removed.
+    pub horizon: u64,
+    /// When the oldest message still stored was stored (none left: `None`).
+    pub first_ts: Option<u64>,
+    /// Nothing more to remove under this `Trim`; else call again.
+    pub done: bool,
+}
+
+/// One room with stored messages, as retention walks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room: String,
+    pub last_seq: u64,
+    /// Every seq up to this one was removed (0: none).
+    pub horizon: u64,
+    /// When its oldest stored message was stored; `None` when it has none
+    /// (or, on MongoDB, when not known yet).
+    pub first_ts: Option<u64>,
+}
+
+/// The first seq still stored of a room with this horizon and last seq
+/// (0 when none is).
+pub fn first_seq(horizon: u64, last_seq: u64) -> u64 {
+    if horizon < last_seq {
+        horizon + 1
+    } else {
+        0
+    }
+}
+
+/// What one bounded `erase_user_messages` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// Rows erased now (already erased ones are not counted).
+    pub erased: u64,
+    /// Where the next call starts (the last cid seen), `None` when done.
+    pub next: Option<String>,
+}
+
+/// What the store holds, for the admin API and the size gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Accounts (deleted ones not counted).
+    pub users: u64,
+    /// Rooms with a stored message (or one removed since).
+    pub rooms: u64,
+    /// Stored messages and events.
+    pub messages: u64,
+    /// The database's size on disk.
+    pub bytes: u64,
+}
+
+/// What an online backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub rows: u64,
+    pub bytes: u64,
+}
 
 /// The conversation entry of `room` for `user`, from what a store keeps
 /// (`last` may be filled in later: a store pages before reading it).
@@ -184,4 +269,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// Readiness: the store is reachable and a write succeeds.
     async fn check_ready(&self) -> StoreResult<()>;
+
+    /// The room's horizon: every seq up to it was removed (retention, a
+    /// purge); 0 when none was. Seqs are never reused: `last_seq` stays.
+    async fn horizon(&self, room: &str) -> StoreResult<u64>;
+
+    /// Rooms with stored messages, in name order, after `after`, at most `limit`.
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>>;
+
+    /// Removes at most `rows_max` of the room's oldest messages under
+    /// `trim` and moves its horizon past them, in one bounded commit. An
+    /// event above the new horizon whose target was removed is erased in
+    /// place (its seq stays, so what stays is dense); the removed
+    /// messages' cids are free again.
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed>;
+
+    /// Deletes `user`'s account (the name stays taken, so nobody can pose
+    /// as the author of the erased messages) and the user's conversations
+    /// and read markers. `None` when no such user was ever registered;
+    /// `Some(true)` when it was deleted before (nothing changed).
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>>;
+
+    /// Erases in place at most `rows_max` of `user`'s messages and events,
+    /// by cid order after `after`: empty body, `deleted`, no reactions; the
+    /// user's reactions leave their targets. No seq is used.
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased>;
+
+    /// Accounts deleted at or after `since_ms` (their tokens are refused).
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>>;
+
+    async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// Copies a consistent snapshot of everything into a new database in
+    /// the empty directory `dir`, in bounded chunks, while writes go on;
+    /// stops when `cancel` is set. Only the embedded store does this.
+    async fn backup(&self, dir: &Path, cancel: Arc<AtomicBool>) -> StoreResult<BackupReport> {
+        let _ = (dir, cancel);
+        Err(StoreError::Unsupported(
+            "back up MongoDB with mongodump (docs/operations.md, \"Backup and restore\")".into(),
+        ))
+    }
 }

@@ -22,7 +22,7 @@
 //! 3. one ordered `insert_many` under the write concern (with `wtimeout`
 //!    when `majority`). Ordered: if it stops at a failure, what was
 //!    inserted is a prefix of the batch, hence a prefix of every room's new
-//!    seqs. Nothing is ever deleted.
+//!    seqs. Only retention and purges delete (below).
 //!
 //! A process that dies between any two of these calls leaves each room's
 //! stored seqs dense: the only write is the insert, and its stored part is
@@ -45,6 +45,16 @@
 //! and the read markers (`conversations`), and the user's own newest
 //! message in a room (index `(room, from, seq)`), which is the marker a
 //! send moves.
+//!
+//! Retention and purges remove a room's oldest messages: the room's doc
+//! gets its `horizon` first (`$max`), then the messages up to it are
+//! deleted, then the events above it that named them are erased in place
+//! (index `(room, target)`). A room's last seq is the largest of its
+//! newest message, its doc's `last_seq` and its `horizon`, so a room whose
+//! messages are all gone never numbers from 1 again. The doc's `first_ts`
+//! (the oldest stored message's time, `$min` on each batch) lets retention
+//! by age skip rooms with nothing to remove. A deleted account keeps its
+//! document (`deleted_ms`, no password), so the name stays taken.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -63,7 +73,10 @@ use viche_protocol::validate::{parse_room, RoomKind};
 use viche_protocol::{Conversation, Msg, MsgKind};
 
 use super::events::{self, Reaction, Row, Verdict};
-use super::{Added, Appended, Marker, NewMessage, Store, StoreError, StoreResult, UserRecord};
+use super::{
+    Added, Appended, Erased, Marker, NewMessage, RoomInfo, Store, StoreError, StoreResult, StoreStats, Trim, Trimmed,
+    UserRecord,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MessageDoc {
@@ -218,6 +231,12 @@ struct RoomDoc {
     last_seq: i64,
     #[serde(default)]
     last_ts: i64,
+    /// Every seq up to this one was removed (retention, a purge).
+    #[serde(default)]
+    horizon: i64,
+    /// When the oldest stored message was stored (absent: none, or not known).
+    #[serde(default)]
+    first_ts: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +244,9 @@ struct UserDoc {
     username: String,
     password_hash: String,
     created_ms: i64,
+    /// Set when the account was deleted (its password hash is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleted_ms: Option<i64>,
 }
 
 /// How the operator wants writes acknowledged (`--mongo-write-concern`).
@@ -275,6 +297,8 @@ const DEDUPE_QUERY_IDS_MAX: usize = 1024;
 /// Last-seq reads in flight at once for one batch's uncached rooms.
 const LAST_SEQ_READS_CONCURRENT_MAX: usize = 32;
 const DUPLICATE_KEY: i32 = 11000;
+/// Reads of a reaction's target while removing a deleted user's reaction.
+const REACTION_REMOVAL_TRIES_MAX: usize = 3;
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -306,6 +330,14 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         &*e.kind,
         mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY
     )
+}
+
+/// Erases a row in place (see `Row::erase`).
+fn erase_update() -> Document {
+    doc! {
+        "$set": { "body": "", "deleted": true, "reactions": [] },
+        "$unset": { "emoji": "", "on": "" },
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -387,6 +419,10 @@ impl MongoStore {
             .create_index(plain(doc! { "user": 1 }, "user"))
             .await
             .map_err(|e| anyhow::anyhow!("creating conversations user index: {e}"))?;
+        self.messages
+            .create_index(plain(doc! { "room": 1, "target": 1 }, "room_target"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating messages (room, target) index: {e}"))?;
         Ok(())
     }
 
@@ -421,6 +457,41 @@ impl MongoStore {
         if migrated > 0 {
             tracing::info!(migrated, "MongoDB: rooms migrated to protocol 1.1");
         }
+        // Rooms stored before retention get the time of their oldest message, once.
+        let meta = self.db.collection::<Document>("meta");
+        let marker = doc! { "_id": "rooms_first_ts" };
+        if meta.find_one(marker.clone()).await.map_err(|e| anyhow::anyhow!("reading meta: {e}"))?.is_some() {
+            return Ok(());
+        }
+        let mut old = self
+            .rooms
+            .clone_with_type::<RoomDoc>()
+            .find(doc! { "first_ts": { "$exists": false }, "last_seq": { "$gt": 0_i64 } })
+            .await
+            .map_err(|e| anyhow::anyhow!("finding rooms to migrate: {e}"))?;
+        let mut migrated = 0u64;
+        while let Some(room) = old.try_next().await.map_err(|e| anyhow::anyhow!("reading rooms to migrate: {e}"))? {
+            let first = self
+                .messages
+                .find_one(doc! { "room": &room.id, "seq": { "$gt": room.horizon } })
+                .sort(doc! { "seq": 1 })
+                .await
+                .map_err(|e| anyhow::anyhow!("reading room {}'s first message: {e}", room.id))?;
+            if let Some(first) = first {
+                self.rooms
+                    .update_one(doc! { "_id": &room.id }, doc! { "$min": { "first_ts": first.ts } })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("migrating room {}: {e}", room.id))?;
+                migrated += 1;
+            }
+        }
+        if migrated > 0 {
+            tracing::info!(migrated, "MongoDB: rooms given the time of their oldest message");
+        }
+        meta.update_one(marker, doc! { "$set": { "done": true } })
+            .upsert(true)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing meta: {e}"))?;
         Ok(())
     }
 
@@ -433,14 +504,19 @@ impl MongoStore {
             .map_err(|e| unavailable("listing indexes", e))
     }
 
+    /// The newest stored message's seq, or the room doc's `last_seq` or
+    /// `horizon` when larger (its newest messages were removed).
     async fn stored_last_seq(&self, room: &str) -> StoreResult<u64> {
-        let last = self
-            .messages
-            .find_one(doc! { "room": room })
-            .sort(doc! { "seq": -1 })
-            .await
-            .map_err(|e| unavailable("reading a room's last seq", e))?;
-        Ok(last.map_or(0, |d| d.seq.max(0) as u64))
+        let newest = async {
+            self.messages
+                .find_one(doc! { "room": room })
+                .sort(doc! { "seq": -1 })
+                .await
+                .map_err(|e| unavailable("reading a room's last seq", e))
+        };
+        let (last, room_doc) = futures_util::try_join!(newest, self.room_doc(room))?;
+        let newest = last.map_or(0, |d| to_u64(d.seq));
+        Ok(newest.max(to_u64(room_doc.last_seq)).max(to_u64(room_doc.horizon)))
     }
 
     /// The originals already stored under these ids (read so that only a
@@ -679,22 +755,24 @@ impl MongoStore {
                 .map_err(|e| unavailable("erasing the edits of a deleted message", e))?;
         }
 
-        // 5. Each room's newest seq and time, for conversations.
-        let mut newest: HashMap<&str, (u64, u64)> = HashMap::new();
+        // 5. Each room's newest seq and time, for conversations (and its
+        //    oldest time, for retention).
+        let mut newest: HashMap<&str, (u64, u64, u64)> = HashMap::new();
         for outcome in &outcomes {
             if let Appended::Stored(msg) | Appended::Duplicate(msg) = outcome {
-                let entry = newest.entry(msg.room.as_str()).or_default();
-                *entry = (entry.0.max(msg.seq), entry.1.max(msg.ts));
+                let entry = newest.entry(msg.room.as_str()).or_insert((0, 0, u64::MAX));
+                *entry = (entry.0.max(msg.seq), entry.1.max(msg.ts), entry.2.min(msg.ts));
             }
         }
-        let newest: Vec<(String, (u64, u64))> = newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
-        let upkeep = newest.into_iter().map(|(room, (last_seq, last_ts))| {
+        let newest: Vec<(String, (u64, u64, u64))> = newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
+        let upkeep = newest.into_iter().map(|(room, (last_seq, last_ts, first_ts))| {
             let mut created = doc! { "created_ms": to_i64(crate::clock::now_ms()) };
             if let Some(RoomKind::Dm(a, b)) = parse_room(&room) {
                 created.insert("users", vec![a, b]);
             }
             let update = doc! {
                 "$max": { "last_seq": to_i64(last_seq), "last_ts": to_i64(last_ts) },
+                "$min": { "first_ts": to_i64(first_ts) },
                 "$setOnInsert": created,
             };
             async move {
@@ -984,6 +1062,7 @@ impl Store for MongoStore {
             username: user.username.clone(),
             password_hash: user.password_hash.clone(),
             created_ms: user.created_ms as i64,
+            deleted_ms: None,
         };
         match self.users.insert_one(doc).write_concern(self.write_concern.clone()).await {
             Ok(_) => Ok(true),
@@ -993,8 +1072,11 @@ impl Store for MongoStore {
     }
 
     async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let user =
-            self.users.find_one(doc! { "username": username }).await.map_err(|e| unavailable("reading a user", e))?;
+        let user = self
+            .users
+            .find_one(doc! { "username": username, "deleted_ms": { "$exists": false } })
+            .await
+            .map_err(|e| unavailable("reading a user", e))?;
         Ok(user.map(|u| UserRecord {
             username: u.username,
             password_hash: u.password_hash,
@@ -1011,5 +1093,265 @@ impl Store for MongoStore {
             .await
             .map_err(|e| unavailable("readiness write", e))?;
         Ok(())
+    }
+
+    async fn horizon(&self, room: &str) -> StoreResult<u64> {
+        Ok(to_u64(self.room_doc(room).await?.horizon))
+    }
+
+    async fn rooms_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<RoomInfo>> {
+        let filter = match after {
+            Some(after) => doc! { "_id": { "$gt": after } },
+            None => doc! {},
+        };
+        let docs: Vec<RoomDoc> = self
+            .rooms
+            .clone_with_type::<RoomDoc>()
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(mongo_limit(limit))
+            .projection(doc! { "last_seq": 1, "last_ts": 1, "horizon": 1, "first_ts": 1 })
+            .await
+            .map_err(|e| unavailable("reading rooms", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading rooms", e))?;
+        Ok(docs
+            .into_iter()
+            .map(|d| RoomInfo {
+                last_seq: to_u64(d.last_seq),
+                horizon: to_u64(d.horizon),
+                first_ts: d.first_ts.map(to_u64).filter(|_| d.horizon < d.last_seq),
+                room: d.id,
+            })
+            .collect())
+    }
+
+    async fn trim_room(&self, room: &str, trim: Trim, rows_max: usize) -> StoreResult<Trimmed> {
+        let room_doc = self.room_doc(room).await?;
+        let old_horizon = to_u64(room_doc.horizon);
+        // The oldest rows, and the first one kept.
+        let oldest: Vec<Document> = self
+            .messages
+            .clone_with_type::<Document>()
+            .find(doc! { "room": room, "seq": { "$gt": to_i64(old_horizon) } })
+            .sort(doc! { "seq": 1 })
+            .limit(mongo_limit(rows_max.saturating_add(1)))
+            .projection(doc! { "seq": 1, "ts": 1 })
+            .await
+            .map_err(|e| unavailable("reading a room's oldest messages", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading a room's oldest messages", e))?;
+        let (mut horizon, mut removing) = (old_horizon, 0u64);
+        let (mut first_ts, mut done) = (None, true);
+        for row in &oldest {
+            let seq = row.get_i64("seq").map(to_u64).unwrap_or(0);
+            let ts = row.get_i64("ts").map(to_u64).unwrap_or(0);
+            let goes = seq <= trim.seq_upto || trim.ts_before.is_some_and(|before| ts < before);
+            if goes && (removing as usize) < rows_max {
+                (horizon, removing) = (seq, removing + 1);
+                continue;
+            }
+            first_ts = Some(ts);
+            done = !goes;
+            break;
+        }
+        if horizon == old_horizon {
+            if let (None, Some(ts)) = (room_doc.first_ts, first_ts) {
+                // Lost to a batch racing an earlier trim: put it back.
+                self.rooms
+                    .update_one(doc! { "_id": room }, doc! { "$min": { "first_ts": to_i64(ts) } })
+                    .write_concern(self.write_concern.clone())
+                    .await
+                    .map_err(|e| unavailable("repairing a room's first_ts", e))?;
+            }
+            return Ok(Trimmed { removed: 0, horizon, first_ts, done: true });
+        }
+        // The horizon first: a crash before the delete leaves rows below
+        // it, which the next trim deletes; never a horizon below a gap.
+        let first = match first_ts {
+            Some(ts) => doc! { "$set": { "first_ts": to_i64(ts) } },
+            None => doc! { "$unset": { "first_ts": "" } },
+        };
+        let mut update = doc! { "$max": { "horizon": to_i64(horizon) } };
+        update.extend(first);
+        self.rooms
+            .update_one(doc! { "_id": room }, update)
+            .write_concern(self.write_concern.clone())
+            .await
+            .map_err(|e| unavailable("moving a room's horizon", e))?;
+        let deleted = self
+            .messages
+            .delete_many(doc! { "room": room, "seq": { "$lte": to_i64(horizon) } })
+            .write_concern(self.write_concern.clone())
+            .await
+            .map_err(|e| unavailable("removing a room's oldest messages", e))?;
+        self.messages
+            .update_many(
+                doc! {
+                    "room": room,
+                    "target": { "$lte": to_i64(horizon) },
+                    "seq": { "$gt": to_i64(horizon) },
+                    "deleted": { "$ne": true },
+                },
+                erase_update(),
+            )
+            .write_concern(self.write_concern.clone())
+            .await
+            .map_err(|e| unavailable("erasing the events of removed messages", e))?;
+        Ok(Trimmed { removed: deleted.deleted_count, horizon, first_ts, done })
+    }
+
+    async fn delete_account(&self, user: &str, now_ms: u64) -> StoreResult<Option<bool>> {
+        let deleted = self
+            .users
+            .update_one(
+                doc! { "username": user, "deleted_ms": { "$exists": false } },
+                doc! { "$set": { "deleted_ms": to_i64(now_ms), "password_hash": "" } },
+            )
+            .write_concern(self.write_concern.clone())
+            .await
+            .map_err(|e| unavailable("deleting an account", e))?;
+        let outcome = if deleted.matched_count > 0 {
+            Some(false)
+        } else {
+            let known =
+                self.users.find_one(doc! { "username": user }).await.map_err(|e| unavailable("reading a user", e))?;
+            known.map(|_| true)
+        };
+        if outcome.is_some() {
+            self.conversations
+                .delete_many(doc! { "user": user })
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("removing a user's conversations", e))?;
+            // Its DMs stop being listed as its conversations (the other
+            // user's stay: each DM room names both).
+            self.rooms
+                .update_many(doc! { "users": user }, doc! { "$pull": { "users": user } })
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("removing a user's DM conversations", e))?;
+        }
+        Ok(outcome)
+    }
+
+    async fn erase_user_messages(&self, user: &str, after: Option<&str>, rows_max: usize) -> StoreResult<Erased> {
+        let filter = match after {
+            Some(cid) => doc! { "from": user, "cid": { "$gt": cid } },
+            None => doc! { "from": user },
+        };
+        let rows: Vec<Document> = self
+            .messages
+            .clone_with_type::<Document>()
+            .find(filter)
+            .sort(doc! { "cid": 1 })
+            .limit(mongo_limit(rows_max))
+            .projection(doc! { "cid": 1, "room": 1, "kind": 1, "target": 1 })
+            .await
+            .map_err(|e| unavailable("reading a user's messages", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading a user's messages", e))?;
+        // The user's reactions leave their targets first.
+        let targets: Vec<(String, i64)> = rows
+            .iter()
+            .filter(|r| r.get_str("kind") == Ok("reaction"))
+            .filter_map(|r| Some((r.get_str("room").ok()?.to_owned(), r.get_i64("target").ok()?)))
+            .collect();
+        // Read, then set, guarded by the target's `applied` (FerretDB's
+        // `$pull` takes no condition): an event applied meanwhile makes it
+        // read again.
+        let reactions = targets.into_iter().map(|(room, target)| async move {
+            for _ in 0..REACTION_REMOVAL_TRIES_MAX {
+                let Some(found) = self.rows_at(&[(room.clone(), to_u64(target))]).await?.into_values().next() else {
+                    return Ok(());
+                };
+                let kept: Vec<&ReactionDoc> = found.reactions.iter().filter(|r| r.user != user).collect();
+                if kept.len() == found.reactions.len() {
+                    return Ok(());
+                }
+                let kept = mongodb::bson::to_bson(&kept).unwrap_or(Bson::Array(Vec::new()));
+                // A message stored before 1.1 has no `applied`.
+                let unchanged = match found.applied {
+                    0 => doc! { "$or": [{ "applied": 0_i64 }, { "applied": { "$exists": false } }] },
+                    applied => doc! { "applied": applied },
+                };
+                let done = self
+                    .messages
+                    .update_one(
+                        doc! { "room": &room, "seq": target, "$and": [unchanged] },
+                        doc! { "$set": { "reactions": kept } },
+                    )
+                    .write_concern(self.write_concern.clone())
+                    .await
+                    .map_err(|e| unavailable("removing a user's reactions", e))?;
+                if done.matched_count > 0 {
+                    return Ok(());
+                }
+            }
+            Err(unavailable("removing a user's reactions", "its target kept changing; retry"))
+        });
+        futures_util::stream::iter(reactions)
+            .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let ids: Vec<Bson> = rows.iter().filter_map(|r| r.get("_id").cloned()).collect();
+        let mut erased = 0;
+        if !ids.is_empty() {
+            let mut erase = erase_update();
+            // No retried event may change an erased row again.
+            erase.get_document_mut("$set").expect("erase sets").insert("applied", i64::MAX);
+            let done = self
+                .messages
+                .update_many(doc! { "_id": { "$in": ids } }, erase)
+                .write_concern(self.write_concern.clone())
+                .await
+                .map_err(|e| unavailable("erasing a user's messages", e))?;
+            erased = done.modified_count;
+        }
+        let next = if rows.len() == rows_max {
+            rows.last().and_then(|r| r.get_str("cid").ok()).map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(Erased { erased, next })
+    }
+
+    async fn deleted_users_since(&self, since_ms: u64) -> StoreResult<Vec<String>> {
+        let docs: Vec<UserDoc> = self
+            .users
+            .find(doc! { "deleted_ms": { "$gte": to_i64(since_ms) } })
+            .await
+            .map_err(|e| unavailable("reading deleted users", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("reading deleted users", e))?;
+        Ok(docs.into_iter().map(|u| u.username).collect())
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let users = self
+            .users
+            .count_documents(doc! { "deleted_ms": { "$exists": false } })
+            .await
+            .map_err(|e| unavailable("counting users", e))?;
+        let rooms = self.rooms.estimated_document_count().await.map_err(|e| unavailable("counting rooms", e))?;
+        let messages =
+            self.messages.estimated_document_count().await.map_err(|e| unavailable("counting messages", e))?;
+        let db_stats =
+            self.db.run_command(doc! { "dbStats": 1 }).await.map_err(|e| unavailable("reading dbStats", e))?;
+        let number = |key: &str| match db_stats.get(key) {
+            Some(Bson::Int32(n)) => Some((*n).max(0) as u64),
+            Some(Bson::Int64(n)) => Some(to_u64(*n)),
+            Some(Bson::Double(n)) if *n >= 0.0 => Some(*n as u64),
+            _ => None,
+        };
+        let bytes = number("totalSize")
+            .or_else(|| Some(number("storageSize")? + number("indexSize").unwrap_or(0)))
+            .or_else(|| number("dataSize"))
+            .unwrap_or(0);
+        Ok(StoreStats { users, rooms, messages, bytes })
     }
 }

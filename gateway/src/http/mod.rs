@@ -4,6 +4,7 @@
 //! - `accounts.rs`: `POST /api/register`, `POST /api/login`
 //! - `history.rs`: `GET /api/rooms/{room}/messages`
 //! - `conversations.rs`: `GET /api/conversations` (v1.1)
+//! - `admin.rs`: `/api/admin/…`, the operator's API (off without `--admin-token`)
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`
 //! - `upgrade.rs`: `GET /ws`
 //! - `reply.rs`: JSON answers, and refusals as HTTP statuses
@@ -15,6 +16,7 @@
 //! not the expected JSON is a 400 `invalid`.
 
 mod accounts;
+mod admin;
 mod client_addr;
 mod conversations;
 mod health;
@@ -40,6 +42,7 @@ use viche_engine::metrics::{CONNECTIONS_REFUSED, HTTP_REQUESTS, HTTP_REQUEST_DUR
 use viche_engine::Engine;
 use viche_protocol::ErrorCode;
 
+pub use admin::AdminAccess;
 pub use client_addr::TrustedProxies;
 pub use io::HttpIo;
 pub use reply::{Body, RequestDeadline};
@@ -65,6 +68,8 @@ pub struct App {
     pub http_connections: Arc<HttpSlots>,
     /// Connections per client address (`--max-connections-per-ip`).
     pub addresses: Arc<AddressSlots>,
+    /// The admin API, when `--admin-token` is given (set after `new`).
+    pub admin: Option<AdminAccess>,
 }
 
 impl App {
@@ -89,6 +94,7 @@ impl App {
             edge,
             http_connections: HttpSlots::new(edge.http_connections_max),
             addresses: AddressSlots::new(edge.connections_per_ip_max),
+            admin: None,
         }
     }
 }
@@ -108,6 +114,8 @@ enum Route {
     Login,
     History,
     Conversations,
+    /// `/api/admin/…` (404 without `--admin-token`).
+    Admin,
     Healthz,
     Readyz,
     Metrics,
@@ -120,11 +128,12 @@ enum Route {
 
 impl Route {
     #[cfg(test)]
-    const ALL: [Route; 10] = [
+    const ALL: [Route; 11] = [
         Route::Register,
         Route::Login,
         Route::History,
         Route::Conversations,
+        Route::Admin,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -140,6 +149,7 @@ impl Route {
             (&Method::POST, "/api/login") => Route::Login,
             (&Method::GET, p) if history::room_segment(p).is_some() => Route::History,
             (&Method::GET, "/api/conversations") => Route::Conversations,
+            (_, p) if p.starts_with("/api/admin/") => Route::Admin,
             (&Method::GET, "/healthz") => Route::Healthz,
             (&Method::GET, "/readyz") => Route::Readyz,
             (&Method::GET, "/metrics") => Route::Metrics,
@@ -155,6 +165,7 @@ impl Route {
             Route::Login => "login",
             Route::History => "history",
             Route::Conversations => "conversations",
+            Route::Admin => "admin",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -189,6 +200,7 @@ pub async fn route(app: Arc<App>, addr: SocketAddr, mut req: Request<Incoming>) 
         (Route::Login, Ok(_slot)) => accounts::login(&app.engine, client, req).await,
         (Route::History, Ok(_slot)) => history::history(&app.engine, &req).await,
         (Route::Conversations, Ok(_slot)) => conversations::conversations(&app.engine, &req).await,
+        (Route::Admin, Ok(_slot)) => admin::admin(&app.engine, app.admin.as_ref(), client, req).await,
         (Route::Healthz, Ok(_slot)) => health::healthz(),
         (Route::Readyz, Ok(_slot)) => health::readyz(&app),
         (Route::Metrics, Ok(_slot)) => health::metrics(&app),
@@ -239,6 +251,8 @@ mod tests {
         assert_eq!(Route::of(&Method::GET, "/api/rooms/lobby/messages"), Route::History);
         assert_eq!(Route::of(&Method::GET, "/api/rooms/a/b/messages"), Route::ApiOther);
         assert_eq!(Route::of(&Method::POST, "/healthz"), Route::Static);
+        assert_eq!(Route::of(&Method::DELETE, "/api/admin/users/ann"), Route::Admin);
+        assert_eq!(Route::of(&Method::GET, "/api/admin"), Route::ApiOther);
         assert_eq!(Route::of(&Method::GET, "/assets/app.js"), Route::Static);
     }
 }

@@ -75,7 +75,12 @@ pub(super) async fn handshake(engine: &Engine, st: ReadState, write: &mut WriteS
         Ok(session) => session,
         Err(refusal) => {
             let frame = reject(refusal.code, &refusal.message);
-            write.refuse(encoding, &frame, Close::TOO_MANY_SESSIONS).await;
+            // A deleted account (barred meanwhile) is unauthorized; else too many sessions.
+            let close = match refusal.code {
+                ErrorCode::Unauthorized => Close::UNAUTHORIZED,
+                _ => Close::TOO_MANY_SESSIONS,
+            };
+            write.refuse(encoding, &frame, close).await;
             return None;
         }
     };

@@ -52,7 +52,15 @@ pub struct Opts {
     /// Failpoints, as the `FAILPOINTS` environment variable of a server
     /// built with the `failpoints` feature (engine/src/faults.rs).
     pub failpoints: Option<String>,
+    /// Start on a copy of this backup directory (its files are copied into
+    /// the data dir first): a restore.
+    pub restore_from: Option<PathBuf>,
+    /// Start with `--admin-token` [`ADMIN_TOKEN`].
+    pub admin: bool,
 }
+
+/// The `--admin-token` of servers started with [`Opts::admin`].
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 
 /// The MongoDB (FerretDB) the tests may use, if scripts/test.sh started one.
 pub fn mongo_uri() -> Option<String> {
@@ -88,6 +96,9 @@ impl Opts {
         push("--outbox-max-bytes", self.outbox_max_bytes);
         push("--max-body-bytes", self.max_body_bytes);
         push("--max-frame-bytes", self.max_frame_bytes);
+        if self.admin {
+            args.extend(["--admin-token".to_string(), ADMIN_TOKEN.to_string()]);
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -126,6 +137,14 @@ impl Server {
         std::fs::write(dir.path().join("web").join("index.html"), "<!doctype html><title>viche test</title>")
             .expect("writing index.html");
         let log = dir.path().join("server.log");
+        if let Some(backup) = &opts.restore_from {
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("creating the data dir");
+            for entry in std::fs::read_dir(backup).expect("reading the backup") {
+                let entry = entry.expect("a backup file");
+                std::fs::copy(entry.path(), data.join(entry.file_name())).expect("copying a backup file");
+            }
+        }
         let uri = opts.mongo_uri.clone().or_else(|| if suite_on_mongo() { mongo_uri() } else { None });
         if suite_on_mongo() && uri.is_none() {
             panic!("VICHE_TEST_STORE=mongo needs VICHE_TEST_MONGO_URI (scripts/test.sh sets both)");
@@ -307,6 +326,35 @@ impl Server {
     }
 
     // ----- users and connections -------------------------------------------
+
+    /// An admin API request (`path` under `/api/admin/`) with `token` as
+    /// its Bearer token (none: no header); the status and the JSON body.
+    pub async fn admin_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("http client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = client.request(method, format!("{}/api/admin/{path}", self.base_url()));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("an admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("an admin answer");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// An admin API request with [`ADMIN_TOKEN`].
+    pub async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        self.admin_as(Some(ADMIN_TOKEN), method, path, body).await
+    }
 
     /// Registers `name` with [`PASSWORD`] and returns its token.
     pub async fn user(&self, name: &str) -> String {

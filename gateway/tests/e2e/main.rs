@@ -18,6 +18,7 @@
 mod common;
 
 mod abuse;
+mod admin;
 mod auth_http;
 mod conversations;
 mod crash;
@@ -32,6 +33,7 @@ mod history;
 mod hostile;
 mod limits;
 mod memory;
+mod retention;
 mod rooms;
 mod session;
 mod web_client;

@@ -8,21 +8,30 @@
 //! `append_batch` keeps the `Store` contract with standard driver calls,
 //! and seqs are given only to messages that are new:
 //!
-//! 1. one `find` of the batch's `_id`s (`$in`; a message's `_id` is its
-//!    (from, cid) key, the primary key, which FerretDB serves without a
-//!    scan): those found are answered `Duplicate` with their original seq.
-//!    With `--mongo-write-concern majority` this read uses read concern
-//!    `majority`, so a duplicate is acknowledged only once it is durable as
-//!    configured: a retried message that reached the primary but not yet a
-//!    majority is not seen here, its insert then collides, and the batch
-//!    fails and is retried until the original is majority-committed (or
-//!    rolled back by a failover, after which it is stored anew);
+//! 1. which of the batch's messages are stored already (a client's retry,
+//!    or an earlier attempt of this batch): a `find` of their `_id`s
+//!    (`$in`; a message's `_id` is its (from, cid) key). This lookup is
+//!    skipped on a batch's first attempt, because a retried cid is rare and
+//!    the insert of step 3 catches one on `_id`; only when that insert
+//!    collides is the batch attempted again with it (FerretDB on SQLite
+//!    answers this `$in` by reading the whole collection: a tenth of the
+//!    throughput when it ran on every batch). Those found are answered
+//!    `Duplicate` with their original seq. With `--mongo-write-concern
+//!    majority` this read uses read concern `majority`, so a duplicate is
+//!    acknowledged only once it is durable as configured: a retried
+//!    message that reached the primary but not yet a majority is not seen
+//!    here, its insert then collides, and the batch fails and is retried
+//!    until the original is majority-committed (or rolled back by a
+//!    failover, after which it is stored anew);
 //! 2. the new ones are numbered from each room's last seq (a bounded LRU
 //!    cache; the rooms missing from it are read together, concurrently);
 //! 3. one ordered `insert_many` under the write concern (with `wtimeout`
 //!    when `majority`). Ordered: if it stops at a failure, what was
 //!    inserted is a prefix of the batch, hence a prefix of every room's new
-//!    seqs. Only retention and purges delete (below).
+//!    seqs (when it stopped at a duplicate key on the first attempt, that
+//!    prefix's seqs go into the cache, and the second attempt finds the
+//!    prefix in step 1 as `Duplicate`s, which the writer publishes like
+//!    new ones). Only retention and purges delete (below).
 //!
 //! A process that dies between any two of these calls leaves each room's
 //! stored seqs dense: the only write is the insert, and its stored part is
@@ -56,7 +65,7 @@
 //! by age skip rooms with nothing to remove. A deleted account keeps its
 //! document (`deleted_ms`, no password), so the name stays taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -312,7 +321,16 @@ pub struct MongoStore {
     /// only a durable original is acknowledged again.
     dedupe_read_concern: Option<ReadConcern>,
     last_seq: Arc<Mutex<LruCache<String, u64>>>,
+    /// Documents per `insert_many` (step 3): unbounded on MongoDB;
+    /// `FERRETDB_INSERT_DOCS_MAX` on FerretDB.
+    insert_docs_max: usize,
 }
+
+/// FerretDB (1.24) inserts in chunks of 100 documents and, even for an
+/// ordered insert, goes on with the next chunk after one fails: what is
+/// stored is then not a prefix. Sent in chunks of this size, each insert is
+/// one of its chunks, so it stops at the first failure as MongoDB does.
+const FERRETDB_INSERT_DOCS_MAX: usize = 100;
 
 /// A message's `_id`: its (from, cid) key. Usernames have no `:`.
 fn doc_id(from: &str, cid: &str) -> String {
@@ -340,6 +358,56 @@ fn erase_update() -> Document {
     }
 }
 
+/// Where an ordered `insert_many` stopped on a duplicate key (a retried
+/// cid on `_id`, or a seq taken on `(room, seq)`), with nothing else wrong:
+/// the documents before it are stored, none after it.
+fn collided_at(e: &mongodb::error::Error) -> Option<usize> {
+    match &*e.kind {
+        mongodb::error::ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+            match failure.write_errors.as_deref() {
+                Some([only]) if only.code == DUPLICATE_KEY => Some(only.index),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether an attempt at a batch first looks up which of its messages are
+/// stored already.
+enum Lookup {
+    /// No: a retried cid is rare, and the insert's `_id` catches it.
+    Skip,
+    /// Yes (`$in` on `_id`, under the dedupe read concern); `ours` are the
+    /// `_id`s the first attempt stored.
+    Stored { ours: HashSet<String> },
+}
+
+/// Why an attempt at a batch ended without its outcomes.
+enum Attempt {
+    /// A `Lookup::Skip` insert collided: the batch needs the lookup. These
+    /// documents, its prefix, were stored.
+    Collided {
+        stored: Vec<MessageDoc>,
+    },
+    Failed(StoreError),
+}
+
+impl Attempt {
+    fn into_error(self) -> StoreError {
+        match self {
+            Attempt::Collided { .. } => StoreError::Unavailable("insert_many collided on a duplicate key".into()),
+            Attempt::Failed(e) => e,
+        }
+    }
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
@@ -361,11 +429,16 @@ impl MongoStore {
             .await
             .map_err(|e| anyhow::anyhow!("MongoDB at {uri} does not answer: {e}"))?;
         let replica_set = hello.get_str("setName").is_ok();
+        let build = db
+            .run_command(doc! { "buildInfo": 1 })
+            .await
+            .map_err(|e| anyhow::anyhow!("MongoDB at {uri} does not answer buildInfo: {e}"))?;
+        let ferretdb = build.contains_key("ferretdbVersion");
         let mut concern = write_concern.clone();
         if concern.w == "auto" {
             concern.w = if replica_set { "majority".into() } else { "1".into() };
         }
-        tracing::info!(w = %concern.w, j = concern.journal, replica_set, "MongoDB write concern");
+        tracing::info!(w = %concern.w, j = concern.journal, replica_set, ferretdb, "MongoDB write concern");
         let dedupe_read_concern = (concern.w == "majority").then(ReadConcern::majority);
         let write_concern = concern.to_driver().map_err(|e| anyhow::anyhow!(e))?;
         let store = Self {
@@ -379,6 +452,7 @@ impl MongoStore {
             last_seq: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(SEQ_CACHE_ROOMS_MAX).expect("the cache holds rooms"),
             ))),
+            insert_docs_max: if ferretdb { FERRETDB_INSERT_DOCS_MAX } else { usize::MAX },
         };
         store.create_indexes().await?;
         store.migrate_rooms().await?;
@@ -600,14 +674,41 @@ impl MongoStore {
         Ok(found)
     }
 
+    /// Steps 1–5 of the module's doc: first without the lookup of step 1
+    /// (`Lookup::Skip`), then, only when that insert collides, with it.
     async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        match self.attempt(batch, Lookup::Skip).await {
+            Err(Attempt::Collided { stored }) => {
+                // What the ordered insert stored before the collision is
+                // this batch's own prefix: its seqs are taken, and the
+                // second attempt answers it `Stored`, not `Duplicate`.
+                let mut ours = HashSet::with_capacity(stored.len());
+                {
+                    let mut cache = self.last_seq.lock();
+                    for doc in stored {
+                        let last = cache.get(&doc.room).copied().unwrap_or(0).max(to_u64(doc.seq));
+                        cache.put(doc.room, last);
+                        ours.insert(doc.id);
+                    }
+                }
+                crate::metrics::STORE_DUPLICATE_LOOKUPS.counter().increment(1);
+                self.attempt(batch, Lookup::Stored { ours }).await.map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn attempt(&self, batch: &[NewMessage], mut lookup: Lookup) -> Result<Vec<Appended>, Attempt> {
         // 1. What is stored already (a client's retry, or an earlier
         //    attempt of this batch that got in), and the rows named by the
         //    batch's events and replies (and by the events found stored,
         //    whose effect is re-applied).
         let ids: Vec<String> = batch.iter().map(|m| doc_id(&m.from, &m.cid)).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut originals = self.existing(&id_refs).await?;
+        let mut originals = match lookup {
+            Lookup::Skip => HashMap::new(),
+            Lookup::Stored { .. } => self.existing(&id_refs).await?,
+        };
         let mut named: Vec<(String, u64)> = batch
             .iter()
             .zip(&ids)
@@ -633,7 +734,7 @@ impl MongoStore {
         let mut next = self.last_seqs(&rooms).await?;
         #[cfg(feature = "failpoints")]
         if crate::faults::eval("store.append.between").await.is_some() {
-            return Err(StoreError::Unavailable("failpoint store.append.between".into()));
+            return Err(StoreError::Unavailable("failpoint store.append.between".into()).into());
         }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut docs = Vec::new();
@@ -653,7 +754,16 @@ impl MongoStore {
                         }
                     }
                 }
-                outcomes.push(Appended::Duplicate(original.msg()));
+                // (Its first occurrence, when this batch's first attempt stored it.)
+                let ours = match &mut lookup {
+                    Lookup::Stored { ours } => ours.remove(&id),
+                    Lookup::Skip => false,
+                };
+                outcomes.push(if ours {
+                    Appended::Stored(original.msg())
+                } else {
+                    Appended::Duplicate(original.msg())
+                });
                 continue;
             }
             let key = m.event.names().map(|seq| (m.room.to_string(), seq));
@@ -703,14 +813,26 @@ impl MongoStore {
             outcomes.push(Appended::Stored(row.to_msg(&m.room, seq)));
         }
 
-        // 3. One ordered insert: what gets in is a prefix.
-        if !docs.is_empty() {
-            self.messages
-                .insert_many(&docs)
+        // 3. Ordered inserts, each after the previous one succeeded: what
+        //    gets in is a prefix.
+        let mut inserted = 0;
+        while inserted < docs.len() {
+            let end = docs.len().min(inserted.saturating_add(self.insert_docs_max));
+            let result = self
+                .messages
+                .insert_many(&docs[inserted..end])
                 .ordered(true)
                 .write_concern(self.write_concern.clone())
-                .await
-                .map_err(|e| unavailable("insert_many", e))?;
+                .await;
+            if let Err(e) = result {
+                return Err(match collided_at(&e) {
+                    Some(at) if matches!(lookup, Lookup::Skip) => {
+                        Attempt::Collided { stored: docs.drain(..inserted + at).collect() }
+                    }
+                    _ => Attempt::Failed(unavailable("insert_many", e)),
+                });
+            }
+            inserted = end;
         }
 
         // 4. The events' effects on their targets.

@@ -111,14 +111,17 @@ struct MessageDoc {
     on: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     edited_ts: Option<i64>,
-    #[serde(default)]
+    // The state of version 1.1, stored only when not the default (most
+    // messages are never edited, deleted or reacted to; smaller documents
+    // are faster to insert).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     reactions: Vec<ReactionDoc>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     edits: Vec<i64>,
     /// The seq of the newest event applied to this message (step 4).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     applied: i64,
 }
 
@@ -331,6 +334,10 @@ pub struct MongoStore {
 /// stored is then not a prefix. Sent in chunks of this size, each insert is
 /// one of its chunks, so it stops at the first failure as MongoDB does.
 const FERRETDB_INSERT_DOCS_MAX: usize = 100;
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
 
 /// A message's `_id`: its (from, cid) key. Usernames have no `:`.
 fn doc_id(from: &str, cid: &str) -> String {

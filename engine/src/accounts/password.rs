@@ -1,25 +1,33 @@
 //! Passwords: argon2id, deliberately slow and memory-hard, so it is run
-//! with three bounds:
+//! with four bounds:
 //!
-//! - at most `concurrency` hashes at once, on the blocking pool (a burst
-//!   of logins waits there instead of starving delivery on the async
-//!   workers);
+//! - at most `concurrency` hashes at once, each on one of `concurrency`
+//!   threads of its own (never on the async workers, nor on the blocking
+//!   pool that the embedded store commits on);
+//! - those threads run under `SCHED_IDLE`: Linux gives them the CPU the
+//!   server's other threads leave, and a delivery thread that wakes takes
+//!   the core from a hash at once. At an equal share, a login flood from
+//!   many addresses made the normal users' p99 ten times the clean one's
+//!   on one core (docs/benchmarks.md, "Hostile clients"). On a CPU that
+//!   deliveries keep busy, hashes slow down instead: their queue fills and
+//!   logins are refused with 503 (below), while the users already in stay
+//!   served;
 //! - at most `queue_max` waiting for their turn: past it, [`HashError::Busy`]
 //!   (the caller answers 503 with `Retry-After`), so a flood of logins from
 //!   many addresses cannot delay real ones by minutes;
 //! - a fixed pool of memory: one set of argon2 blocks (19 MiB with the
-//!   default parameters) per permitted hash, allocated at start and reused
-//!   for every hash and verify. Each hash allocating its own blocks on
+//!   default parameters) per thread, allocated at start and reused for
+//!   every hash and verify. Each hash allocating its own blocks on
 //!   whichever blocking-pool thread ran it let glibc keep them in
 //!   per-thread arenas: 120 logins left the server at 1.1 GB.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::metrics;
 
@@ -33,16 +41,19 @@ pub enum HashError {
     Failed(String),
 }
 
-/// argon2id on the blocking pool, at most `concurrency` at once, in a fixed
-/// pool of memory.
+/// A hash or a verify, run on an argon2 thread with its block set.
+type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
+
+/// argon2id on threads of its own, at most `concurrency` at once, in a
+/// fixed pool of memory.
 #[derive(Clone)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
     /// Requests waiting for a permit now.
     waiting: Arc<AtomicUsize>,
     queue_max: usize,
-    /// One block set per permit; a running hash holds one.
-    memory: Arc<Mutex<Vec<Vec<Block>>>>,
+    /// To the argon2 threads; they end when the last clone is dropped.
+    jobs: Arc<Mutex<mpsc::Sender<Job>>>,
 }
 
 /// The parameters of every hash we make (argon2's defaults: m = 19 MiB,
@@ -51,20 +62,47 @@ fn params() -> Params {
     Params::default()
 }
 
+/// One argon2 thread: lowers its own priority to `SCHED_IDLE`, then runs
+/// jobs in its block set until the pool is gone. A job that panics loses
+/// its answer (the caller gets `Failed`), not the thread.
+#[allow(unsafe_code)]
+fn argon2_thread(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: no memory effects (`param` is read during the call); pid 0
+    // is the calling thread. Lowering one's own priority needs no
+    // privilege; if it fails anyway, hashing works at normal priority.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "argon2: could not lower the thread's priority");
+    }
+    let mut blocks = vec![Block::default(); params().block_count()];
+    loop {
+        let job = jobs.lock().recv();
+        let Ok(job) = job else { return };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut blocks)));
+    }
+}
+
 impl PasswordHasherPool {
     pub fn new(concurrency: usize, queue_max: usize) -> Self {
         assert!(concurrency > 0);
-        let blocks = params().block_count();
-        let memory = (0..concurrency).map(|_| vec![Block::default(); blocks]).collect();
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..concurrency {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || argon2_thread(receiver))
+                .expect("spawning an argon2 thread");
+        }
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_max,
-            memory: Arc::new(Mutex::new(memory)),
+            jobs: Arc::new(Mutex::new(sender)),
         }
     }
 
-    /// Runs `f` with a permit and a block set, on the blocking pool.
+    /// Runs `f` with a permit, on an argon2 thread, in its block set.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut [Block]) -> Result<T, HashError> + Send + 'static,
@@ -82,17 +120,14 @@ impl PasswordHasherPool {
             }
         };
         let started = std::time::Instant::now();
-        // Every permit has its block set (one is only missing after a panic
-        // mid-hash, and is then allocated again).
-        let mut blocks = self.memory.lock().pop().unwrap_or_else(|| vec![Block::default(); params().block_count()]);
-        let memory = self.memory.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let result = f(&mut blocks);
-            memory.lock().push(blocks);
-            result
-        })
-        .await
-        .map_err(|e| HashError::Failed(e.to_string()))?;
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |blocks| {
+            let _ = answer.send(f(blocks));
+        });
+        self.jobs.lock().send(job).map_err(|_| HashError::Failed("the argon2 threads are gone".into()))?;
+        // With a permit held, at most `concurrency` jobs are queued or
+        // running, so this waits for one hash, not for a queue.
+        let result = answered.await.map_err(|_| HashError::Failed("the password check panicked".into()))?;
         drop(permit);
         metrics::ARGON2_DURATION.histogram().record(started.elapsed().as_secs_f64());
         result
@@ -162,6 +197,13 @@ mod tests {
 
     use super::*;
 
+    /// The calling thread's scheduling policy.
+    #[allow(unsafe_code)]
+    fn own_policy() -> i32 {
+        // SAFETY: sched_getscheduler only reads; pid 0 is the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hashes_verify_here_and_with_the_argon2_crate_and_back() {
         let pool = PasswordHasherPool::new(1, 4);
@@ -206,6 +248,28 @@ mod tests {
         assert!(done >= 3, "the running one and the two waiting ones complete ({done})");
         assert_eq!(done + busy, 8);
         assert!(busy >= 1, "past one running and two waiting, requests are refused");
-        assert_eq!(pool.memory.lock().len(), 1, "the block set is back in the pool");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashes_run_on_threads_of_their_own_at_a_lower_priority() {
+        let ours = own_policy();
+        let pool = PasswordHasherPool::new(2, 4);
+        let (name, policy) =
+            pool.run(|_| Ok((std::thread::current().name().map(str::to_owned), own_policy()))).await.unwrap();
+        assert!(name.as_deref().is_some_and(|n| n.starts_with("argon2-")), "{name:?}");
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // The async worker that asked is untouched.
+        assert_eq!(own_policy(), ours);
+        assert_ne!(ours, libc::SCHED_IDLE);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_that_panics_fails_alone_and_the_thread_goes_on() {
+        let pool = PasswordHasherPool::new(1, 4);
+        let failed = pool.run(|_| -> Result<(), HashError> { panic!("injected") }).await;
+        assert!(matches!(failed, Err(HashError::Failed(_))), "{failed:?}");
+        // The one thread still answers, and the permit came back.
+        let hash = pool.hash("correct horse battery".into()).await.unwrap();
+        assert!(pool.verify("correct horse battery".into(), hash).await.unwrap());
     }
 }

@@ -23,16 +23,9 @@ use viche_engine::Engine;
 
 use crate::config::{Args, Command};
 
-#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
-compile_error!("choose one allocator: the features jemalloc and mimalloc exclude each other");
-
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let mut args = Args::parse();

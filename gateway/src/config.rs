@@ -36,6 +36,10 @@ pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// A request's headers must arrive within this long, and then its body
 /// within this long (`--http-request-timeout-ms`).
 pub const HTTP_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The embedded store's page cache (redb's own default is 1 GiB).
+pub const STORE_CACHE_MIB_DEFAULT: usize = viche_engine::store::embedded::CACHE_BYTES_DEFAULT >> 20;
+/// At most 1 TiB, so that it fits in bytes.
+pub const STORE_CACHE_MIB_MAX: usize = 1 << 20;
 
 /// The bounds of the connection edge: sockets and their deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +135,10 @@ pub struct Args {
     /// An empty room stops after this long without activity.
     #[arg(long, env = "VICHE_ROOM_IDLE_MS", default_value_t = engine::ROOM_IDLE_MS_DEFAULT)]
     pub room_idle_ms: u64,
+    /// The embedded store's page cache, in MiB (redb's reads and writes; the
+    /// server's RSS grows with the store up to about this much).
+    #[arg(long, env = "VICHE_STORE_CACHE_MIB", default_value_t = STORE_CACHE_MIB_DEFAULT)]
+    pub store_cache_mib: usize,
     /// A store call with no answer within this long counts as failed (and is retried).
     #[arg(long, env = "VICHE_STORE_TIMEOUT_MS", default_value_t = engine::STORE_TIMEOUT_MS_DEFAULT)]
     pub store_timeout_ms: u64,
@@ -327,6 +335,7 @@ impl Args {
             ("--writer-batch-max", self.writer_batch_max),
             ("--argon2-concurrency", self.argon2_concurrency),
             ("--store-timeout-ms", self.store_timeout_ms as usize),
+            ("--store-cache-mib", self.store_cache_mib),
             ("--max-sessions-per-user", self.max_sessions_per_user),
             ("--max-rooms-per-user", self.max_rooms_per_user),
             ("--max-public-conversations-per-user", self.max_public_conversations_per_user),
@@ -345,6 +354,9 @@ impl Args {
             if value == 0 {
                 return Err(format!("{flag} must be greater than 0"));
             }
+        }
+        if self.store_cache_mib > STORE_CACHE_MIB_MAX {
+            return Err(format!("--store-cache-mib must be at most {STORE_CACHE_MIB_MAX}"));
         }
         let rates = [
             ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
@@ -480,5 +492,25 @@ impl Args {
             store_size_alert_bytes: self.store_size_alert_bytes,
             ..EngineConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(flags: &[&str]) -> Result<(), String> {
+        let args = Args::try_parse_from(std::iter::once("viche").chain(flags.iter().copied())).expect("flags parse");
+        args.validate()
+    }
+
+    #[test]
+    fn the_store_cache_is_bounded_both_ways() {
+        assert_eq!(validated(&[]), Ok(()));
+        assert_eq!(validated(&["--store-cache-mib", "1"]), Ok(()));
+        let zero = validated(&["--store-cache-mib", "0"]).unwrap_err();
+        assert!(zero.contains("--store-cache-mib"), "{zero}");
+        let huge = validated(&["--store-cache-mib", &(STORE_CACHE_MIB_MAX + 1).to_string()]).unwrap_err();
+        assert!(huge.contains("--store-cache-mib"), "{huge}");
     }
 }

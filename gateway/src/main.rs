@@ -101,7 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::new(store)
         }
         None => Arc::new(
-            EmbeddedStore::open(&args.data_dir)
+            EmbeddedStore::open_with_cache(&args.data_dir, args.store_cache_mib << 20)
                 .with_context(|| format!("opening the embedded store in {}", args.data_dir.display()))?,
         ),
     };

@@ -266,7 +266,7 @@ metrics_table! {
     POISON_MESSAGES: "viche_poison_messages_total", Counter, Count, Live, NO_LABELS,
         "Messages the writer isolated as the cause of a batch that kept failing while the store was up; each sender got internal.";
     STORE_DUPLICATE_LOOKUPS: "viche_store_duplicate_lookups_total", Counter, Count, Live, NO_LABELS,
-        "MongoDB batches whose insert met a stored (from, cid) or seq, and were looked up and written again (a client's retry, or a batch retried after a failure).";
+        "MongoDB batches attempted again after a lookup of their stored cids: the insert met a stored (from, cid) or seq, or an event was refused or repeated (each may be a retry).";
     STORE_REOPENS: "viche_store_reopens_total", Counter, Count, Live, NO_LABELS,
         "Times the embedded store was closed and reopened after an I/O error.";
     WRITER_QUEUE_DEPTH: "viche_writer_queue_depth", Gauge, Count, Sampled, NO_LABELS,

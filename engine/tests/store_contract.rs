@@ -580,6 +580,29 @@ async fn deletes_erase_the_body_and_every_edit(store: &dyn Store) {
     assert!(bodies.iter().all(|b| !b.contains("secret") && b != "m1"), "{bodies:?}");
 }
 
+/// A client that retries an event whose ack it lost meets the event's own
+/// effect (the target deleted, the reaction already on): the answer is the
+/// original ack, not a refusal, alone or in a batch with new messages.
+async fn a_retried_event_answers_its_original_ack(store: &dyn Store) {
+    fill(store, "r", "m", 2).await;
+    let delete = one(store, event("r", "alice", "d1", "", Event::Delete { target: 1 })).await;
+    let react = Event::React { target: 2, emoji: "👍".into(), on: true };
+    let reaction = one(store, event("r", "bob", "x1", "", react.clone())).await;
+    let out = store
+        .append_batch(&[
+            new_msg("r", "carol", "n1", "new"),
+            event("r", "alice", "d1", "", Event::Delete { target: 1 }),
+            event("r", "bob", "x1", "", react),
+            new_msg("r", "carol", "n2", "newer"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(duplicate(&out[1]), stored(&delete));
+    assert_eq!(duplicate(&out[2]), stored(&reaction));
+    assert_eq!((stored(&out[0]).seq, stored(&out[3]).seq), (5, 6));
+    assert_dense(store, "r", 6).await;
+}
+
 async fn reactions_toggle_and_a_repeat_answers_the_original(store: &dyn Store) {
     fill(store, "r", "m", 1).await;
     let react = |cid: &str, user: &str, emoji: &str, on: bool| {
@@ -990,6 +1013,7 @@ contract_tests!(
     edits_change_the_target_and_only_its_author_may,
     deletes_erase_the_body_and_every_edit,
     reactions_toggle_and_a_repeat_answers_the_original,
+    a_retried_event_answers_its_original_ack,
     events_of_one_batch_see_each_other,
     a_dm_is_a_conversation_of_both_users_from_its_first_message,
     read_markers_only_move_forward_and_stop_at_the_last_seq,

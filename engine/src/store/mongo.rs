@@ -13,9 +13,10 @@
 //!    (`$in`; a message's `_id` is its (from, cid) key). This lookup is
 //!    skipped on a batch's first attempt, because a retried cid is rare and
 //!    the insert of step 3 catches one on `_id`; only when that insert
-//!    collides is the batch attempted again with it (FerretDB on SQLite
-//!    answers this `$in` by reading the whole collection: a tenth of the
-//!    throughput when it ran on every batch). Those found are answered
+//!    collides, or an event of the batch is refused or repeats (a retried
+//!    deletion meets its own effect), is the batch attempted again with it
+//!    (FerretDB on SQLite answers this `$in` by reading the whole
+//!    collection: a tenth of the throughput when it ran on every batch). Those found are answered
 //!    `Duplicate` with their original seq. With `--mongo-write-concern
 //!    majority` this read uses read concern `majority`, so a duplicate is
 //!    acknowledged only once it is durable as configured: a retried
@@ -392,9 +393,11 @@ enum Lookup {
 
 /// Why an attempt at a batch ended without its outcomes.
 enum Attempt {
-    /// A `Lookup::Skip` insert collided: the batch needs the lookup. These
-    /// documents, its prefix, were stored.
-    Collided {
+    /// A `Lookup::Skip` attempt met a message that may be a retry: its
+    /// insert collided (`stored` is the prefix inserted before), or an event
+    /// was refused or repeats (nothing inserted: the refusal may be its own
+    /// effect, stored by an earlier attempt whose ack was lost).
+    NeedsLookup {
         stored: Vec<MessageDoc>,
     },
     Failed(StoreError),
@@ -403,7 +406,7 @@ enum Attempt {
 impl Attempt {
     fn into_error(self) -> StoreError {
         match self {
-            Attempt::Collided { .. } => StoreError::Unavailable("insert_many collided on a duplicate key".into()),
+            Attempt::NeedsLookup { .. } => StoreError::Unavailable("a batch needed a second attempt".into()),
             Attempt::Failed(e) => e,
         }
     }
@@ -682,10 +685,11 @@ impl MongoStore {
     }
 
     /// Steps 1–5 of the module's doc: first without the lookup of step 1
-    /// (`Lookup::Skip`), then, only when that insert collides, with it.
+    /// (`Lookup::Skip`), then, only when that attempt meets what may be a
+    /// retry, with it.
     async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
         match self.attempt(batch, Lookup::Skip).await {
-            Err(Attempt::Collided { stored }) => {
+            Err(Attempt::NeedsLookup { stored }) => {
                 // What the ordered insert stored before the collision is
                 // this batch's own prefix: its seqs are taken, and the
                 // second attempt answers it `Stored`, not `Duplicate`.
@@ -777,6 +781,9 @@ impl MongoStore {
             let target = key.as_ref().and_then(|k| rows.get(k)).map(|(row, _, _)| row);
             match events::check(m, target) {
                 Verdict::Store => {}
+                Verdict::Refuse(..) | Verdict::Repeat(_) if matches!(lookup, Lookup::Skip) => {
+                    return Err(Attempt::NeedsLookup { stored: Vec::new() });
+                }
                 Verdict::Refuse(code, why) => {
                     outcomes.push(Appended::Refused(code, why));
                     continue;
@@ -834,7 +841,7 @@ impl MongoStore {
             if let Err(e) = result {
                 return Err(match collided_at(&e) {
                     Some(at) if matches!(lookup, Lookup::Skip) => {
-                        Attempt::Collided { stored: docs.drain(..inserted + at).collect() }
+                        Attempt::NeedsLookup { stored: docs.drain(..inserted + at).collect() }
                     }
                     _ => Attempt::Failed(unavailable("insert_many", e)),
                 });

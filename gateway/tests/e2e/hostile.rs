@@ -247,6 +247,19 @@ fn flood_opts(extra: &[&str]) -> Opts {
 /// returns how many were sent), checking after each round that `bystander`
 /// (in another room) is served normally meanwhile. Fails after far more
 /// bytes than the kernel can buffer.
+/// A flooder in room "flood", a bystander in room "quiet", and a client
+/// that joins both and then never reads.
+/// Also the deaf client's token, to come back with.
+async fn flood_scene(server: &Server) -> (Connection, Connection, Deaf, String) {
+    let mut flooder = server.session("flooder").await;
+    let mut bystander = server.session("bystander").await;
+    flooder.join("flood", None).await.unwrap();
+    bystander.join("quiet", None).await.unwrap();
+    let deaf_token = server.user("deaf").await;
+    let deaf = Deaf::join(server, &deaf_token, &["flood", "quiet"]).await;
+    (flooder, bystander, deaf, deaf_token)
+}
+
 async fn flood_until(server: &Server, flooder: &mut Connection, bystander: &mut Connection, series: &str) -> usize {
     let body = "f".repeat(BIG_BODY);
     let cap = 4 * send_buffer_max() + (16 << 20);
@@ -293,12 +306,7 @@ async fn a_client_that_never_reads_is_closed_at_the_write_timeout() {
         "1000000000",
     ]))
     .await;
-    let mut flooder = server.session("flooder").await;
-    let mut bystander = server.session("bystander").await;
-    flooder.join("flood", None).await.unwrap();
-    bystander.join("quiet", None).await.unwrap();
-    let deaf_token = server.user("deaf").await;
-    let deaf = Deaf::join(&server, &deaf_token, &["flood", "quiet"]).await;
+    let (mut flooder, mut bystander, deaf, _) = flood_scene(&server).await;
 
     let sent =
         flood_until(&server, &mut flooder, &mut bystander, r#"viche_slow_consumers_total{reason="write_timeout"}"#)
@@ -334,12 +342,7 @@ async fn a_client_that_stops_reading_while_its_outbox_fills_is_an_outbox_full_sl
         "8",
     ]))
     .await;
-    let mut flooder = server.session("flooder").await;
-    let mut bystander = server.session("bystander").await;
-    flooder.join("flood", None).await.unwrap();
-    bystander.join("quiet", None).await.unwrap();
-    let deaf_token = server.user("deaf").await;
-    let deaf = Deaf::join(&server, &deaf_token, &["flood", "quiet"]).await;
+    let (mut flooder, mut bystander, deaf, deaf_token) = flood_scene(&server).await;
 
     flood_until(&server, &mut flooder, &mut bystander, r#"viche_slow_consumers_total{reason="outbox_full"}"#).await;
     wait_offline(&mut bystander, "quiet", "deaf").await;

@@ -1,10 +1,10 @@
-//! The text tables of the `hostile` and `soak` reports (the other
+//! The text tables of the `hostile`, `soak` and `floor` reports (the other
 //! scenarios' table is [`Report::table`]).
 
 use std::collections::BTreeMap;
 
 use crate::hist::Summary;
-use crate::report::{c, h, HostileKind, HostileSection, Report, SoakSection};
+use crate::report::{c, h, FloorFigures, HostileKind, HostileSection, Report, SoakSection};
 
 /// `key  value` lines, keys padded to one width.
 pub fn align(rows: &[(String, String)]) -> String {
@@ -224,4 +224,68 @@ pub fn soak_rows(r: &Report, s: &SoakSection) -> Vec<(String, String)> {
         ));
     }
     rows
+}
+
+/// The `floor` scenario's report.
+pub fn floor(r: &Report, f: &FloorFigures) -> String {
+    let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("pinned to CPU {c}"));
+    let rows: Vec<(String, String)> = vec![
+        (
+            "scenario".into(),
+            format!(
+                "floor: one write(2) of {} frame{} per {} to {} loopback sockets, round-robin, nothing else",
+                f.frames_per_write,
+                if f.frames_per_write == 1 { "" } else { "s" },
+                if f.frames_per_write == 1 {
+                    "delivery".to_string()
+                } else {
+                    format!("{} deliveries", f.frames_per_write)
+                },
+                f.connections
+            ),
+        ),
+        ("frame".into(), format!("{} bytes: {}", f.frame_bytes, f.frame_bytes_source)),
+        ("window".into(), format!("{:.2} s after {:.1} s warm-up", f.window_s, f.warmup_s)),
+        (
+            "deliveries/s".into(),
+            format!(
+                "offered {:.0}, achieved {:.0} ({} deliveries, {} writes in the window)",
+                f.offered_per_s, f.achieved_per_s, f.deliveries, f.writes
+            ),
+        ),
+        (
+            "sender".into(),
+            format!(
+                "{}; {} wakeups in the window ({:.1} writes each, tick {} µs), at worst {:.3} ms behind schedule",
+                cpu(f.sender_cpu),
+                f.wakeups,
+                f.writes as f64 / f.wakeups.max(1) as f64,
+                f.tick_us,
+                f.late_max_ms
+            ),
+        ),
+        (
+            "sender CPU".into(),
+            format!("{:.3} s over the window = {:.2} µs per delivery (the floor)", f.sender_cpu_s, f.us_per_delivery),
+        ),
+        (
+            "reader CPU".into(),
+            format!(
+                "{:.3} s over the window = {:.2} µs per delivery ({})",
+                f.reader_cpu_s,
+                f.reader_us_per_delivery,
+                cpu(f.reader_cpu)
+            ),
+        ),
+        (
+            "bytes".into(),
+            format!(
+                "{} written, {} read, {} never written ({} deliveries in all); {} sockets differ",
+                f.bytes_written, f.bytes_read, f.bytes_unwritten, f.deliveries_total, f.sockets_short
+            ),
+        ),
+        ("stalls".into(), format!("{} writes would block or were short (their rest went out later)", f.stalls)),
+        ("problems".into(), if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") }),
+    ];
+    align(&rows)
 }

@@ -2,7 +2,7 @@
 //! (the debug build next to this test's executable, built if missing),
 //! asserting the report's invariants: nothing lost, no gap, no duplicate,
 //! no error, and figures present and sane. A few seconds each (`hostile`
-//! and `soak`, about ten).
+//! and `soak`, about ten). `floor` runs alone, without a server.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -684,4 +684,68 @@ fn refuses_a_remote_target() {
         .expect("running viche-load");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
+
+/// Runs `viche-load floor` with `args` (plus --json) and returns its
+/// report and its output; fails the test on a non-zero exit.
+fn floor(args: &[&str]) -> (Report, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("floor.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .arg("floor")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running viche-load floor");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "viche-load floor {args:?} failed ({:?}):\n{text}", out.status);
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
+    (report, text)
+}
+
+#[test]
+fn floor_writes_one_frame_per_delivery_and_reads_every_byte() {
+    let common =
+        ["--connections", "50", "--rate", "2000", "--duration", "1.5", "--warmup", "0.5", "--reader-cpu", "none"];
+    let (r, text) = floor(&[&common[..], &["--sender-cpu", "0"]].concat());
+    assert_eq!(r.scenario, "floor");
+    let f = r.floor.as_ref().expect("the floor's figures");
+    assert_eq!((f.connections, f.frames_per_write, f.sender_cpu, f.reader_cpu), (50, 1, Some(0), None));
+    // The default frame: a real `msg` of a 100-byte body with its header.
+    let frame = viche_load::floor::msg_frame_bytes(100, viche_protocol::Encoding::MsgPack) as u64;
+    assert_eq!(f.frame_bytes, frame);
+    // Open loop at the rate: rate × window deliveries, give or take the bounds' wakeups.
+    assert!((f.window_s - 1.5).abs() < 0.5, "{f:?}");
+    let expected = 2000.0 * f.window_s;
+    assert!((f.deliveries as f64 - expected).abs() <= 0.1 * expected + 20.0, "{} of {expected}", f.deliveries);
+    assert_eq!(f.writes, f.deliveries);
+    // Every byte written was read; nothing was left unwritten.
+    assert_eq!((f.bytes_read, f.bytes_unwritten, f.sockets_short), (f.bytes_written, 0, 0), "{f:?}");
+    assert_eq!(f.bytes_written, f.deliveries_total * frame);
+    assert!(f.deliveries_total >= f.deliveries);
+    assert!(f.us_per_delivery > 0.0 && f.sender_cpu_s > 0.0, "{f:?}");
+    assert!((f.us_per_delivery - f.sender_cpu_s * 1e6 / f.deliveries as f64).abs() < 1e-6);
+    assert!(text.contains("(the floor)") && text.contains("problems"), "{text}");
+
+    // Four frames a write, of a given size: a quarter of the writes.
+    let (r, _) =
+        floor(&[&common[..], &["--sender-cpu", "none", "--frames-per-write", "4", "--frame-bytes", "100"]].concat());
+    let f = r.floor.as_ref().expect("the floor's figures");
+    assert_eq!((f.frame_bytes, f.frames_per_write, f.sender_cpu), (100, 4, None));
+    assert_eq!(f.deliveries, 4 * f.writes);
+    assert_eq!(f.bytes_read, f.bytes_written);
+    assert_eq!(f.bytes_written, f.deliveries_total * 100);
+}
+
+#[test]
+fn floor_refuses_more_connections_than_file_descriptors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .args(["floor", "--connections", "1000000", "--duration", "1"])
+        .output()
+        .expect("running viche-load floor");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("file descriptors") && err.contains("fewer connections"), "{err}");
 }

@@ -39,7 +39,8 @@ pub enum Command {
                       from one sender thread pinned like the server (--sender-cpu); one reader thread pinned like the \
                       generator (--reader-cpu) drains every socket with epoll. Reports the sender's CPU per delivery, \
                       the reader's, the achieved rate, writes that would block (stalls), and whether every byte \
-                      written was read. Needs no server."
+                      written was read. Needs no server; every report that gives server CPU per delivery measures the \
+                      same floor after its window (see --floor-duration, --no-floor)."
     )]
     Floor(FloorArgs),
 }
@@ -153,6 +154,20 @@ pub struct Common {
     /// Exit with status 1 when the run broke an invariant (loss, gaps, duplicates, errors, failed connections).
     #[arg(long)]
     pub check: bool,
+    /// After the window, measure this machine's floor (as `viche-load floor`) at the run's delivery rate,
+    /// connection count and mean frame size for this many seconds (after a warm-up of at most 1 s), and give the
+    /// server's CPU per delivery as a multiple of it.
+    #[arg(long, default_value_t = 5.0)]
+    pub floor_duration: f64,
+    /// Do not measure the floor (the report then says it has none).
+    #[arg(long)]
+    pub no_floor: bool,
+    /// The floor's sender thread on this CPU, or `none` (default: the server's CPU when it is pinned to one).
+    #[arg(long, value_name = "CPU|none")]
+    pub floor_sender_cpu: Option<Cpu>,
+    /// The floor's reader thread on this CPU, or `none` (default: this process's CPU when it is pinned to one).
+    #[arg(long, value_name = "CPU|none")]
+    pub floor_reader_cpu: Option<Cpu>,
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub worker_index: Option<usize>,
@@ -522,6 +537,9 @@ impl Cmd {
         }
         if c.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
+        }
+        if !(c.floor_duration > 0.0 && c.floor_duration <= 600.0) {
+            return Err("--floor-duration must be in (0, 600] seconds".into());
         }
         if let Some(tag) = &c.run_tag {
             if tag.is_empty() || tag.len() > 12 || !tag.chars().all(|ch| ch.is_ascii_alphanumeric()) {

@@ -23,9 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use viche_protocol::{encode_server, Encoding, Msg, ServerFrame};
 
-use crate::cli::{EncodingArg, FloorArgs};
+use crate::cli::{Common, EncodingArg, FloorArgs};
 use crate::clock::{mono_ns, pin_thread, raise_nofile_limit, thread_cpu_ns, unix_ms};
-use crate::report::{FloorFigures, Report};
+use crate::report::{c, FloorFigures, Report};
 
 /// File descriptors kept free beside the 2 per connection (the listener,
 /// epoll, stdio, the run's own sockets and files).
@@ -47,6 +47,8 @@ const POLL_WAIT: Duration = Duration::from_millis(10);
 /// The sender's default tick: it wakes at most once per tick and writes
 /// everything due (20 writes a wakeup at 20,000/s).
 pub const TICK_US: u64 = 1000;
+/// The floor beside another report: its warm-up, at most.
+const BESIDE_WARMUP_S: f64 = 1.0;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -540,7 +542,7 @@ fn figures(spec: &FloorSpec, sent: &SenderOut, got: &ReaderOut) -> FloorFigures 
     }
 }
 
-// ----- the scenario -----------------------------------------------------------
+// ----- the scenario, and the floor beside other reports ---------------------
 
 /// `viche-load floor`: measures, prints the table, writes `--json`.
 pub async fn scenario(a: FloorArgs) -> anyhow::Result<u8> {
@@ -603,6 +605,72 @@ fn describe(spec: &FloorSpec) -> String {
         cpu(spec.sender_cpu),
         cpu(spec.reader_cpu)
     )
+}
+
+/// The floor beside a report that gives server CPU per delivery: measured
+/// now (after the run's traffic), at the window's delivery rate, the run's
+/// connection count and the server's mean frame over the window (else a
+/// `msg` of the run's body size), pinned as the server and this process
+/// are (or as `--floor-sender-cpu` and `--floor-reader-cpu` say). `None`
+/// when the report gives no server CPU per delivery; `Err` says why the
+/// floor is missing.
+pub async fn beside(report: &Report, common: &Common, server_pid: Option<u32>) -> Option<Result<FloorFigures, String>> {
+    report.server.cpu_us_per_delivery?;
+    if common.no_floor {
+        return Some(Err("not measured (--no-floor)".into()));
+    }
+    let window_s = report.window_s.max(1e-9);
+    let rate_per_s = match report.server.deliveries {
+        Some(d) if d > 0 => d as f64 / window_s,
+        _ => report.rates.deliveries_per_s,
+    };
+    if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
+        return Some(Err("not measured: no delivery in the window".into()));
+    }
+    let (frame_bytes, frame_bytes_source) = match report.server.frame_bytes_mean {
+        Some(mean) if mean >= 1.0 => {
+            (mean.round() as usize, "the server's mean frame over the window (/metrics: bytes out / frames out)".into())
+        }
+        _ => {
+            let body = report.params.get("body_bytes").and_then(|b| b.as_u64()).unwrap_or(100) as usize;
+            (
+                msg_frame_bytes(body, encoding_of(common.encoding)),
+                format!("a server `msg` frame of a {body}-byte body (protocol crate's encoder + WebSocket header)"),
+            )
+        }
+    };
+    let spec = FloorSpec {
+        connections: report.counters.get(c::CONNECTIONS_TARGET).copied().unwrap_or(0).max(1) as usize,
+        rate_per_s,
+        frame_bytes,
+        frame_bytes_source,
+        frames_per_write: 1,
+        tick_us: TICK_US,
+        warmup: Duration::from_secs_f64(common.floor_duration.min(BESIDE_WARMUP_S)),
+        duration: Duration::from_secs_f64(common.floor_duration),
+        sender_cpu: common.floor_sender_cpu.map_or_else(|| server_pid.and_then(|p| pinned_cpu(Some(p))), |c| c.0),
+        reader_cpu: common.floor_reader_cpu.map_or_else(|| pinned_cpu(None), |c| c.0),
+    };
+    eprintln!("viche-load: measuring the floor: {}", describe(&spec));
+    Some(match tokio::task::spawn_blocking(move || measure(&spec)).await {
+        Ok(Ok(floor)) => Ok(floor),
+        Ok(Err(e)) => Err(format!("not measured: {e:#}")),
+        Err(e) => Err(format!("not measured: {e}")),
+    })
+}
+
+/// Puts the floor (or why there is none) into a report: `server.floor_us_per_delivery`,
+/// `server.ratio_to_floor` and `floor`, or `server.floor_missing`.
+pub fn apply(report: &mut Report, floor: &Result<FloorFigures, String>) {
+    match floor {
+        Ok(f) => {
+            report.server.floor_us_per_delivery = Some(f.us_per_delivery);
+            report.server.ratio_to_floor =
+                report.server.cpu_us_per_delivery.and_then(|s| ratio_to_floor(s, f.us_per_delivery));
+            report.floor = Some(f.clone());
+        }
+        Err(why) => report.server.floor_missing = Some(why.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -201,6 +201,22 @@ pub struct ServerFigures {
     /// server's and the generator's is other work that skewed the run.
     #[serde(default)]
     pub machine_cpu_seconds: Option<f64>,
+    /// Mean bytes of a frame the server wrote over the window, WebSocket
+    /// header included (`viche_frames_out_bytes_total` over
+    /// `viche_frames_out_total`, every kind of frame).
+    #[serde(default)]
+    pub frame_bytes_mean: Option<f64>,
+    /// This machine's floor measured after the window, in the same
+    /// invocation (the report's `floor`): CPU per delivery of one write of
+    /// a frame per delivery to as many loopback sockets at the same rate.
+    #[serde(default)]
+    pub floor_us_per_delivery: Option<f64>,
+    /// `cpu_us_per_delivery` / `floor_us_per_delivery`.
+    #[serde(default)]
+    pub ratio_to_floor: Option<f64>,
+    /// Why there is no floor, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_missing: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -744,13 +760,17 @@ impl Report {
             row(
                 "server CPU",
                 format!(
-                    "{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
+                    "{} s over the window, {} per 1,000 deliveries = {} per delivery ({}); {}",
                     opt(s.cpu_seconds, "", 3),
                     opt(s.cpu_s_per_1000_deliveries, " s", 4),
                     opt(s.cpu_us_per_delivery, " µs", 2),
-                    s.source
+                    s.source,
+                    crate::tables::against_floor(s, self.floor.as_ref())
                 ),
             );
+            if let Some(floor) = &self.floor {
+                row("floor", crate::tables::floor_line(floor));
+            }
         } else {
             row("server CPU", format!("{} s over the window ({})", opt(s.cpu_seconds, "", 3), s.source));
         }

@@ -53,7 +53,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
     // Every run stops by itself: a watchdog ends the process past its bound
     // (`hostile` runs two phases, each with its setup, warm-up, window and drain).
     let phases = if matches!(cmd, Cmd::Hostile(_)) { 2.0 } else { 1.0 };
-    let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + 60.0;
+    let floor = if common.no_floor { 0.0 } else { common.floor_duration + 30.0 };
+    let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + floor + 60.0;
     watchdog(Duration::from_secs_f64(budget + if common.worker_index.is_some() { 30.0 } else { 0.0 }));
     match (common.worker_index, &cmd) {
         (Some(index), _) => worker(cmd, target, source_ips, tokens, index).await,
@@ -359,6 +360,9 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     report.params = cmd.params();
     report.started_unix_ms = started_unix_ms;
     report.host = host();
+    if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
+        crate::floor::apply(&mut report, &floor);
+    }
     if let Cmd::Login(a) = &cmd {
         let done = raw.get(c::REGISTRATIONS) + raw.get(c::LOGINS) + raw.get(c::HTTP_FAILURES);
         if done < 2 * a.users as u64 {

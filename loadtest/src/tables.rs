@@ -256,7 +256,7 @@ pub fn floor_line(f: &FloorFigures) -> String {
     let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
     format!(
         "{:.2} µs per delivery: {} deliveries in {:.1} s ({:.0}/s of {:.0}/s offered) to {} loopback sockets, \
-         {}-byte frames, {} per write, {:.0} writes per wakeup; sender {}, reader {} ({:.2} µs per delivery); {} \
+         {}-byte frames, {} per write, {:.1} writes per wakeup; sender {}, reader {} ({:.2} µs per delivery); {} \
          stalls; {}",
         f.us_per_delivery,
         f.deliveries,

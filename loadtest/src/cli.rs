@@ -21,7 +21,28 @@ use crate::traffic::{ChurnPlan, MemberSpec, Plan, SendPlan, SendTarget};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub cmd: Cmd,
+    pub cmd: Command,
+}
+
+/// Every scenario: those against a server ([`Cmd`]), and `floor`, which
+/// needs none.
+#[derive(Subcommand, Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum Command {
+    #[command(flatten)]
+    Server(Cmd),
+    /// This machine's floor: one write(2) of a frame per delivery to N loopback sockets, nothing else; CPU per delivery.
+    #[command(
+        long_about = "This machine's floor, the limit that every server CPU-per-delivery figure is read against: N \
+                      loopback connections, one write(2) of a frame of the server's real `msg` size per delivery at \
+                      --rate, round-robin over the sockets (open loop: a late write goes out at once, never skipped), \
+                      from one sender thread pinned like the server (--sender-cpu); one reader thread pinned like the \
+                      generator (--reader-cpu) drains every socket with epoll. Reports the sender's CPU per delivery, \
+                      the reader's, the achieved rate, writes that would block (stalls), and whether every byte \
+                      written was read. Needs no server; every report that gives server CPU per delivery measures the \
+                      same floor after its window (see --floor-duration, --no-floor)."
+    )]
+    Floor(FloorArgs),
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -133,12 +154,116 @@ pub struct Common {
     /// Exit with status 1 when the run broke an invariant (loss, gaps, duplicates, errors, failed connections).
     #[arg(long)]
     pub check: bool,
+    /// After the window, measure this machine's floor (as `viche-load floor`) at the run's delivery rate,
+    /// connection count and mean frame size for this many seconds (after a warm-up of at most 1 s), and give the
+    /// server's CPU per delivery as a multiple of it.
+    #[arg(long, default_value_t = 5.0)]
+    pub floor_duration: f64,
+    /// Do not measure the floor (the report then says it has none).
+    #[arg(long)]
+    pub no_floor: bool,
+    /// The floor's sender thread on this CPU, or `none` (default: the server's CPU when it is pinned to one).
+    #[arg(long, value_name = "CPU|none")]
+    pub floor_sender_cpu: Option<Cpu>,
+    /// The floor's reader thread on this CPU, or `none` (default: this process's CPU when it is pinned to one).
+    #[arg(long, value_name = "CPU|none")]
+    pub floor_reader_cpu: Option<Cpu>,
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub worker_index: Option<usize>,
     #[arg(long, hide = true, default_value_t = 1)]
     #[serde(skip)]
     pub worker_count: usize,
+}
+
+/// A CPU to pin a thread to, or none (`none`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cpu(pub Option<usize>);
+
+impl std::str::FromStr for Cpu {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "none" => Ok(Cpu(None)),
+            n => n.parse::<usize>().map(|c| Cpu(Some(c))).map_err(|_| format!("{s}: a CPU number or `none`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, "{c}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FloorArgs {
+    /// Loopback connections (each a pair of sockets: two file descriptors).
+    #[arg(long, default_value_t = 2000)]
+    pub connections: usize,
+    /// Deliveries per second, all sockets together.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Bytes of one frame, WebSocket header included (default: the server's `msg` frame of a --body-bytes body in
+    /// the standard fan-out shape, encoded by the protocol crate).
+    #[arg(long)]
+    pub frame_bytes: Option<usize>,
+    /// Body of the default frame's `msg`, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// Encoding of the default frame's `msg`.
+    #[arg(long, value_enum, default_value = "msgpack")]
+    pub encoding: EncodingArg,
+    /// Frames concatenated into one write to the same socket (K deliveries per write).
+    #[arg(long, default_value_t = 1)]
+    pub frames_per_write: usize,
+    /// The sender wakes at most once per this many µs and writes everything due (0: it sleeps until each write is
+    /// due).
+    #[arg(long, default_value_t = 1000)]
+    pub tick_us: u64,
+    /// Measured window, seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up, seconds: writes flow but are not measured.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// The sender thread on this CPU (as `loadtest/scripts/server.sh` pins the server), or `none`.
+    #[arg(long, default_value = "0", value_name = "CPU|none")]
+    pub sender_cpu: Cpu,
+    /// The reader thread on this CPU (as the standard runs pin the generator), or `none`.
+    #[arg(long, default_value = "1", value_name = "CPU|none")]
+    pub reader_cpu: Cpu,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl FloorArgs {
+    /// Checks the parameters; the error is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 || self.connections > 1_000_000 {
+            return Err("floor: --connections must be between 1 and 1,000,000".into());
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 10_000_000.0) {
+            return Err("floor: --rate must be in (0, 10,000,000] deliveries per second".into());
+        }
+        if self.frame_bytes.is_some_and(|b| !(2..=1 << 20).contains(&b)) || !(1..=1_000_000).contains(&self.body_bytes)
+        {
+            return Err("floor: --frame-bytes must be in [2, 1 MiB], --body-bytes in [1, 1,000,000]".into());
+        }
+        if !(1..=1024).contains(&self.frames_per_write) || self.tick_us > 1_000_000 {
+            return Err("floor: --frames-per-write must be in [1, 1024], --tick-us at most 1,000,000".into());
+        }
+        let duration_ok = self.duration > 0.0 && self.duration <= 3600.0;
+        if !duration_ok || !(0.0..=3600.0).contains(&self.warmup) {
+            return Err("floor: --duration must be in (0, 3600] and --warmup in [0, 3600] seconds".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -412,6 +537,9 @@ impl Cmd {
         }
         if c.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
+        }
+        if !(c.floor_duration > 0.0 && c.floor_duration <= 600.0) {
+            return Err("--floor-duration must be in (0, 600] seconds".into());
         }
         if let Some(tag) = &c.run_tag {
             if tag.is_empty() || tag.len() > 12 || !tag.chars().all(|ch| ch.is_ascii_alphanumeric()) {
@@ -824,6 +952,14 @@ pub fn deliveries_per_send(cmd: &Cmd) -> f64 {
 mod tests {
     use super::*;
 
+    /// The server scenario a command line names.
+    fn server(cli: Cli) -> Cmd {
+        match cli.cmd {
+            Command::Server(cmd) => cmd,
+            other => panic!("not a server scenario: {other:?}"),
+        }
+    }
+
     fn fanout(workers: usize) -> Cmd {
         let cli = Cli::parse_from([
             "viche-load",
@@ -837,7 +973,7 @@ mod tests {
             "--workers",
             &workers.to_string(),
         ]);
-        cli.cmd
+        server(cli)
     }
 
     #[test]
@@ -868,7 +1004,7 @@ mod tests {
     #[test]
     fn a_mix_with_reads_gives_each_sender_a_second_session_in_its_worker() {
         let args = ["viche-load", "fanout", "--rooms", "4", "--members", "3", "--senders", "2", "--workers", "2"];
-        let cmd = Cli::parse_from(args.into_iter().chain(["--mix", "send=70,edit=10,react=15,read=5"])).cmd;
+        let cmd = server(Cli::parse_from(args.into_iter().chain(["--mix", "send=70,edit=10,react=15,read=5"])));
         cmd.validate().unwrap();
         let plans: Vec<Plan> = (0..2).map(|w| plan(&cmd, "t", w, 2)).collect();
         let mut indexes: Vec<usize> = plans.iter().flat_map(|p| p.members.iter().map(|m| m.index)).collect();
@@ -885,7 +1021,7 @@ mod tests {
             assert_eq!(p.members.iter().filter(|m| m.second_session).count(), 4);
         }
         // Without reads, or without --mix: no second session, and sends only by default.
-        let cmd = Cli::parse_from(args.into_iter().chain(["--mix", "send=1,edit=1"])).cmd;
+        let cmd = server(Cli::parse_from(args.into_iter().chain(["--mix", "send=1,edit=1"])));
         assert!(plan(&cmd, "t", 0, 2).members.iter().all(|m| !m.second_session));
         let p = plan(&fanout(1), "t", 0, 1);
         assert!(p.members.iter().all(|m| !m.second_session));
@@ -894,8 +1030,28 @@ mod tests {
     }
 
     #[test]
+    fn floor_needs_no_server_and_pins_like_the_standard_runs() {
+        let Command::Floor(a) = Cli::parse_from(["viche-load", "floor"]).cmd else { panic!("floor") };
+        assert_eq!((a.connections, a.rate, a.frame_bytes, a.frames_per_write), (2000, 20_000.0, None, 1));
+        assert_eq!((a.sender_cpu, a.reader_cpu), (Cpu(Some(0)), Cpu(Some(1))));
+        a.validate().unwrap();
+        let args = ["viche-load", "floor", "--sender-cpu", "none", "--reader-cpu", "3", "--frames-per-write", "4"];
+        let Command::Floor(a) = Cli::parse_from(args).cmd else { panic!("floor") };
+        assert_eq!((a.sender_cpu, a.reader_cpu, a.frames_per_write), (Cpu(None), Cpu(Some(3)), 4));
+        assert_eq!((a.sender_cpu.to_string(), a.reader_cpu.to_string()), ("none".to_string(), "3".to_string()));
+        assert!(Cli::try_parse_from(["viche-load", "floor", "--sender-cpu", "first"]).is_err());
+        assert!(Cli::try_parse_from(["viche-load", "floor", "--url", "http://127.0.0.1:1"]).is_err(), "no server");
+        for bad in [["--rate", "0"], ["--connections", "0"], ["--frames-per-write", "0"], ["--frame-bytes", "1"]] {
+            let Command::Floor(a) = Cli::parse_from(["viche-load", "floor"].into_iter().chain(bad)).cmd else {
+                panic!("floor")
+            };
+            assert!(a.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn dm_rooms_are_in_byte_order() {
-        let cmd = Cli::parse_from(["viche-load", "dm", "--pairs", "2"]).cmd;
+        let cmd = server(Cli::parse_from(["viche-load", "dm", "--pairs", "2"]));
         let p = plan(&cmd, "t", 0, 1);
         assert_eq!(p.rooms, vec!["dm:ta0:tb0".to_string(), "dm:ta1:tb1".to_string()]);
         assert!(p.register_users);

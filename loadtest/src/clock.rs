@@ -3,7 +3,7 @@
 //! be subtracted from an arrival time read by another.
 //!
 //! The workspace denies unsafe code; this module's libc calls (clock,
-//! rusage, rlimit) are the exception, each with its SAFETY note.
+//! rusage, rlimit, affinity) are the exception, each with its SAFETY note.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -40,6 +40,15 @@ pub fn process_cpu_us() -> u64 {
     us(usage.ru_utime) + us(usage.ru_stime)
 }
 
+/// The calling thread's CPU time (user + system), in nanoseconds
+/// (CLOCK_THREAD_CPUTIME_ID: the scheduler's own count, not ticks).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the pointer given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -57,4 +66,23 @@ pub fn raise_nofile_limit() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
     lim.rlim_cur
+}
+
+/// Pins the calling thread to `cpu` (sched_setaffinity of the thread alone).
+pub fn pin_thread(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no CPU {cpu}")));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it
+    // (cpu < CPU_SETSIZE); sched_setaffinity(0) reads it for this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -1018,6 +1018,11 @@ pub async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, toke
     report.started_unix_ms = started_unix_ms;
     report.host = run::host();
 
+    // One floor after both phases (of one shape: the same rate and size).
+    if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
+        crate::floor::apply(&mut clean_report, &floor);
+        crate::floor::apply(&mut report, &floor);
+    }
     let (cf, hf) = (PhaseFigures::of(&clean_report), PhaseFigures::of(&report));
     let p99_ratio = (cf.latency.count > 0 && hf.latency.count > 0 && cf.latency.p99_ms > 0.0)
         .then(|| hf.latency.p99_ms / cf.latency.p99_ms);

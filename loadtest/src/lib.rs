@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod floor;
 pub mod hist;
 pub mod hostile;
 pub mod live;

@@ -201,6 +201,22 @@ pub struct ServerFigures {
     /// server's and the generator's is other work that skewed the run.
     #[serde(default)]
     pub machine_cpu_seconds: Option<f64>,
+    /// Mean bytes of a frame the server wrote over the window, WebSocket
+    /// header included (`viche_frames_out_bytes_total` over
+    /// `viche_frames_out_total`, every kind of frame).
+    #[serde(default)]
+    pub frame_bytes_mean: Option<f64>,
+    /// This machine's floor measured after the window, in the same
+    /// invocation (the report's `floor`): CPU per delivery of one write of
+    /// a frame per delivery to as many loopback sockets at the same rate.
+    #[serde(default)]
+    pub floor_us_per_delivery: Option<f64>,
+    /// `cpu_us_per_delivery` / `floor_us_per_delivery`.
+    #[serde(default)]
+    pub ratio_to_floor: Option<f64>,
+    /// Why there is no floor, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_missing: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -283,6 +299,59 @@ pub struct Report {
     /// `--mix` also `edit`, `react`, `read`), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operations: BTreeMap<String, OpFigures>,
+    /// This machine's floor: the `floor` scenario's result, or the floor
+    /// measured after another scenario's window (see `server.ratio_to_floor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<FloorFigures>,
+}
+
+/// This machine's floor (`crate::floor`): one write(2) of a frame per
+/// delivery (or of `frames_per_write` frames per write) to loopback
+/// sockets, round-robin, open loop, and nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FloorFigures {
+    /// Loopback connections written to.
+    pub connections: u64,
+    /// Deliveries per second asked for, and achieved in the window.
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    /// Bytes of one frame, and where that size came from.
+    pub frame_bytes: u64,
+    pub frame_bytes_source: String,
+    pub frames_per_write: u64,
+    /// The sender woke at most once per this many µs (0: at each due time).
+    pub tick_us: u64,
+    /// CPUs the sender and the reader threads were pinned to (none: unpinned).
+    pub sender_cpu: Option<usize>,
+    pub reader_cpu: Option<usize>,
+    pub warmup_s: f64,
+    /// The window as the sender measured it.
+    pub window_s: f64,
+    /// Deliveries, writes and sender wakeups in the window.
+    pub deliveries: u64,
+    pub writes: u64,
+    pub wakeups: u64,
+    /// The sender thread's CPU time over the window, and per delivery: the floor.
+    pub sender_cpu_s: f64,
+    pub us_per_delivery: f64,
+    /// The reader thread's CPU time over the window, and per delivery.
+    pub reader_cpu_s: f64,
+    pub reader_us_per_delivery: f64,
+    /// How late the sender was behind its schedule at worst, in the window.
+    pub late_max_ms: f64,
+    /// Writes (whole run) that would block or took part of their bytes;
+    /// the rest went out at the socket's next turn.
+    pub stalls: u64,
+    /// Deliveries of the whole run (warm-up and window).
+    pub deliveries_total: u64,
+    /// Whole run: bytes written, read, and left unwritten (stalled at the end).
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub bytes_unwritten: u64,
+    /// Sockets whose bytes read differ from their bytes written.
+    pub sockets_short: u64,
+    /// What makes the figure doubtful (bytes not received, rate not achieved).
+    pub problems: Vec<String>,
 }
 
 /// One kind of operation of the senders (`--mix`).
@@ -573,6 +642,9 @@ impl Report {
         if let Some(hostile) = &self.hostile {
             return crate::tables::hostile(self, hostile);
         }
+        if let (Some(floor), "floor") = (&self.floor, self.scenario.as_str()) {
+            return crate::tables::floor(self, floor);
+        }
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         let g = |k: &str| self.counters.get(k).copied().unwrap_or(0);
@@ -688,13 +760,17 @@ impl Report {
             row(
                 "server CPU",
                 format!(
-                    "{} s over the window, {} per 1,000 deliveries = {} per delivery ({})",
+                    "{} s over the window, {} per 1,000 deliveries = {} per delivery ({}); {}",
                     opt(s.cpu_seconds, "", 3),
                     opt(s.cpu_s_per_1000_deliveries, " s", 4),
                     opt(s.cpu_us_per_delivery, " µs", 2),
-                    s.source
+                    s.source,
+                    crate::tables::against_floor(s, self.floor.as_ref())
                 ),
             );
+            if let Some(floor) = &self.floor {
+                row("floor", crate::tables::floor_line(floor));
+            }
         } else {
             row("server CPU", format!("{} s over the window ({})", opt(s.cpu_seconds, "", 3), s.source));
         }

@@ -22,7 +22,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use viche_client::{Encoding, HttpClient};
 
-use crate::cli::{self, Cli, Cmd, EncodingArg};
+use crate::cli::{self, Cli, Cmd, Command, EncodingArg};
 use crate::clock::{instant_at, mono_ns, unix_ms};
 use crate::live::Live;
 use crate::net::{self, Target, Tokens};
@@ -34,7 +34,14 @@ use crate::traffic::{self, Ctx, Running, Start};
 const START_DELAY: Duration = Duration::from_millis(300);
 
 pub async fn main(cli: Cli) -> anyhow::Result<u8> {
-    let cmd = cli.cmd;
+    let cmd = match cli.cmd {
+        Command::Server(cmd) => cmd,
+        Command::Floor(a) => {
+            // Its own bound: the warm-up, the window, the pairs' setup, flush and drain.
+            watchdog(Duration::from_secs_f64(a.warmup.max(0.0) + a.duration.max(0.0) + 120.0));
+            return crate::floor::scenario(a).await;
+        }
+    };
     cmd.validate().map_err(anyhow::Error::msg)?;
     let common = cmd.common().clone();
     let target = net::target(&common.url, common.allow_remote)?;
@@ -46,7 +53,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
     // Every run stops by itself: a watchdog ends the process past its bound
     // (`hostile` runs two phases, each with its setup, warm-up, window and drain).
     let phases = if matches!(cmd, Cmd::Hostile(_)) { 2.0 } else { 1.0 };
-    let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + 60.0;
+    let floor = if common.no_floor { 0.0 } else { common.floor_duration + 30.0 };
+    let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + floor + 60.0;
     watchdog(Duration::from_secs_f64(budget + if common.worker_index.is_some() { 30.0 } else { 0.0 }));
     match (common.worker_index, &cmd) {
         (Some(index), _) => worker(cmd, target, source_ips, tokens, index).await,
@@ -73,7 +81,7 @@ fn tokens(cmd: &Cmd) -> anyhow::Result<Tokens> {
     })
 }
 
-fn watchdog(after: Duration) {
+pub(crate) fn watchdog(after: Duration) {
     std::thread::spawn(move || {
         std::thread::sleep(after);
         eprintln!("viche-load: the run passed its time bound ({:.0} s); exiting", after.as_secs_f64());
@@ -86,7 +94,7 @@ pub(crate) fn random_tag() -> String {
     format!("lt{:07x}", x & 0xfff_ffff)
 }
 
-pub(crate) fn host() -> Host {
+pub fn host() -> Host {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -250,13 +258,22 @@ pub(crate) async fn prepare(cmd: &Cmd, target: &Target) -> anyhow::Result<Prepar
 
 /// Prints the table, writes `--json` and `--plot`.
 pub(crate) fn output(report: &Report, common: &cli::Common) -> anyhow::Result<()> {
+    write_report(report, common.json.as_deref(), common.plot.as_deref())
+}
+
+/// Prints the table, writes the JSON report and the plot where asked.
+pub(crate) fn write_report(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     print!("{}", report.table());
-    if let Some(path) = &common.json {
+    if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report: {}", path.display());
     }
-    if let Some(path) = &common.plot {
+    if let Some(path) = plot {
         crate::plot::write_svg(report, path)?;
         eprintln!("plot: {}", path.display());
     }
@@ -343,6 +360,9 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     report.params = cmd.params();
     report.started_unix_ms = started_unix_ms;
     report.host = host();
+    if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
+        crate::floor::apply(&mut report, &floor);
+    }
     if let Cmd::Login(a) = &cmd {
         let done = raw.get(c::REGISTRATIONS) + raw.get(c::LOGINS) + raw.get(c::HTTP_FAILURES);
         if done < 2 * a.users as u64 {

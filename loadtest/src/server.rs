@@ -24,6 +24,9 @@ pub struct Sample {
     pub send_deliver_buckets: Vec<(f64, f64)>,
     /// Busy CPU time of the whole machine (every process, all cores), from /proc/stat.
     pub machine_busy_seconds: Option<f64>,
+    /// Frames the server wrote (every kind), and their bytes on the wire.
+    pub frames_out: Option<u64>,
+    pub frames_out_bytes: Option<u64>,
     /// Where cpu and rss came from.
     pub source: String,
 }
@@ -115,6 +118,8 @@ impl Probe {
                 s.cpu_seconds = m.get("viche_process_cpu_seconds_total").copied();
                 s.rss_bytes = m.get("viche_process_resident_memory_bytes").map(|v| *v as u64);
                 s.deliveries = m.get("viche_deliveries_total").map(|v| *v as u64);
+                s.frames_out = m.get("viche_frames_out_total").map(|v| *v as u64);
+                s.frames_out_bytes = m.get("viche_frames_out_bytes_total").map(|v| *v as u64);
                 s.send_deliver_buckets = buckets(&resp.body, "viche_send_deliver_latency_seconds_bucket");
                 s.source = "metrics".into();
             }
@@ -219,6 +224,11 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
             (Some(a), Some(b)) => Some((b - a).max(0.0)),
             _ => None,
         },
+        frame_bytes_mean: match (before.frames_out, after.frames_out, before.frames_out_bytes, after.frames_out_bytes) {
+            (Some(fa), Some(fb), Some(ba), Some(bb)) if fb > fa && bb > ba => Some((bb - ba) as f64 / (fb - fa) as f64),
+            _ => None,
+        },
+        ..ServerFigures::default()
     }
 }
 
@@ -358,6 +368,10 @@ mod tests {
         };
         let f = figures(&a, &b, 0);
         assert_eq!(f.deliveries, Some(500_000));
+        assert_eq!(f.frame_bytes_mean, None, "no frame counters");
+        let a = Sample { frames_out: Some(10), frames_out_bytes: Some(1_900), ..a };
+        let b = Sample { frames_out: Some(1_010), frames_out_bytes: Some(194_900), ..b };
+        assert_eq!(figures(&a, &b, 0).frame_bytes_mean, Some(193.0));
         assert!((f.cpu_us_per_delivery.unwrap() - 1.0).abs() < 1e-9);
         assert!((f.cpu_s_per_1000_deliveries.unwrap() - 0.001).abs() < 1e-12);
     }

@@ -427,6 +427,9 @@ pub async fn coordinator(
         report.problems.push(problem);
     }
     report.soak = Some(soak);
+    if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
+        crate::floor::apply(&mut report, &floor);
+    }
     run::output(&report, &common)?;
     let check = common.check || a.check_rss_growth_mib.is_some();
     Ok(if check && !report.problems.is_empty() { 1 } else { 0 })

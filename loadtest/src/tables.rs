@@ -1,10 +1,11 @@
-//! The text tables of the `hostile` and `soak` reports (the other
-//! scenarios' table is [`Report::table`]).
+//! The text tables of the `hostile`, `soak` and `floor` reports (the other
+//! scenarios' table is [`Report::table`]), and the floor's lines that every
+//! table giving server CPU per delivery shows beside it.
 
 use std::collections::BTreeMap;
 
 use crate::hist::Summary;
-use crate::report::{c, h, HostileKind, HostileSection, Report, SoakSection};
+use crate::report::{c, h, FloorFigures, HostileKind, HostileSection, Report, ServerFigures, SoakSection};
 
 /// `key  value` lines, keys padded to one width.
 pub fn align(rows: &[(String, String)]) -> String {
@@ -100,6 +101,10 @@ pub fn hostile(r: &Report, hs: &HostileSection) -> String {
     );
     let cpu = |rep: &Report| rep.server.cpu_seconds.map_or("n/a".into(), |v| format!("{v:.2}"));
     row("  server CPU s", side(cpu(clean), cpu(r)));
+    let per = |rep: &Report| rep.server.cpu_us_per_delivery.map_or("n/a".into(), |v| format!("{v:.2}"));
+    row("  server CPU µs/delivery", side(per(clean), per(r)));
+    let ratio = |rep: &Report| rep.server.ratio_to_floor.map_or("n/a".into(), |v| format!("{v:.2}×"));
+    row("  × the floor", side(ratio(clean), ratio(r)));
     let rss = |rep: &Report| rep.server.rss_after_bytes.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / MIB));
     row("  server RSS MiB at end", side(rss(clean), rss(r)));
     // Other work on the machine skews a phase: say how much there was.
@@ -111,6 +116,11 @@ pub fn hostile(r: &Report, hs: &HostileSection) -> String {
             .map_or("n/a".into(), |m| format!("{:.2}", (m - rep.server.cpu_seconds.unwrap_or(0.0) - gen(rep)).max(0.0)))
     };
     row("  machine CPU s, others", side(others(clean), others(r)));
+    match (&r.floor, &r.server.floor_missing) {
+        (Some(f), _) => row("floor (after both phases)", floor_line(f)),
+        (None, Some(why)) => row("floor", why.clone()),
+        (None, None) => {}
+    }
     row("  errors (clean)", map(&clean.errors_by_code));
     row("  errors (hostile)", map(&r.errors_by_code));
     row("  closes (clean)", map(&clean.closes_by_code));
@@ -224,4 +234,107 @@ pub fn soak_rows(r: &Report, s: &SoakSection) -> Vec<(String, String)> {
         ));
     }
     rows
+}
+
+/// The server's CPU per delivery against the floor, for the "server CPU"
+/// row: `floor 9.50 µs (20000 deliveries/s, 2000 sockets, 193-byte frames) → 1.81× the floor`.
+pub fn against_floor(s: &ServerFigures, floor: Option<&FloorFigures>) -> String {
+    match (floor, s.floor_us_per_delivery) {
+        (Some(f), Some(us)) => format!(
+            "floor {us:.2} µs ({:.0} deliveries/s, {} sockets, {}-byte frames) → {}",
+            f.offered_per_s,
+            f.connections,
+            f.frame_bytes,
+            s.ratio_to_floor.map_or("n/a".to_string(), |r| format!("{r:.2}× the floor"))
+        ),
+        _ => format!("floor {}", s.floor_missing.as_deref().unwrap_or("not measured")),
+    }
+}
+
+/// One line of how a floor was measured and whether it holds.
+pub fn floor_line(f: &FloorFigures) -> String {
+    let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
+    format!(
+        "{:.2} µs per delivery: {} deliveries in {:.1} s ({:.0}/s of {:.0}/s offered) to {} loopback sockets, \
+         {}-byte frames, {} per write, {:.1} writes per wakeup; sender {}, reader {} ({:.2} µs per delivery); {} \
+         stalls; {}",
+        f.us_per_delivery,
+        f.deliveries,
+        f.window_s,
+        f.achieved_per_s,
+        f.offered_per_s,
+        f.connections,
+        f.frame_bytes,
+        f.frames_per_write,
+        f.writes as f64 / f.wakeups.max(1) as f64,
+        cpu(f.sender_cpu),
+        cpu(f.reader_cpu),
+        f.reader_us_per_delivery,
+        f.stalls,
+        if f.problems.is_empty() { "every byte read".to_string() } else { f.problems.join("; ") }
+    )
+}
+
+/// The `floor` scenario's report.
+pub fn floor(r: &Report, f: &FloorFigures) -> String {
+    let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("pinned to CPU {c}"));
+    let rows: Vec<(String, String)> = vec![
+        (
+            "scenario".into(),
+            format!(
+                "floor: one write(2) of {} frame{} per {} to {} loopback sockets, round-robin, nothing else",
+                f.frames_per_write,
+                if f.frames_per_write == 1 { "" } else { "s" },
+                if f.frames_per_write == 1 {
+                    "delivery".to_string()
+                } else {
+                    format!("{} deliveries", f.frames_per_write)
+                },
+                f.connections
+            ),
+        ),
+        ("frame".into(), format!("{} bytes: {}", f.frame_bytes, f.frame_bytes_source)),
+        ("window".into(), format!("{:.2} s after {:.1} s warm-up", f.window_s, f.warmup_s)),
+        (
+            "deliveries/s".into(),
+            format!(
+                "offered {:.0}, achieved {:.0} ({} deliveries, {} writes in the window)",
+                f.offered_per_s, f.achieved_per_s, f.deliveries, f.writes
+            ),
+        ),
+        (
+            "sender".into(),
+            format!(
+                "{}; {} wakeups in the window ({:.1} writes each, tick {} µs), at worst {:.3} ms behind schedule",
+                cpu(f.sender_cpu),
+                f.wakeups,
+                f.writes as f64 / f.wakeups.max(1) as f64,
+                f.tick_us,
+                f.late_max_ms
+            ),
+        ),
+        (
+            "sender CPU".into(),
+            format!("{:.3} s over the window = {:.2} µs per delivery (the floor)", f.sender_cpu_s, f.us_per_delivery),
+        ),
+        (
+            "reader CPU".into(),
+            format!(
+                "{:.3} s over the window = {:.2} µs per delivery ({})",
+                f.reader_cpu_s,
+                f.reader_us_per_delivery,
+                cpu(f.reader_cpu)
+            ),
+        ),
+        (
+            "bytes".into(),
+            format!(
+                "{} written, {} read, {} never written ({} deliveries in all); {} sockets differ",
+                f.bytes_written, f.bytes_read, f.bytes_unwritten, f.deliveries_total, f.sockets_short
+            ),
+        ),
+        ("stalls".into(), format!("{} writes would block or were short (their rest went out later)", f.stalls)),
+        ("problems".into(), if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") }),
+    ];
+    align(&rows)
 }

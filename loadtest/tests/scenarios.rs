@@ -2,7 +2,8 @@
 //! (the debug build next to this test's executable, built if missing),
 //! asserting the report's invariants: nothing lost, no gap, no duplicate,
 //! no error, and figures present and sane. A few seconds each (`hostile`
-//! and `soak`, about ten).
+//! and `soak`, about ten). Each report's floor is measured for half a
+//! second (`--floor-duration 0.5`); `floor` runs alone, without a server.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use viche_load::report::{c, h, HostileKind, Report};
+use viche_load::report::{c, h, FloorFigures, HostileKind, Report};
 
 const SECRET: &str = "viche-load-test-secret-0123456789";
 
@@ -113,13 +114,20 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Runs viche-load with `args` (plus --json, --no-progress, --check) and
-/// returns its report; fails the test on a non-zero exit.
+/// The options every run here gets: a short floor.
+const FLOOR: [&str; 2] = ["--floor-duration", "0.5"];
+
+/// Runs viche-load with `args` (plus --json, --no-progress, --check and a
+/// short floor) and returns its report; fails the test on a non-zero exit.
 fn load(server: &Server, args: &[&str]) -> Report {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_viche-load"));
-    cmd.args(args).args(["--url", &server.url(), "--no-progress", "--check", "--json"]).arg(&json).stdin(Stdio::null());
+    cmd.args(args)
+        .args(FLOOR)
+        .args(["--url", &server.url(), "--no-progress", "--check", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null());
     let started = Instant::now();
     let out = cmd.output().expect("running viche-load");
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -178,6 +186,25 @@ fn assert_clean_traffic(r: &Report, connections: u64) {
     let cpu = r.server.cpu_seconds.expect("server CPU");
     assert!((0.0..60.0).contains(&cpu));
     assert!(r.server.cpu_us_per_delivery.is_some() && r.server.deliveries.unwrap_or(0) > 0, "{:?}", r.server);
+    // Beside it, the floor measured in the same invocation, or why there is none.
+    match &r.floor {
+        Some(f) => assert_floor_beside(r, f),
+        None => assert!(r.server.floor_missing.is_some(), "{:?}", r.server),
+    }
+}
+
+/// A floor measured after a run's window: at its delivery rate, to as many
+/// sockets as it had sessions, every byte received, and the ratio given.
+fn assert_floor_beside(r: &Report, f: &FloorFigures) {
+    assert_eq!(f.connections, count(r, c::CONNECTIONS_TARGET));
+    let window_rate = r.server.deliveries.unwrap_or(0) as f64 / r.window_s;
+    assert!((f.offered_per_s - window_rate).abs() < 1e-6, "{} vs {window_rate}", f.offered_per_s);
+    assert!(f.deliveries > 0 && f.us_per_delivery > 0.0, "{f:?}");
+    assert_eq!((f.bytes_read, f.bytes_unwritten), (f.bytes_written, 0), "{f:?}");
+    assert_eq!(f.bytes_written, f.deliveries_total * f.frame_bytes);
+    assert_eq!(r.server.floor_us_per_delivery, Some(f.us_per_delivery));
+    let ratio = r.server.ratio_to_floor.expect("the ratio to the floor");
+    assert!((ratio - r.server.cpu_us_per_delivery.unwrap() / f.us_per_delivery).abs() < 1e-9);
 }
 
 #[test]
@@ -224,6 +251,11 @@ fn fanout_small_run_is_clean_and_plots() {
     assert_eq!((send.performed, send.answered), (count(&r, c::SENDS), count(&r, c::ACKS)));
     assert_eq!(send.deliveries.as_ref().map(|d| (d.expected, d.received)), Some((r.loss.expected, r.loss.received)));
     assert_eq!(send.latency["deliver"], r.latency[h::LATENCY]);
+    // The floor: of the server's mean frame over the window.
+    let floor = r.floor.as_ref().expect("the floor beside the server's CPU per delivery");
+    let mean = r.server.frame_bytes_mean.expect("the server's mean frame");
+    assert_eq!(floor.frame_bytes, mean.round() as u64);
+    assert!(floor.frame_bytes_source.contains("/metrics"), "{}", floor.frame_bytes_source);
 }
 
 /// The figures of every kind of a `--mix` run: each performed, answered,
@@ -388,8 +420,9 @@ fn fanout_over_two_workers_and_source_addresses_merges() {
 #[test]
 fn dm_pairs_deliver_to_both_sides() {
     let server = Server::start(&["--registrations-burst", "1000"]);
-    let r = load(&server, &["dm", "--pairs", "3", "--rate", "5", "--duration", "2", "--warmup", "0.5"]);
+    let r = load(&server, &["dm", "--pairs", "3", "--rate", "5", "--duration", "2", "--warmup", "0.5", "--no-floor"]);
     assert_clean_traffic(&r, 6);
+    assert_eq!((r.floor.as_ref(), r.server.floor_missing.as_deref()), (None, Some("not measured (--no-floor)")));
     // Each DM reaches the recipient and the sender's own session.
     assert_eq!(r.loss.expected, 2 * count(&r, c::SENDS));
 }
@@ -476,6 +509,7 @@ fn load_unchecked(server: &Server, args: &[&str]) -> (Report, String) {
     let json = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
         .args(args)
+        .args(FLOOR)
         .args(["--url", &server.url(), "--no-progress", "--json"])
         .arg(&json)
         .stdin(Stdio::null())
@@ -684,4 +718,68 @@ fn refuses_a_remote_target() {
         .expect("running viche-load");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
+
+/// Runs `viche-load floor` with `args` (plus --json) and returns its
+/// report and its output; fails the test on a non-zero exit.
+fn floor(args: &[&str]) -> (Report, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("floor.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .arg("floor")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running viche-load floor");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "viche-load floor {args:?} failed ({:?}):\n{text}", out.status);
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file")).expect("a report");
+    (report, text)
+}
+
+#[test]
+fn floor_writes_one_frame_per_delivery_and_reads_every_byte() {
+    let common =
+        ["--connections", "50", "--rate", "2000", "--duration", "1.5", "--warmup", "0.5", "--reader-cpu", "none"];
+    let (r, text) = floor(&[&common[..], &["--sender-cpu", "0"]].concat());
+    assert_eq!(r.scenario, "floor");
+    let f = r.floor.as_ref().expect("the floor's figures");
+    assert_eq!((f.connections, f.frames_per_write, f.sender_cpu, f.reader_cpu), (50, 1, Some(0), None));
+    // The default frame: a real `msg` of a 100-byte body with its header.
+    let frame = viche_load::floor::msg_frame_bytes(100, viche_protocol::Encoding::MsgPack) as u64;
+    assert_eq!(f.frame_bytes, frame);
+    // Open loop at the rate: rate × window deliveries, give or take the bounds' wakeups.
+    assert!((f.window_s - 1.5).abs() < 0.5, "{f:?}");
+    let expected = 2000.0 * f.window_s;
+    assert!((f.deliveries as f64 - expected).abs() <= 0.1 * expected + 20.0, "{} of {expected}", f.deliveries);
+    assert_eq!(f.writes, f.deliveries);
+    // Every byte written was read; nothing was left unwritten.
+    assert_eq!((f.bytes_read, f.bytes_unwritten, f.sockets_short), (f.bytes_written, 0, 0), "{f:?}");
+    assert_eq!(f.bytes_written, f.deliveries_total * frame);
+    assert!(f.deliveries_total >= f.deliveries);
+    assert!(f.us_per_delivery > 0.0 && f.sender_cpu_s > 0.0, "{f:?}");
+    assert!((f.us_per_delivery - f.sender_cpu_s * 1e6 / f.deliveries as f64).abs() < 1e-6);
+    assert!(text.contains("(the floor)") && text.contains("problems"), "{text}");
+
+    // Four frames a write, of a given size: a quarter of the writes.
+    let (r, _) =
+        floor(&[&common[..], &["--sender-cpu", "none", "--frames-per-write", "4", "--frame-bytes", "100"]].concat());
+    let f = r.floor.as_ref().expect("the floor's figures");
+    assert_eq!((f.frame_bytes, f.frames_per_write, f.sender_cpu), (100, 4, None));
+    assert_eq!(f.deliveries, 4 * f.writes);
+    assert_eq!(f.bytes_read, f.bytes_written);
+    assert_eq!(f.bytes_written, f.deliveries_total * 100);
+}
+
+#[test]
+fn floor_refuses_more_connections_than_file_descriptors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_viche-load"))
+        .args(["floor", "--connections", "1000000", "--duration", "1"])
+        .output()
+        .expect("running viche-load floor");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("file descriptors") && err.contains("fewer connections"), "{err}");
 }

@@ -40,6 +40,14 @@ pub const HTTP_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const STORE_CACHE_MIB_DEFAULT: usize = viche_engine::store::embedded::CACHE_BYTES_DEFAULT >> 20;
 /// At most 1 TiB, so that it fits in bytes.
 pub const STORE_CACHE_MIB_MAX: usize = 1 << 20;
+/// Threads for blocking work: the embedded store's reads and commits
+/// (`--blocking-threads`). tokio's own default is 512, and its pool keeps
+/// the threads of a burst under steady load (each new task wakes an idle
+/// one, so none idles out), each with its own allocator caches: a soak
+/// held 200 of them and its RSS grew for as long as it ran.
+pub const BLOCKING_THREADS_DEFAULT: usize = 16;
+/// tokio's own default, the most this flag allows.
+pub const BLOCKING_THREADS_MAX: usize = 512;
 
 /// The bounds of the connection edge: sockets and their deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +147,10 @@ pub struct Args {
     /// server's RSS grows with the store up to about this much).
     #[arg(long, env = "VICHE_STORE_CACHE_MIB", default_value_t = STORE_CACHE_MIB_DEFAULT)]
     pub store_cache_mib: usize,
+    /// Threads for blocking work (the embedded store's reads and commits);
+    /// more calls at once wait for one of them.
+    #[arg(long, env = "VICHE_BLOCKING_THREADS", default_value_t = BLOCKING_THREADS_DEFAULT)]
+    pub blocking_threads: usize,
     /// A store call with no answer within this long counts as failed (and is retried).
     #[arg(long, env = "VICHE_STORE_TIMEOUT_MS", default_value_t = engine::STORE_TIMEOUT_MS_DEFAULT)]
     pub store_timeout_ms: u64,
@@ -336,6 +348,7 @@ impl Args {
             ("--argon2-concurrency", self.argon2_concurrency),
             ("--store-timeout-ms", self.store_timeout_ms as usize),
             ("--store-cache-mib", self.store_cache_mib),
+            ("--blocking-threads", self.blocking_threads),
             ("--max-sessions-per-user", self.max_sessions_per_user),
             ("--max-rooms-per-user", self.max_rooms_per_user),
             ("--max-public-conversations-per-user", self.max_public_conversations_per_user),
@@ -357,6 +370,9 @@ impl Args {
         }
         if self.store_cache_mib > STORE_CACHE_MIB_MAX {
             return Err(format!("--store-cache-mib must be at most {STORE_CACHE_MIB_MAX}"));
+        }
+        if self.blocking_threads > BLOCKING_THREADS_MAX {
+            return Err(format!("--blocking-threads must be at most {BLOCKING_THREADS_MAX}"));
         }
         let rates = [
             ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
@@ -512,5 +528,14 @@ mod tests {
         assert!(zero.contains("--store-cache-mib"), "{zero}");
         let huge = validated(&["--store-cache-mib", &(STORE_CACHE_MIB_MAX + 1).to_string()]).unwrap_err();
         assert!(huge.contains("--store-cache-mib"), "{huge}");
+    }
+
+    #[test]
+    fn the_blocking_threads_are_bounded_both_ways() {
+        assert_eq!(validated(&["--blocking-threads", "1"]), Ok(()));
+        let zero = validated(&["--blocking-threads", "0"]).unwrap_err();
+        assert!(zero.contains("--blocking-threads"), "{zero}");
+        let huge = validated(&["--blocking-threads", &(BLOCKING_THREADS_MAX + 1).to_string()]).unwrap_err();
+        assert!(huge.contains("--blocking-threads"), "{huge}");
     }
 }

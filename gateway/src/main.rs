@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         Some(dir) => tracing::info!(web_dir = %dir.display(), "serving the web client"),
         None => tracing::warn!("no web client found (web/dist); serving a placeholder page at /"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(args.blocking_threads).build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("viche: cannot start the runtime: {e}");

@@ -25,6 +25,7 @@ mod write;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -111,6 +112,18 @@ async fn run_session(engine: &Arc<Engine>, mut session: Session, st: ReadState, 
                     break Ending::Now(Some(close)); // a slow consumer, counted by the outbox
                 }
                 write.start();
+                // Written now, in this turn: the usual delivery (one frame,
+                // a socket with room) needs no second turn of the loop,
+                // which would poll every other branch again for nothing.
+                // What the socket does not take now, the write branch
+                // carries on with.
+                let written = std::future::poll_fn(|cx| {
+                    Poll::Ready(write.poll_write(cx, engine, &handle.outbox, handle.encoding))
+                })
+                .await;
+                if let Poll::Ready(Err(e)) = written {
+                    break Ending::Now(e.into_stop());
+                }
             }
             _ = &mut expiry => {
                 let _ = handle.send(&ServerFrame::error(None, ErrorCode::Unauthorized, "token expired"));

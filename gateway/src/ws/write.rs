@@ -1,11 +1,12 @@
 //! The write side of a connection: the session's outbox, replays and
 //! heartbeat pings, written as fast as the socket takes them, in as few
-//! syscalls as the queue allows. Outbox frames go out with `writev`
-//! straight from their shared encoded bytes (their WebSocket heads framed
-//! on the stack), so a delivery copies nothing and allocates no buffer;
-//! only a frame the socket took part of is copied, whole, into a buffer
-//! finished before anything else. Pings and replay pages are framed by
-//! hand into that buffer.
+//! syscalls as the queue allows. Outbox frames go out without a heap
+//! buffer: up to 4 KiB of them framed into one on the stack and written
+//! with `write` (the usual delivery), larger ones with `writev` straight
+//! from their shared encoded bytes (their WebSocket heads framed on the
+//! stack). Only a frame the socket took part of is copied, whole, into a
+//! buffer finished before anything else. Pings and replay pages are framed
+//! by hand into that buffer.
 //!
 //! Writing is never awaited by the connection loop (`ws/mod.rs`): it is a
 //! state machine ([`WriteSide`]) that the loop polls beside reading, the
@@ -160,6 +161,11 @@ struct Busy {
 /// Frames written by one `writev`, at most (two slices each: the head,
 /// framed on the stack, and the shared payload).
 const WRITEV_FRAMES_MAX: usize = 32;
+/// Frames that fit in this many bytes are copied into a buffer on the
+/// stack and written with one `write` instead: measured, `writev` of a
+/// head and a 190-byte payload cost the server 0.6 µs more per delivery
+/// than a copy and a `write` (docs/benchmarks.md, "Where the time goes").
+const STACK_WRITE_BYTES_MAX: usize = 4096;
 
 /// `Ok` when the socket may take bytes; else what `poll_write` returns: a
 /// stall past `write_timeout` is a write timeout, a failed socket ends the
@@ -185,7 +191,8 @@ fn poll_ready(
 
 /// Writes the next frames of `items` (in reverse order: the next is last;
 /// up to a replay marker, at most [`WRITEV_FRAMES_MAX`]) with one `writev`
-/// straight from their shared bytes, and pops those the socket took. A
+/// straight from their shared bytes (or, when they are small, one `write`
+/// from a copy on the stack), and pops those the socket took. A
 /// frame it took only part of is copied whole into `buf` (empty here), with
 /// `off` at what was taken, for the caller to finish first.
 fn write_items(
@@ -216,10 +223,26 @@ fn write_items(
             count += 1;
         }
         assert!(count > 0, "the caller writes a replay marker's pages instead");
-        for (i, head) in heads.iter().enumerate().take(count) {
-            slices[2 * i] = IoSlice::new(&head[..frame_lens[i].0]);
+        let framed_bytes: usize = frame_lens[..count].iter().map(|(head, payload)| head + payload).sum();
+        if framed_bytes <= STACK_WRITE_BYTES_MAX {
+            // Small frames (the usual delivery): copied into one buffer on
+            // the stack and written with a plain `write`, which costs the
+            // kernel less than walking an iovec per head and payload.
+            let mut framed = [0u8; STACK_WRITE_BYTES_MAX];
+            let mut at = 0;
+            for (i, head) in heads.iter().enumerate().take(count) {
+                for part in [&head[..frame_lens[i].0], &slices[2 * i + 1][..]] {
+                    framed[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+            }
+            stream.try_write(&framed[..at])?
+        } else {
+            for (i, head) in heads.iter().enumerate().take(count) {
+                slices[2 * i] = IoSlice::new(&head[..frame_lens[i].0]);
+            }
+            stream.try_write_vectored(&slices[..2 * count])?
         }
-        stream.try_write_vectored(&slices[..2 * count])?
     };
     hot().frames_out_bytes.increment(written as u64);
     let mut rest = written;

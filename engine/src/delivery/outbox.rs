@@ -5,13 +5,20 @@
 //! queued at once. The bound (frames and bytes) is the contract's
 //! slow-consumer limit: a push past it marks the session for close 4008
 //! and drops what is queued, so a slow reader costs bounded memory.
+//!
+//! The write loop is woken without a lock: a `pending` flag and an
+//! `AtomicWaker` (one consumer, the connection's task), instead of a
+//! `Notify` whose waiter list a room would lock for every recipient.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use viche_protocol::Close;
 
 use crate::metrics::SLOW_CONSUMERS;
@@ -56,7 +63,10 @@ struct Inner {
 
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
+    /// Set by every push or close, cleared by the write loop's wake-up.
+    pending: AtomicBool,
+    /// The write loop's task, while it waits.
+    waker: AtomicWaker,
     frames_max: u32,
     bytes_max: u32,
 }
@@ -66,7 +76,8 @@ impl Outbox {
         assert!(frames_max > 0 && bytes_max > 0, "an outbox bound of zero would close every session");
         Self {
             inner: Mutex::new(Inner::default()),
-            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             frames_max: frames_max.min(u32::MAX as usize) as u32,
             bytes_max: bytes_max.min(u32::MAX as usize) as u32,
         }
@@ -85,7 +96,7 @@ impl Outbox {
             inner.close = Some(PendingClose { close: Close::SLOW_CONSUMER, drain_first: false });
             drop(inner);
             SLOW_CONSUMERS.counter_with("outbox_full").increment(1);
-            self.notify.notify_one();
+            self.wake();
             return Err(PushError::SlowConsumer);
         }
         inner.frames += 1;
@@ -94,7 +105,7 @@ impl Outbox {
         let depth = inner.frames;
         drop(inner);
         crate::metrics::note_outbox_depth(depth);
-        self.notify.notify_one();
+        self.wake();
         Ok(())
     }
 
@@ -108,7 +119,7 @@ impl Outbox {
         }
         inner.queue.push_back(item);
         drop(inner);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Asks the write loop to close, after writing what is queued when
@@ -119,7 +130,7 @@ impl Outbox {
             inner.close = Some(PendingClose { close, drain_first });
         }
         drop(inner);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// A requested close that does not wait for the queue (a slow
@@ -155,15 +166,61 @@ impl Outbox {
         self.inner.lock().queue.len()
     }
 
-    /// Resolves when something was pushed or a close was requested.
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Wakes the write loop, unless a wake-up is already pending (it has
+    /// not run since: it will see this push too).
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves when something was pushed or a close was requested since
+    /// it last resolved. One waiter at a time: the connection's task.
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A push between the check and the registration found no
+            // waker to wake: it left the flag, seen here.
+            if self.pending.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lock-free wake-up: a push before the wait is not lost, several
+    /// pushes make one wake-up, a resolved wait does not resolve again
+    /// without a push, and a push from another thread wakes a waiting task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_wakes_the_waiting_loop_once_and_is_never_lost() {
+        use std::time::Duration;
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        o.push(Bytes::from_static(b"a")).unwrap();
+        o.push(Bytes::from_static(b"b")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a push before the wait");
+        let again = tokio::time::timeout(Duration::from_millis(50), o.notified()).await;
+        assert!(again.is_err(), "two pushes, one wake-up: nothing new since");
+        for round in 0..1000u32 {
+            let pusher = o.clone();
+            let push = std::thread::spawn(move || pusher.push(Bytes::from(round.to_be_bytes().to_vec())).unwrap());
+            tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a push from another thread");
+            push.join().unwrap();
+            let mut out = Vec::new();
+            o.drain(&mut out);
+            assert_eq!(out.len(), if round == 0 { 3 } else { 1 }, "every push drained once");
+        }
+        o.close(Close::SHUTDOWN, true);
+        tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a close wakes the loop");
+    }
 
     #[test]
     fn full_by_frames_closes_as_slow_consumer() {

@@ -196,6 +196,12 @@ pub struct ServerFigures {
     /// share of deliveries at or under each bucket bound, by bound in ms.
     #[serde(default)]
     pub send_deliver_within: BTreeMap<String, f64>,
+    /// The store's commits over the window
+    /// (`viche_store_commit_duration_seconds`: one per writer batch, the
+    /// fsync included): the share at or under each bucket bound, by bound
+    /// in ms. What of send→deliver the store owns.
+    #[serde(default)]
+    pub commit_within: BTreeMap<String, f64>,
     /// Busy CPU-seconds of the whole machine over the window (server,
     /// generator and anything else running): what is left after the
     /// server's and the generator's is other work that skewed the run.
@@ -774,16 +780,19 @@ impl Report {
         } else {
             row("server CPU", format!("{} s over the window ({})", opt(s.cpu_seconds, "", 3), s.source));
         }
-        if !s.send_deliver_within.is_empty() {
+        for (name, within) in [("server send→deliver", &s.send_deliver_within), ("store commits", &s.commit_within)] {
+            if within.is_empty() {
+                continue;
+            }
             let mut within: Vec<(f64, f64)> =
-                s.send_deliver_within.iter().filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v))).collect();
+                within.iter().filter_map(|(k, v)| Some((k.parse::<f64>().ok()?, *v))).collect();
             within.sort_by(|a, b| a.0.total_cmp(&b.0));
             let shown: Vec<String> = within
                 .iter()
                 .filter(|(le, _)| [0.5, 1.0, 2.5, 5.0, 10.0, 100.0].contains(le))
                 .map(|(le, v)| format!("{:.1}% ≤ {le} ms", v * 100.0))
                 .collect();
-            row("server send→deliver", shown.join(", "));
+            row(name, shown.join(", "));
         }
         if s.rss_after_bytes.is_some() {
             row(

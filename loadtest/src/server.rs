@@ -22,6 +22,8 @@ pub struct Sample {
     pub deliveries: Option<u64>,
     /// `viche_send_deliver_latency_seconds` buckets: (le, cumulative count).
     pub send_deliver_buckets: Vec<(f64, f64)>,
+    /// `viche_store_commit_duration_seconds` buckets, likewise.
+    pub commit_buckets: Vec<(f64, f64)>,
     /// Busy CPU time of the whole machine (every process, all cores), from /proc/stat.
     pub machine_busy_seconds: Option<f64>,
     /// Frames the server wrote (every kind), and their bytes on the wire.
@@ -121,6 +123,7 @@ impl Probe {
                 s.frames_out = m.get("viche_frames_out_total").map(|v| *v as u64);
                 s.frames_out_bytes = m.get("viche_frames_out_bytes_total").map(|v| *v as u64);
                 s.send_deliver_buckets = buckets(&resp.body, "viche_send_deliver_latency_seconds_bucket");
+                s.commit_buckets = buckets(&resp.body, "viche_store_commit_duration_seconds_bucket");
                 s.source = "metrics".into();
             }
         }
@@ -220,6 +223,7 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
         rss_per_session_bytes: None,
         sessions: None,
         send_deliver_within: shares(&before.send_deliver_buckets, &after.send_deliver_buckets),
+        commit_within: shares(&before.commit_buckets, &after.commit_buckets),
         machine_cpu_seconds: match (before.machine_busy_seconds, after.machine_busy_seconds) {
             (Some(a), Some(b)) => Some((b - a).max(0.0)),
             _ => None,

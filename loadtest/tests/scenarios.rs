@@ -256,6 +256,14 @@ fn fanout_small_run_is_clean_and_plots() {
     let mean = r.server.frame_bytes_mean.expect("the server's mean frame");
     assert_eq!(floor.frame_bytes, mean.round() as u64);
     assert!(floor.frame_bytes_source.contains("/metrics"), "{}", floor.frame_bytes_source);
+    // The store's commits over the same window: a share at or under each
+    // bound, growing with the bound (every send was committed).
+    let mut commits: Vec<(f64, f64)> =
+        r.server.commit_within.iter().map(|(le, share)| (le.parse().expect("a bound in ms"), *share)).collect();
+    commits.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(!commits.is_empty(), "the commit latency distribution beside send→deliver");
+    assert!(commits.windows(2).all(|w| w[0].1 <= w[1].1) && commits.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
+    assert!(commits.last().unwrap().1 > 0.0, "{commits:?}");
 }
 
 /// The figures of every kind of a `--mix` run: each performed, answered,

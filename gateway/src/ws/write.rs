@@ -244,6 +244,11 @@ fn write_items(
             stream.try_write_vectored(&slices[..2 * count])?
         }
     };
+    if written == 0 {
+        // Only a socket that can take no more bytes ever says 0 to a
+        // write of at least one frame head.
+        return Err(io::ErrorKind::WriteZero.into());
+    }
     hot().frames_out_bytes.increment(written as u64);
     let mut rest = written;
     let mut done = 0;
@@ -374,7 +379,7 @@ impl WriteSide {
                 continue;
             }
             // 3. Items drained earlier, up to the next replay marker: written
-            // from their shared bytes, no copy.
+            // without a heap buffer (`write_items`).
             if let Some(OutItem::Replay { .. }) = busy.items.last() {
                 let Some(OutItem::Replay { room, after, upto }) = busy.items.pop() else { unreachable!() };
                 busy.replay = Some(Replay { room, after, upto, page: None });

@@ -368,11 +368,14 @@ impl Args {
                 return Err(format!("{flag} must be greater than 0"));
             }
         }
-        if self.store_cache_mib > STORE_CACHE_MIB_MAX {
-            return Err(format!("--store-cache-mib must be at most {STORE_CACHE_MIB_MAX}"));
-        }
-        if self.blocking_threads > BLOCKING_THREADS_MAX {
-            return Err(format!("--blocking-threads must be at most {BLOCKING_THREADS_MAX}"));
+        let maxima = [
+            ("--store-cache-mib", self.store_cache_mib, STORE_CACHE_MIB_MAX),
+            ("--blocking-threads", self.blocking_threads, BLOCKING_THREADS_MAX),
+        ];
+        for (flag, value, max) in maxima {
+            if value > max {
+                return Err(format!("{flag} must be at most {max}"));
+            }
         }
         let rates = [
             ("--send-per-second/--send-burst", self.send_per_second, self.send_burst),
@@ -521,21 +524,15 @@ mod tests {
     }
 
     #[test]
-    fn the_store_cache_is_bounded_both_ways() {
+    fn bounded_flags_refuse_zero_and_past_their_maximum() {
         assert_eq!(validated(&[]), Ok(()));
-        assert_eq!(validated(&["--store-cache-mib", "1"]), Ok(()));
-        let zero = validated(&["--store-cache-mib", "0"]).unwrap_err();
-        assert!(zero.contains("--store-cache-mib"), "{zero}");
-        let huge = validated(&["--store-cache-mib", &(STORE_CACHE_MIB_MAX + 1).to_string()]).unwrap_err();
-        assert!(huge.contains("--store-cache-mib"), "{huge}");
-    }
-
-    #[test]
-    fn the_blocking_threads_are_bounded_both_ways() {
-        assert_eq!(validated(&["--blocking-threads", "1"]), Ok(()));
-        let zero = validated(&["--blocking-threads", "0"]).unwrap_err();
-        assert!(zero.contains("--blocking-threads"), "{zero}");
-        let huge = validated(&["--blocking-threads", &(BLOCKING_THREADS_MAX + 1).to_string()]).unwrap_err();
-        assert!(huge.contains("--blocking-threads"), "{huge}");
+        for (flag, max) in [("--store-cache-mib", STORE_CACHE_MIB_MAX), ("--blocking-threads", BLOCKING_THREADS_MAX)] {
+            assert_eq!(validated(&[flag, "1"]), Ok(()));
+            assert_eq!(validated(&[flag, &max.to_string()]), Ok(()));
+            for bad in ["0".to_string(), (max + 1).to_string()] {
+                let refused = validated(&[flag, &bad]).unwrap_err();
+                assert!(refused.contains(flag), "{flag} {bad}: {refused}");
+            }
+        }
     }
 }

@@ -105,10 +105,8 @@ impl EmbeddedStore {
         assert!(cache_bytes > 0);
         std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(&path)
-            .with_context(|| format!("opening the embedded store {}", path.display()))?;
+        let db =
+            open_db(&path, cache_bytes).with_context(|| format!("opening the embedded store {}", path.display()))?;
 
         // Create the tables once, so read transactions never meet a missing one.
         let txn = db.begin_write().context("embedded store: beginning the setup transaction")?;
@@ -177,7 +175,7 @@ impl Inner {
     fn reopen(&self, after: &str) {
         let mut db = self.db.write();
         *db = None; // releases the file before it is opened again
-        match Database::builder().set_cache_size(self.cache_bytes).create(&self.path) {
+        match open_db(&self.path, self.cache_bytes) {
             Ok(reopened) => {
                 *db = Some(reopened);
                 self.reopens.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +185,11 @@ impl Inner {
             Err(e) => tracing::error!(path = %self.path.display(), error = %e, "embedded store could not be reopened"),
         }
     }
+}
+
+/// Opens (or creates) the database file with a page cache of `cache_bytes`.
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
 }
 
 /// Maps a redb error to a `StoreError`, naming the operation that failed.

@@ -16,8 +16,8 @@
 //!    collides, or an event of the batch is refused or repeats (a retried
 //!    deletion meets its own effect), is the batch attempted again with it
 //!    (FerretDB on SQLite answers this `$in` by reading the whole
-//!    collection: a tenth of the throughput when it ran on every batch). Those found are answered
-//!    `Duplicate` with their original seq. With `--mongo-write-concern
+//!    collection: a tenth of the throughput when it ran on every batch).
+//!    Those found are answered `Duplicate` with their original seq. With `--mongo-write-concern
 //!    majority` this read uses read concern `majority`, so a duplicate is
 //!    acknowledged only once it is durable as configured: a retried
 //!    message that reached the primary but not yet a majority is not seen

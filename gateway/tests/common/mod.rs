@@ -81,6 +81,11 @@ fn unique_db_name() -> String {
 }
 
 impl Opts {
+    /// The defaults, with these `--flag value` arguments.
+    pub fn with_args(flags: &[&str]) -> Opts {
+        Opts { extra_args: flags.iter().map(|f| f.to_string()).collect(), ..Opts::default() }
+    }
+
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         let mut push = |flag: &str, v: Option<u64>| {

@@ -7,10 +7,6 @@ use viche_client::{ClientError, Connection, Encoding, ErrorCode};
 
 use crate::common::*;
 
-fn with(args: &[&str]) -> Opts {
-    Opts { extra_args: args.iter().map(|a| a.to_string()).collect(), ..Opts::default() }
-}
-
 fn code_of_refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
     match result {
         Err(ClientError::Server { code, .. }) => code,
@@ -60,7 +56,7 @@ async fn eighty_sessions_of_one_user_give_sixty_four_and_sixteen_refused() {
 
 #[tokio::test]
 async fn room_memberships_are_bounded_per_user_across_sessions() {
-    let server = Server::start_with(with(&["--max-rooms-per-user", "3"])).await;
+    let server = Server::start_with(Opts::with_args(&["--max-rooms-per-user", "3"])).await;
     let token = server.user("joiner").await;
     let (mut a, mut b) = (server.connect(&token).await, server.connect(&token).await);
     a.join("r1", None).await.unwrap();
@@ -81,7 +77,7 @@ async fn room_memberships_are_bounded_per_user_across_sessions() {
 
 #[tokio::test]
 async fn the_number_of_rooms_is_bounded() {
-    let server = Server::start_with(with(&["--rooms-max", "2"])).await;
+    let server = Server::start_with(Opts::with_args(&["--rooms-max", "2"])).await;
     let mut s = server.session("roomy").await;
     s.join("one", None).await.unwrap();
     s.join("two", None).await.unwrap();
@@ -91,7 +87,7 @@ async fn the_number_of_rooms_is_bounded() {
 
 #[tokio::test]
 async fn history_is_rate_limited_over_websocket_and_http() {
-    let server = Server::start_with(with(&["--history-per-second", "0.2", "--history-burst", "3"])).await;
+    let server = Server::start_with(Opts::with_args(&["--history-per-second", "0.2", "--history-burst", "3"])).await;
     let token = server.user("reader").await;
     let mut s = server.connect(&token).await;
     for _ in 0..3 {
@@ -108,7 +104,7 @@ async fn history_is_rate_limited_over_websocket_and_http() {
 
 #[tokio::test]
 async fn joins_with_since_are_rate_limited_per_session() {
-    let server = Server::start_with(with(&["--replays-per-second", "0.2", "--replays-burst", "2"])).await;
+    let server = Server::start_with(Opts::with_args(&["--replays-per-second", "0.2", "--replays-burst", "2"])).await;
     let mut s = server.session("resumer").await;
     s.join("lobby", None).await.expect("a join without since is not a replay");
     s.join("lobby", Some(0)).await.unwrap();

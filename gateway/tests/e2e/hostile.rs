@@ -437,11 +437,7 @@ async fn a_response_the_client_never_reads_is_cut_at_the_write_timeout() {
 async fn an_address_past_max_connections_per_ip_is_refused_while_others_are_served() {
     let server = Server::start_with(Opts {
         hello_timeout_ms: Some(120_000),
-        extra_args: ["--max-connections-per-ip", "3", "--http-request-timeout-ms", "120000"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Opts::default()
+        ..Opts::with_args(&["--max-connections-per-ip", "3", "--http-request-timeout-ms", "120000"])
     })
     .await;
     let token = server.user("alice").await;
@@ -488,11 +484,7 @@ async fn an_address_past_max_connections_per_ip_is_refused_while_others_are_serv
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap() {
     let server = Server::start_with(Opts {
         hello_timeout_ms: Some(120_000),
-        extra_args: ["--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Opts::default()
+        ..Opts::with_args(&["--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "2"])
     })
     .await;
     let proxy = ip("127.0.0.1");

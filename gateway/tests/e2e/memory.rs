@@ -48,20 +48,14 @@ fn threads(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_store_calls_adds_at_most_the_blocking_threads() {
     const BLOCKING_THREADS: usize = 4;
-    let server = Server::start_with(Opts {
-        extra_args: [
-            "--blocking-threads",
-            &BLOCKING_THREADS.to_string(),
-            "--history-per-second",
-            "100000",
-            "--history-burst",
-            "100000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        ..Opts::default()
-    })
+    let server = Server::start_with(Opts::with_args(&[
+        "--blocking-threads",
+        &BLOCKING_THREADS.to_string(),
+        "--history-per-second",
+        "100000",
+        "--history-burst",
+        "100000",
+    ]))
     .await;
     let token = server.user("alice").await;
     let rooms: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();

@@ -167,12 +167,17 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// The one CPU a process (`None`: this one) is pinned to, if it is pinned
-/// to one (/proc/PID/status, `Cpus_allowed_list`).
-pub fn pinned_cpu(pid: Option<u32>) -> Option<usize> {
+/// The CPUs a process (`None`: this one) may run on (/proc/PID/status,
+/// `Cpus_allowed_list`).
+pub fn allowed_cpus(pid: Option<u32>) -> Option<Vec<usize>> {
     let path = pid.map_or("/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
     let status = std::fs::read_to_string(path).ok()?;
-    let list = parse_cpu_list(status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?)?;
+    parse_cpu_list(status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?)
+}
+
+/// The one CPU a process (`None`: this one) is pinned to, if it is pinned to one.
+pub fn pinned_cpu(pid: Option<u32>) -> Option<usize> {
+    let list = allowed_cpus(pid)?;
     (list.len() == 1).then(|| list[0])
 }
 

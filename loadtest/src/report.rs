@@ -223,6 +223,68 @@ pub struct ServerFigures {
     /// Why there is no floor, when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor_missing: Option<String>,
+    /// CPUs the server may run on (its affinity), when its PID is known.
+    #[serde(default)]
+    pub cpus_allowed: Option<u64>,
+}
+
+/// Which side of the run ran out of CPU: each side's busy share of the
+/// CPUs it may run on over the window, and the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saturation {
+    /// Server CPU-seconds / (window × its allowed CPUs).
+    pub server_busy: Option<f64>,
+    pub server_cpus: Option<u64>,
+    /// Generator CPU-seconds (all its processes) / (window × its CPUs).
+    pub generator_busy: f64,
+    pub generator_cpus: u64,
+    /// `server`, `generator`, `both` or `neither`: whose busy share is at
+    /// least [`SATURATED_BUSY`]. A saturated generator means the run says
+    /// little about the server's limit.
+    pub saturated: String,
+}
+
+/// A side busy this share of its CPUs (or more) over the window is saturated.
+pub const SATURATED_BUSY: f64 = 0.9;
+
+impl Saturation {
+    pub fn new(server: &ServerFigures, generator_cpu_s: f64, generator_cpus: u64, window_s: f64) -> Saturation {
+        assert!(generator_cpus > 0 && window_s > 0.0);
+        let server_busy = match (server.cpu_seconds, server.cpus_allowed) {
+            (Some(cpu), Some(cpus)) if cpus > 0 => Some(cpu / (window_s * cpus as f64)),
+            _ => None,
+        };
+        let generator_busy = generator_cpu_s / (window_s * generator_cpus as f64);
+        let saturated = match (server_busy.is_some_and(|b| b >= SATURATED_BUSY), generator_busy >= SATURATED_BUSY) {
+            (true, true) => "both",
+            (true, false) => "server",
+            (false, true) => "generator",
+            (false, false) => "neither",
+        };
+        Saturation {
+            server_busy,
+            server_cpus: server.cpus_allowed,
+            generator_busy,
+            generator_cpus,
+            saturated: saturated.into(),
+        }
+    }
+
+    /// The report's row.
+    pub fn line(&self) -> String {
+        let server = match (self.server_busy, self.server_cpus) {
+            (Some(b), Some(n)) => format!("server {:.0}% of its {n} CPU{}", b * 100.0, if n == 1 { "" } else { "s" }),
+            _ => "server n/a (its PID is not known)".into(),
+        };
+        let n = self.generator_cpus;
+        format!(
+            "{server}, generator {:.0}% of its {n} CPU{} → {} saturated (≥ {:.0}% busy)",
+            self.generator_busy * 100.0,
+            if n == 1 { "" } else { "s" },
+            self.saturated,
+            SATURATED_BUSY * 100.0
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -309,6 +371,9 @@ pub struct Report {
     /// measured after another scenario's window (see `server.ratio_to_floor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<FloorFigures>,
+    /// Which side ran out of CPU in the window (when the generator's CPU was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<Saturation>,
 }
 
 /// This machine's floor (`crate::floor`): one write(2) of a frame per
@@ -631,7 +696,6 @@ impl Report {
             rates,
             loss,
             latency: raw.histograms.iter().map(|(k, v)| (k.clone(), v.summary())).collect(),
-            server,
             counters: raw.counters.clone(),
             errors_by_code: raw.errors_by_code.clone(),
             closes_by_code: raw.closes_by_code.clone(),
@@ -639,6 +703,11 @@ impl Report {
             histograms: raw.histograms.clone(),
             problems,
             operations: operations(raw, window),
+            saturation: (g(c::GENERATOR_CPU_US) > 0).then(|| {
+                let cpus = crate::floor::allowed_cpus(None).map_or(1, |cpus| cpus.len() as u64);
+                Saturation::new(&server, g(c::GENERATOR_CPU_US) as f64 / 1e6, cpus, window)
+            }),
+            server,
             ..Report::default()
         }
     }
@@ -826,6 +895,9 @@ impl Report {
                 ),
             );
         }
+        if let Some(saturation) = &self.saturation {
+            row("saturation", saturation.line());
+        }
         if let Some(soak) = &self.soak {
             rows.extend(crate::tables::soak_rows(self, soak));
         }
@@ -1011,6 +1083,26 @@ mod tests {
         // Merge order does not matter.
         let m2 = Raw::merged([&b, &a]);
         assert_eq!(m2, m);
+    }
+
+    #[test]
+    fn saturation_names_the_side_busy_past_the_bound() {
+        let server =
+            |cpu: f64| ServerFigures { cpu_seconds: Some(cpu), cpus_allowed: Some(1), ..ServerFigures::default() };
+        let verdict = |s: f64, g: f64| Saturation::new(&server(s), g, 1, 20.0).saturated;
+        assert_eq!(verdict(19.2, 19.5), "both");
+        assert_eq!(verdict(19.2, 10.0), "server");
+        assert_eq!(verdict(12.0, 18.5), "generator");
+        assert_eq!(verdict(12.0, 10.0), "neither");
+        // Two generator CPUs: 19.5 s of 40 is not saturated.
+        let two = Saturation::new(&server(12.0), 19.5, 2, 20.0);
+        assert_eq!((two.saturated.as_str(), two.generator_busy), ("neither", 0.4875));
+        // No server PID: only the generator can be judged.
+        let unknown = Saturation::new(&ServerFigures::default(), 19.5, 1, 20.0);
+        assert_eq!((unknown.server_busy, unknown.saturated.as_str()), (None, "generator"));
+        assert!(unknown.line().contains("server n/a"), "{}", unknown.line());
+        let line = Saturation::new(&server(19.2), 10.0, 1, 20.0).line();
+        assert!(line.starts_with("server 96% of its 1 CPU, generator 50% of its 1 CPU → server saturated"), "{line}");
     }
 
     #[test]

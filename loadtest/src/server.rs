@@ -29,6 +29,8 @@ pub struct Sample {
     /// Frames the server wrote (every kind), and their bytes on the wire.
     pub frames_out: Option<u64>,
     pub frames_out_bytes: Option<u64>,
+    /// CPUs the server may run on (`/proc/PID/status`), when its PID is known.
+    pub cpus_allowed: Option<u64>,
     /// Where cpu and rss came from.
     pub source: String,
 }
@@ -131,6 +133,7 @@ impl Probe {
             if let (Some(cpu), Some(rss)) = (proc_cpu_seconds(pid), proc_rss_bytes(pid)) {
                 s.cpu_seconds = Some(cpu);
                 s.rss_bytes = Some(rss);
+                s.cpus_allowed = crate::floor::allowed_cpus(Some(pid)).map(|cpus| cpus.len() as u64);
                 s.source = format!("proc:{pid}");
             }
         }
@@ -228,6 +231,7 @@ pub fn figures(before: &Sample, after: &Sample, delivered: u64) -> ServerFigures
             (Some(a), Some(b)) => Some((b - a).max(0.0)),
             _ => None,
         },
+        cpus_allowed: after.cpus_allowed,
         frame_bytes_mean: match (before.frames_out, after.frames_out, before.frames_out_bytes, after.frames_out_bytes) {
             (Some(fa), Some(fb), Some(ba), Some(bb)) if fb > fa && bb > ba => Some((bb - ba) as f64 / (fb - fa) as f64),
             _ => None,
@@ -326,6 +330,7 @@ pub fn find_listening_pid(port: u16) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     #[test]

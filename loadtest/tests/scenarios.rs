@@ -264,6 +264,12 @@ fn fanout_small_run_is_clean_and_plots() {
     assert!(!commits.is_empty(), "the commit latency distribution beside send→deliver");
     assert!(commits.windows(2).all(|w| w[0].1 <= w[1].1) && commits.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
     assert!(commits.last().unwrap().1 > 0.0, "{commits:?}");
+    // Which side ran out of CPU: both sides' busy shares, and a verdict.
+    let sat = r.saturation.as_ref().expect("the saturation verdict beside the CPU figures");
+    let cpus = viche_load::floor::allowed_cpus(None).expect("this process's CPUs").len() as u64;
+    assert_eq!(sat.server_cpus, Some(cpus), "the test server runs unpinned: {sat:?}");
+    assert!(sat.server_busy.is_some_and(|b| b > 0.0) && sat.generator_busy > 0.0, "{sat:?}");
+    assert!(["server", "generator", "both", "neither"].contains(&sat.saturated.as_str()), "{sat:?}");
 }
 
 /// The figures of every kind of a `--mix` run: each performed, answered,

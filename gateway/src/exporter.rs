@@ -16,9 +16,12 @@ use viche_engine::metrics::{self as table, Kind, Metric, Source};
 use viche_engine::Engine;
 
 /// Histogram buckets of every `_seconds` histogram: they resolve 50 µs
-/// to 10 s (above the last bucket, only `+Inf`).
-pub const SECONDS_BUCKETS: &[f64] =
-    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// to 10 s (above the last bucket, only `+Inf`), finer between 1 and 2.5
+/// ms, where the send→deliver target (p99 ≤ 2 ms) lies.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 /// Messages per store commit (`--writer-batch-max` is 4096 by default).
 pub const BATCH_SIZE_BUCKETS: &[f64] =
     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];

@@ -858,7 +858,7 @@ impl Report {
             within.sort_by(|a, b| a.0.total_cmp(&b.0));
             let shown: Vec<String> = within
                 .iter()
-                .filter(|(le, _)| [0.5, 1.0, 2.5, 5.0, 10.0, 100.0].contains(le))
+                .filter(|(le, _)| [0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 100.0].contains(le))
                 .map(|(le, v)| format!("{:.1}% ≤ {le} ms", v * 100.0))
                 .collect();
             row(name, shown.join(", "));

@@ -249,9 +249,9 @@ metrics_table! {
     MESSAGES_STORED: "viche_messages_stored_total", Counter, Count, Live, NO_LABELS,
         "Messages durably stored (duplicates by cid excluded).";
     DELIVERIES: "viche_deliveries_total", Counter, Count, Live, NO_LABELS,
-        "msg frames queued to recipients' outboxes (one per recipient session).";
+        "msg frames pushed to recipients' outboxes (one per recipient session).";
     SEND_DELIVER_LATENCY: "viche_send_deliver_latency_seconds", Histogram, Seconds, Live, NO_LABELS,
-        "From decoding a send to queueing its msg in the last recipient's outbox.";
+        "From decoding a send to pushing its msg to the last recipient's outbox (which writes it to an idle connection's socket).";
     REPLAYED_MESSAGES: "viche_replayed_messages_total", Counter, Count, Live, NO_LABELS,
         "Stored messages written to clients as a replay (join with since, restart).";
 

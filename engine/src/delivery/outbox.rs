@@ -9,6 +9,15 @@
 //! The write loop is woken without a lock: a `pending` flag and an
 //! `AtomicWaker` (one consumer, the connection's task), instead of a
 //! `Notify` whose waiter list a room would lock for every recipient.
+//!
+//! Most pushes wake nothing at all: while the write loop is idle (it
+//! found the outbox empty and has nothing of its own to write), a push
+//! writes the frame to the socket itself, at once, without waiting
+//! ([`DirectWrite`], attached by the transport). Only what the socket does
+//! not take (all of the frame, or its rest) is queued for the loop. The
+//! outbox's lock orders the two writers: a push writes only while the loop
+//! is idle, and the loop claims the socket back ([`Outbox::claim`]), under
+//! the same lock, before it writes anything.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -52,6 +61,26 @@ pub enum PushError {
     Closed,
 }
 
+/// What a push's write straight to the socket did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Direct {
+    /// The socket took the whole frame.
+    All,
+    /// It took part: these are the framed bytes it did not take, which go
+    /// out before anything else.
+    Part(Bytes),
+    /// It took nothing (it would block, or it failed: the write loop will
+    /// find out).
+    Nothing,
+}
+
+/// A connection's socket as a push writes to it while the write loop is
+/// idle: one non-blocking write of a frame (the transport frames
+/// `payload`), never a wait.
+pub trait DirectWrite: Send + Sync {
+    fn write_now(&self, payload: &[u8]) -> Direct;
+}
+
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<OutItem>,
@@ -59,6 +88,13 @@ struct Inner {
     frames: usize,
     bytes: usize,
     close: Option<PendingClose>,
+    /// The socket, while the connection lets pushes write to it.
+    direct: Option<Box<dyn DirectWrite>>,
+    /// The write loop is idle: it found the queue empty and writes nothing
+    /// until it claims the socket back. Only then may a push write.
+    idle: bool,
+    /// The rest of a frame a push wrote part of; the loop writes it first.
+    rest: Option<Bytes>,
 }
 
 pub struct Outbox {
@@ -99,6 +135,22 @@ impl Outbox {
             self.wake();
             return Err(PushError::SlowConsumer);
         }
+        if inner.idle {
+            debug_assert!(inner.queue.is_empty() && inner.rest.is_none(), "an idle loop left nothing behind");
+            if let Some(direct) = &inner.direct {
+                match direct.write_now(&frame) {
+                    Direct::All => return Ok(()),
+                    Direct::Part(rest) => {
+                        inner.rest = Some(rest);
+                        inner.idle = false;
+                        drop(inner);
+                        self.wake();
+                        return Ok(());
+                    }
+                    Direct::Nothing => inner.idle = false,
+                }
+            }
+        }
         inner.frames += 1;
         inner.bytes += frame.len();
         inner.queue.push_back(OutItem::Frame(frame));
@@ -117,6 +169,9 @@ impl Outbox {
         if inner.close.is_some() {
             return;
         }
+        // Queued for the loop, so later pushes queue behind it (a replay
+        // marker must come before the live messages that follow it).
+        inner.idle = false;
         inner.queue.push_back(item);
         drop(inner);
         self.wake();
@@ -143,11 +198,41 @@ impl Outbox {
         self.inner.lock().close.is_some()
     }
 
+    /// Lets pushes write to `socket` while the write loop is idle (from its
+    /// next [`Outbox::drain`] that finds nothing).
+    pub fn attach(&self, socket: Box<dyn DirectWrite>) {
+        self.inner.lock().direct = Some(socket);
+    }
+
+    /// Pushes write to the socket no more; returns the rest of a frame one
+    /// of them wrote part of, to be written before anything else.
+    pub fn detach(&self) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        inner.direct = None;
+        inner.idle = false;
+        inner.rest.take()
+    }
+
+    /// The write loop is about to write: pushes queue from now on. Returns
+    /// the rest of a frame a push wrote part of, to be written first.
+    pub fn claim(&self) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        inner.idle = false;
+        inner.rest.take()
+    }
+
     /// Moves everything queued into `out` and returns a pending close, if any.
-    /// With a close that does not drain first, nothing is moved.
+    /// With a close that does not drain first, nothing is moved. Finding
+    /// nothing (and no close), the loop goes idle: pushes write to the
+    /// socket themselves until it claims it back.
     pub fn drain(&self, out: &mut Vec<OutItem>) -> Option<Close> {
         let mut inner = self.inner.lock();
+        debug_assert!(inner.rest.is_none(), "the loop claimed a rest before draining");
         let close = inner.close;
+        if close.is_none() && inner.queue.is_empty() {
+            inner.idle = inner.direct.is_some();
+            return None;
+        }
         if close.is_some_and(|c| !c.drain_first) {
             inner.queue = VecDeque::new();
         } else {
@@ -220,6 +305,83 @@ mod tests {
         }
         o.close(Close::SHUTDOWN, true);
         tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a close wakes the loop");
+    }
+
+    /// A socket that takes what `takes` says, and records what it took.
+    struct Socket {
+        takes: Mutex<Vec<Direct>>,
+        took: Arc<Mutex<Vec<Bytes>>>,
+    }
+
+    impl DirectWrite for Socket {
+        fn write_now(&self, payload: &[u8]) -> Direct {
+            let taken = self.takes.lock().pop().unwrap_or(Direct::All);
+            if taken != Direct::Nothing {
+                self.took.lock().push(Bytes::copy_from_slice(payload));
+            }
+            taken
+        }
+    }
+
+    /// Pushes write to the socket only while the loop is idle (after a
+    /// drain that found nothing), in push order; what the socket does not
+    /// take is queued, and the rest of a frame cut short is handed to the
+    /// loop's next claim; once claimed or detached, pushes queue.
+    #[test]
+    fn pushes_write_to_the_socket_only_while_the_loop_is_idle() {
+        let o = Outbox::new(100, 1 << 20);
+        let took = Arc::new(Mutex::new(Vec::new()));
+        // Popped from the end: the third write is partial, the fourth takes nothing.
+        let takes = vec![Direct::Nothing, Direct::Part(Bytes::from_static(b"rest")), Direct::All, Direct::All];
+        o.attach(Box::new(Socket { takes: Mutex::new(takes), took: took.clone() }));
+        let mut out = Vec::new();
+        o.push(Bytes::from_static(b"welcome")).unwrap();
+        assert!(took.lock().is_empty(), "not idle before the loop's first empty drain");
+        assert!(o.drain(&mut out).is_none());
+        assert_eq!(out.len(), 1);
+        out.clear();
+        assert!(o.drain(&mut out).is_none() && out.is_empty(), "nothing left: the loop goes idle");
+        o.push(Bytes::from_static(b"a")).unwrap();
+        o.push(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(*took.lock(), vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(o.depth(), 0, "written, not queued");
+        // Cut short: the rest waits for the loop, and pushes queue behind it.
+        o.push(Bytes::from_static(b"c")).unwrap();
+        o.push(Bytes::from_static(b"d")).unwrap();
+        assert_eq!(took.lock().len(), 3, "not idle while a rest is owed");
+        assert_eq!(o.claim(), Some(Bytes::from_static(b"rest")));
+        assert_eq!(o.claim(), None, "a rest is handed over once");
+        assert!(o.drain(&mut out).is_none());
+        assert!(matches!(&out[..], [OutItem::Frame(d)] if &d[..] == b"d"));
+        out.clear();
+        // Idle again; the socket takes nothing: the frame is queued.
+        assert!(o.drain(&mut out).is_none() && out.is_empty());
+        o.push(Bytes::from_static(b"e")).unwrap();
+        o.push(Bytes::from_static(b"f")).unwrap();
+        assert_eq!(took.lock().len(), 3);
+        assert!(o.drain(&mut out).is_none());
+        assert_eq!(out.len(), 2, "e and f, in order");
+        out.clear();
+        // Idle, then claimed by the loop (a ping, say): pushes queue.
+        assert!(o.drain(&mut out).is_none());
+        assert_eq!(o.claim(), None);
+        o.push(Bytes::from_static(b"g")).unwrap();
+        assert_eq!((took.lock().len(), o.depth()), (3, 1));
+        o.drain(&mut out);
+        out.clear();
+        // A marker (a replay) pushed while idle: later frames queue behind it.
+        assert!(o.drain(&mut out).is_none() && out.is_empty());
+        o.push_unbounded(OutItem::Replay { room: "r".into(), after: 0, upto: 5 });
+        o.push(Bytes::from_static(b"live")).unwrap();
+        assert_eq!(took.lock().len(), 3, "not written ahead of the replay");
+        o.drain(&mut out);
+        assert!(matches!(&out[..], [OutItem::Replay { .. }, OutItem::Frame(f)] if &f[..] == b"live"), "{out:?}");
+        out.clear();
+        // Detached at the end: never again.
+        assert!(o.drain(&mut out).is_none());
+        assert_eq!(o.detach(), None);
+        o.push(Bytes::from_static(b"h")).unwrap();
+        assert_eq!((took.lock().len(), o.depth()), (3, 1));
     }
 
     #[test]

@@ -100,7 +100,9 @@ async fn run_session(engine: &Arc<Engine>, mut session: Session, st: ReadState, 
     let mut exp_ms = session.token_exp_ms();
     let expiry = tokio::time::sleep(until_expiry(exp_ms));
     tokio::pin!(expiry);
-    // The welcome, queued by the handshake, is the first thing written.
+    // The welcome, queued by the handshake, is the first thing written;
+    // after it, pushes write to the socket while the loop is idle.
+    write.attach(&handle);
     write.start();
     let ending = loop {
         // Writing before reading: a client whose frames keep arriving must

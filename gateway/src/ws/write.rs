@@ -8,6 +8,11 @@
 //! buffer finished before anything else. Pings and replay pages are framed
 //! by hand into that buffer.
 //!
+//! While the loop is idle, a push writes its frame itself ([`DirectSocket`],
+//! through the outbox's lock; see `viche_engine::delivery::Outbox`): the
+//! usual delivery costs no wake-up of this task. The loop writes what the
+//! socket did not take then, starting with the rest of a frame cut short.
+//!
 //! Writing is never awaited by the connection loop (`ws/mod.rs`): it is a
 //! state machine ([`WriteSide`]) that the loop polls beside reading, the
 //! heartbeat and the token's expiry. So a client that stops reading (its
@@ -33,11 +38,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use viche_engine::delivery::{OutItem, Outbox};
+use viche_engine::delivery::{Direct, DirectWrite, OutItem, Outbox, SessionHandle};
 use viche_engine::metrics::{hot, CONNECTIONS_CLOSED, REPLAYED_MESSAGES, SLOW_CONSUMERS};
 use viche_engine::store::StoreError;
 use viche_engine::Engine;
@@ -147,6 +153,8 @@ struct Replay {
 /// What a busy write side holds; dropped when it is idle again.
 #[derive(Default)]
 struct Busy {
+    /// The rest of a frame a push wrote part of: written before anything.
+    rest: Bytes,
     /// Framed bytes, of which the socket took `off`.
     buf: Vec<u8>,
     off: usize,
@@ -267,6 +275,45 @@ fn write_items(
     Ok(())
 }
 
+/// The socket as a push writes to it while the write loop is idle: one
+/// non-blocking write of the whole frame (framed on the stack, or with
+/// `writev` when large), never a wait.
+struct DirectSocket {
+    stream: Arc<TcpStream>,
+    opcode: OpCode,
+}
+
+impl DirectWrite for DirectSocket {
+    fn write_now(&self, payload: &[u8]) -> Direct {
+        let mut head = [0u8; 14];
+        let head_len = Frame::new(true, self.opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
+        let total = head_len + payload.len();
+        let written = if total <= STACK_WRITE_BYTES_MAX {
+            let mut framed = [0u8; STACK_WRITE_BYTES_MAX];
+            framed[..head_len].copy_from_slice(&head[..head_len]);
+            framed[head_len..total].copy_from_slice(payload);
+            self.stream.try_write(&framed[..total])
+        } else {
+            self.stream.try_write_vectored(&[IoSlice::new(&head[..head_len]), IoSlice::new(payload)])
+        };
+        match written {
+            Ok(0) | Err(_) => Direct::Nothing,
+            Ok(n) => {
+                hot().frames_out_bytes.increment(n as u64);
+                if n == total {
+                    return Direct::All;
+                }
+                let mut rest = Vec::with_capacity(total - n);
+                if n < head_len {
+                    rest.extend_from_slice(&head[n..head_len]);
+                }
+                rest.extend_from_slice(&payload[n.saturating_sub(head_len)..]);
+                Direct::Part(rest.into())
+            }
+        }
+    }
+}
+
 /// The write side of one connection.
 pub(super) struct WriteSide {
     stream: Arc<TcpStream>,
@@ -274,11 +321,23 @@ pub(super) struct WriteSide {
     busy: Option<Box<Busy>>,
     /// A heartbeat ping to write before the next frames.
     ping_owed: bool,
+    /// The session whose pushes write to the socket while this side is idle.
+    attached: Option<Arc<SessionHandle>>,
+    /// This side has claimed the socket back from pushes since it was last idle.
+    claimed: bool,
 }
 
 impl WriteSide {
     pub fn new(stream: Arc<TcpStream>, write_timeout: Duration) -> Self {
-        Self { stream, write_timeout, busy: None, ping_owed: false }
+        Self { stream, write_timeout, busy: None, ping_owed: false, attached: None, claimed: false }
+    }
+
+    /// Lets `session`'s pushes write to the socket while this side is idle,
+    /// until the connection ends.
+    pub fn attach(&mut self, session: &Arc<SessionHandle>) {
+        let opcode = data_opcode(session.encoding);
+        session.outbox.attach(Box::new(DirectSocket { stream: self.stream.clone(), opcode }));
+        self.attached = Some(session.clone());
     }
 
     /// Something may be queued in the outbox: write it.
@@ -314,6 +373,32 @@ impl WriteSide {
         let mut drained = false;
         loop {
             let Some(busy) = self.busy.as_deref_mut() else { return Poll::Ready(Ok(())) };
+            if !self.claimed {
+                // Pushes queue from now on; one may have left a frame's rest.
+                if let Some(rest) = outbox.claim() {
+                    assert!(busy.buf.is_empty() && busy.items.is_empty(), "an idle side holds nothing");
+                    busy.rest = rest;
+                }
+                self.claimed = true;
+            }
+            // 0. The rest of a frame a push wrote part of.
+            if !busy.rest.is_empty() {
+                if let Err(pending) = poll_ready(&self.stream, &mut busy.stall, self.write_timeout, cx) {
+                    return pending;
+                }
+                match self.stream.try_write(&busy.rest) {
+                    Ok(0) => return Poll::Ready(Err(WriteError::Stop(None))),
+                    Ok(n) => {
+                        busy.rest.advance(n);
+                        busy.stall = None;
+                        hot().frames_out_bytes.increment(n as u64);
+                    }
+                    // Readiness was stale; polling it again registers the waker.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(WriteError::Stop(None))),
+                }
+                continue;
+            }
             // 1. Bytes framed and not yet taken by the socket.
             if busy.off < busy.buf.len() {
                 if let Err(pending) = poll_ready(&self.stream, &mut busy.stall, self.write_timeout, cx) {
@@ -405,6 +490,8 @@ impl WriteSide {
                 if let Some(close) = close {
                     return Poll::Ready(Err(WriteError::Stop(Some(close))));
                 }
+                // Idle: pushes write to the socket until the next claim.
+                self.claimed = false;
                 self.busy = None;
                 return Poll::Ready(Ok(()));
             }
@@ -432,20 +519,22 @@ impl WriteSide {
     }
 
     async fn finish(&mut self, data: Option<(Encoding, &[u8])>, stop: Stop) {
+        // Pushes write to the socket no more (nor keep it open).
+        let pushed_rest = self.attached.take().and_then(|s| s.outbox.detach());
         let Some(close) = stop else {
             self.busy = None;
             count_closed_without_code();
             return;
         };
-        let mut buf = match self.busy.take() {
-            Some(busy) => {
-                let Busy { mut buf, off, .. } = *busy;
-                buf.truncate(frame_end(&buf, off).min(buf.len()));
-                buf.drain(..off.min(buf.len()));
-                buf
-            }
-            None => Vec::new(),
-        };
+        // The rest of the frame being written first: a push's (from the
+        // outbox, or claimed already), or this side's own.
+        let mut buf: Vec<u8> = pushed_rest.map_or(Vec::new(), Vec::from);
+        if let Some(busy) = self.busy.take() {
+            let Busy { rest, buf: mut own, off, .. } = *busy;
+            buf.extend_from_slice(&rest);
+            own.truncate(frame_end(&own, off).min(own.len()));
+            buf.extend_from_slice(&own[off.min(own.len())..]);
+        }
         if let Some((encoding, frame)) = data {
             append_frame(&mut buf, data_opcode(encoding), frame);
         }
@@ -530,6 +619,61 @@ mod tests {
         let got = reader.await.unwrap();
         assert!(got == expected, "the peer read {} bytes, not the {} framed", got.len(), total);
         assert!(partial > 0, "no write was partial: the test did not exercise the frame cut short");
+    }
+
+    /// A push's write straight to the socket, through a 4 KiB send buffer
+    /// and a slow reader: each frame is taken whole, or in part with the
+    /// rest handed back (written here before the next frame, as the write
+    /// loop does), or not at all (and written here whole). The peer reads
+    /// every frame, whole and in order.
+    #[tokio::test]
+    async fn a_push_written_straight_to_the_socket_hands_back_what_it_did_not_take() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        let server = Arc::new(server);
+        let direct = DirectSocket { stream: server.clone(), opcode: OpCode::Binary };
+        let sizes = [0usize, 1, 125, 126, 190, 4000, 4096, 65_535, 65_536, 70_000];
+        let frames: Vec<Vec<u8>> = (0..200).map(|i| vec![(i % 251) as u8; sizes[i % sizes.len()]]).collect();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            append_frame(&mut expected, OpCode::Binary, frame);
+        }
+        let total = expected.len();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::with_capacity(total);
+            let mut chunk = [0u8; 1500];
+            while got.len() < total {
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the writer closed early");
+                got.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        let (mut parts, mut nothings) = (0, 0);
+        let mut writer = SocketWriter::new(server.clone());
+        for frame in &frames {
+            match direct.write_now(frame) {
+                Direct::All => {}
+                Direct::Part(rest) => {
+                    parts += 1;
+                    writer.write_all(&rest).await.unwrap();
+                }
+                Direct::Nothing => {
+                    nothings += 1;
+                    let mut whole = Vec::new();
+                    append_frame(&mut whole, OpCode::Binary, frame);
+                    writer.write_all(&whole).await.unwrap();
+                }
+            }
+        }
+        let got = reader.await.unwrap();
+        assert!(got == expected, "the peer read {} bytes, not the {} framed", got.len(), total);
+        assert!(parts > 0, "no write was partial: the test did not exercise a frame cut short");
+        assert!(nothings + parts < frames.len(), "some frames went whole");
     }
 
     #[test]

@@ -273,12 +273,12 @@ impl Saturation {
     /// The report's row.
     pub fn line(&self) -> String {
         let server = match (self.server_busy, self.server_cpus) {
-            (Some(b), Some(n)) => format!("server {:.0}% of its {n} CPU{}", b * 100.0, if n == 1 { "" } else { "s" }),
+            (Some(b), Some(n)) => format!("server {:.1}% of its {n} CPU{}", b * 100.0, if n == 1 { "" } else { "s" }),
             _ => "server n/a (its PID is not known)".into(),
         };
         let n = self.generator_cpus;
         format!(
-            "{server}, generator {:.0}% of its {n} CPU{} → {} saturated (≥ {:.0}% busy)",
+            "{server}, generator {:.1}% of its {n} CPU{} → {} saturated (≥ {:.0}% busy)",
             self.generator_busy * 100.0,
             if n == 1 { "" } else { "s" },
             self.saturated,
@@ -1102,7 +1102,7 @@ mod tests {
         assert_eq!((unknown.server_busy, unknown.saturated.as_str()), (None, "generator"));
         assert!(unknown.line().contains("server n/a"), "{}", unknown.line());
         let line = Saturation::new(&server(19.2), 10.0, 1, 20.0).line();
-        assert!(line.starts_with("server 96% of its 1 CPU, generator 50% of its 1 CPU → server saturated"), "{line}");
+        assert!(line.starts_with("server 96.0% of its 1 CPU, generator 50.0% of its 1 CPU → server saturated"), "{line}");
     }
 
     #[test]

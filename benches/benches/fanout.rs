@@ -72,7 +72,7 @@ fn fanout(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..k {
                         for p in &peers {
-                            if p.send_shared(&frame).is_err() {
+                            if p.send_shared(&frame, true).is_err() {
                                 failures += 1;
                             }
                         }

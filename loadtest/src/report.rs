@@ -1102,7 +1102,10 @@ mod tests {
         assert_eq!((unknown.server_busy, unknown.saturated.as_str()), (None, "generator"));
         assert!(unknown.line().contains("server n/a"), "{}", unknown.line());
         let line = Saturation::new(&server(19.2), 10.0, 1, 20.0).line();
-        assert!(line.starts_with("server 96.0% of its 1 CPU, generator 50.0% of its 1 CPU → server saturated"), "{line}");
+        assert!(
+            line.starts_with("server 96.0% of its 1 CPU, generator 50.0% of its 1 CPU → server saturated"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -19,11 +19,14 @@ impl EncodedFrame {
         }
     }
 
-    pub fn for_encoding(&self, encoding: Encoding) -> Bytes {
+    /// The bytes for `encoding`, borrowed: a push clones them only when
+    /// it queues them (most are written to the socket at once).
+    pub fn for_encoding(&self, encoding: Encoding) -> &Bytes {
+        static EMPTY: Bytes = Bytes::new();
         match encoding {
-            Encoding::MsgPack => self.msgpack.clone(),
+            Encoding::MsgPack => &self.msgpack,
             // `with_json` was false only when no JSON peer is a recipient.
-            Encoding::Json => self.json.clone().unwrap_or_default(),
+            Encoding::Json => self.json.as_ref().unwrap_or(&EMPTY),
         }
     }
 }

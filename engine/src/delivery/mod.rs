@@ -12,5 +12,5 @@ mod session_handle;
 
 pub use directory::{Directory, Refused, UserShare};
 pub use encoded::EncodedFrame;
-pub use outbox::{Direct, DirectWrite, OutItem, Outbox, PushError};
+pub use outbox::{Direct, DirectWrite, OutItem, Outbox, PushError, DIRECT_WRITES_PER_FANOUT_MAX};
 pub use session_handle::{SessionHandle, SessionId};

@@ -61,6 +61,13 @@ pub enum PushError {
     Closed,
 }
 
+/// Members of one fan-out whose pushes may write to their sockets
+/// themselves: a room's actor makes at most this many syscalls per
+/// message (~0.6 ms at ~5 µs each). The members past it are queued and
+/// their connections woken, so a large room's writes spread over every
+/// worker thread instead of running one after another in the room.
+pub const DIRECT_WRITES_PER_FANOUT_MAX: usize = 128;
+
 /// What a push's write straight to the socket did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Direct {
@@ -119,8 +126,10 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame, or closes the session as a slow consumer when full.
-    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+    /// Writes a frame to the socket (when `write_now` and the loop is
+    /// idle) or queues it (a clone of `frame`: a reference count), or
+    /// closes the session as a slow consumer when full.
+    pub fn push(&self, frame: &Bytes, write_now: bool) -> Result<(), PushError> {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return Err(PushError::Closed);
@@ -137,8 +146,11 @@ impl Outbox {
         }
         if inner.idle {
             debug_assert!(inner.queue.is_empty() && inner.rest.is_none(), "an idle loop left nothing behind");
-            if let Some(direct) = &inner.direct {
-                match direct.write_now(&frame) {
+            // Queued rather than written: the loop is woken, and later
+            // pushes queue behind this one.
+            inner.idle = write_now;
+            if let Some(direct) = inner.direct.as_ref().filter(|_| write_now) {
+                match direct.write_now(frame) {
                     Direct::All => return Ok(()),
                     Direct::Part(rest) => {
                         inner.rest = Some(rest);
@@ -153,7 +165,7 @@ impl Outbox {
         }
         inner.frames += 1;
         inner.bytes += frame.len();
-        inner.queue.push_back(OutItem::Frame(frame));
+        inner.queue.push_back(OutItem::Frame(frame.clone()));
         let depth = inner.frames;
         drop(inner);
         crate::metrics::note_outbox_depth(depth);
@@ -289,14 +301,15 @@ mod tests {
     async fn a_push_wakes_the_waiting_loop_once_and_is_never_lost() {
         use std::time::Duration;
         let o = Arc::new(Outbox::new(100, 1 << 20));
-        o.push(Bytes::from_static(b"a")).unwrap();
-        o.push(Bytes::from_static(b"b")).unwrap();
+        o.push(&Bytes::from_static(b"a"), true).unwrap();
+        o.push(&Bytes::from_static(b"b"), true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a push before the wait");
         let again = tokio::time::timeout(Duration::from_millis(50), o.notified()).await;
         assert!(again.is_err(), "two pushes, one wake-up: nothing new since");
         for round in 0..1000u32 {
             let pusher = o.clone();
-            let push = std::thread::spawn(move || pusher.push(Bytes::from(round.to_be_bytes().to_vec())).unwrap());
+            let push =
+                std::thread::spawn(move || pusher.push(&Bytes::from(round.to_be_bytes().to_vec()), true).unwrap());
             tokio::time::timeout(Duration::from_secs(5), o.notified()).await.expect("a push from another thread");
             push.join().unwrap();
             let mut out = Vec::new();
@@ -335,19 +348,19 @@ mod tests {
         let takes = vec![Direct::Nothing, Direct::Part(Bytes::from_static(b"rest")), Direct::All, Direct::All];
         o.attach(Box::new(Socket { takes: Mutex::new(takes), took: took.clone() }));
         let mut out = Vec::new();
-        o.push(Bytes::from_static(b"welcome")).unwrap();
+        o.push(&Bytes::from_static(b"welcome"), true).unwrap();
         assert!(took.lock().is_empty(), "not idle before the loop's first empty drain");
         assert!(o.drain(&mut out).is_none());
         assert_eq!(out.len(), 1);
         out.clear();
         assert!(o.drain(&mut out).is_none() && out.is_empty(), "nothing left: the loop goes idle");
-        o.push(Bytes::from_static(b"a")).unwrap();
-        o.push(Bytes::from_static(b"b")).unwrap();
+        o.push(&Bytes::from_static(b"a"), true).unwrap();
+        o.push(&Bytes::from_static(b"b"), true).unwrap();
         assert_eq!(*took.lock(), vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
         assert_eq!(o.depth(), 0, "written, not queued");
         // Cut short: the rest waits for the loop, and pushes queue behind it.
-        o.push(Bytes::from_static(b"c")).unwrap();
-        o.push(Bytes::from_static(b"d")).unwrap();
+        o.push(&Bytes::from_static(b"c"), true).unwrap();
+        o.push(&Bytes::from_static(b"d"), true).unwrap();
         assert_eq!(took.lock().len(), 3, "not idle while a rest is owed");
         assert_eq!(o.claim(), Some(Bytes::from_static(b"rest")));
         assert_eq!(o.claim(), None, "a rest is handed over once");
@@ -356,8 +369,8 @@ mod tests {
         out.clear();
         // Idle again; the socket takes nothing: the frame is queued.
         assert!(o.drain(&mut out).is_none() && out.is_empty());
-        o.push(Bytes::from_static(b"e")).unwrap();
-        o.push(Bytes::from_static(b"f")).unwrap();
+        o.push(&Bytes::from_static(b"e"), true).unwrap();
+        o.push(&Bytes::from_static(b"f"), true).unwrap();
         assert_eq!(took.lock().len(), 3);
         assert!(o.drain(&mut out).is_none());
         assert_eq!(out.len(), 2, "e and f, in order");
@@ -365,14 +378,22 @@ mod tests {
         // Idle, then claimed by the loop (a ping, say): pushes queue.
         assert!(o.drain(&mut out).is_none());
         assert_eq!(o.claim(), None);
-        o.push(Bytes::from_static(b"g")).unwrap();
+        o.push(&Bytes::from_static(b"g"), true).unwrap();
         assert_eq!((took.lock().len(), o.depth()), (3, 1));
+        o.drain(&mut out);
+        out.clear();
+        // A push told not to write (past a fan-out's first members) while
+        // idle: queued, and the pushes after it queue behind it.
+        assert!(o.drain(&mut out).is_none() && out.is_empty());
+        o.push(&Bytes::from_static(b"late"), false).unwrap();
+        o.push(&Bytes::from_static(b"later"), true).unwrap();
+        assert_eq!((took.lock().len(), o.depth()), (3, 2));
         o.drain(&mut out);
         out.clear();
         // A marker (a replay) pushed while idle: later frames queue behind it.
         assert!(o.drain(&mut out).is_none() && out.is_empty());
         o.push_unbounded(OutItem::Replay { room: "r".into(), after: 0, upto: 5 });
-        o.push(Bytes::from_static(b"live")).unwrap();
+        o.push(&Bytes::from_static(b"live"), true).unwrap();
         assert_eq!(took.lock().len(), 3, "not written ahead of the replay");
         o.drain(&mut out);
         assert!(matches!(&out[..], [OutItem::Replay { .. }, OutItem::Frame(f)] if &f[..] == b"live"), "{out:?}");
@@ -380,17 +401,17 @@ mod tests {
         // Detached at the end: never again.
         assert!(o.drain(&mut out).is_none());
         assert_eq!(o.detach(), None);
-        o.push(Bytes::from_static(b"h")).unwrap();
+        o.push(&Bytes::from_static(b"h"), true).unwrap();
         assert_eq!((took.lock().len(), o.depth()), (3, 1));
     }
 
     #[test]
     fn full_by_frames_closes_as_slow_consumer() {
         let o = Outbox::new(2, 1 << 20);
-        o.push(Bytes::from_static(b"a")).unwrap();
-        o.push(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(o.push(Bytes::from_static(b"c")), Err(PushError::SlowConsumer));
-        assert_eq!(o.push(Bytes::from_static(b"d")), Err(PushError::Closed));
+        o.push(&Bytes::from_static(b"a"), true).unwrap();
+        o.push(&Bytes::from_static(b"b"), true).unwrap();
+        assert_eq!(o.push(&Bytes::from_static(b"c"), true), Err(PushError::SlowConsumer));
+        assert_eq!(o.push(&Bytes::from_static(b"d"), true), Err(PushError::Closed));
         let mut out = Vec::new();
         assert_eq!(o.close_now(), Some(Close::SLOW_CONSUMER), "a slow consumer's close does not wait");
         let close = o.drain(&mut out).unwrap();
@@ -401,17 +422,17 @@ mod tests {
     #[test]
     fn full_by_bytes_closes_as_slow_consumer() {
         let o = Outbox::new(100, 10);
-        o.push(Bytes::from(vec![0u8; 10])).unwrap();
-        assert_eq!(o.push(Bytes::from_static(b"x")), Err(PushError::SlowConsumer));
+        o.push(&Bytes::from(vec![0u8; 10]), true).unwrap();
+        assert_eq!(o.push(&Bytes::from_static(b"x"), true), Err(PushError::SlowConsumer));
     }
 
     #[test]
     fn drain_resets_the_bound_and_keeps_order() {
         let o = Outbox::new(2, 100);
         for round in 0..3u8 {
-            o.push(Bytes::from(vec![round])).unwrap();
+            o.push(&Bytes::from(vec![round]), true).unwrap();
             o.push_unbounded(OutItem::Pong(Bytes::new()));
-            o.push(Bytes::from(vec![round + 10])).unwrap();
+            o.push(&Bytes::from(vec![round + 10]), true).unwrap();
             let mut out = Vec::new();
             assert!(o.drain(&mut out).is_none());
             assert_eq!(out.len(), 3);
@@ -422,7 +443,7 @@ mod tests {
     #[test]
     fn shutdown_close_drains_first() {
         let o = Outbox::new(10, 100);
-        o.push(Bytes::from_static(b"a")).unwrap();
+        o.push(&Bytes::from_static(b"a"), true).unwrap();
         o.close(Close::SHUTDOWN, true);
         assert_eq!(o.close_now(), None, "a shutdown close waits for the queue");
         let mut out = Vec::new();

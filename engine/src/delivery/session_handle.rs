@@ -22,14 +22,16 @@ impl SessionHandle {
     /// Encodes one frame for this session and queues it. For frames sent to
     /// many sessions, encode once and use `outbox.push` instead.
     pub fn send(&self, frame: &ServerFrame) -> Result<(), PushError> {
-        self.outbox.push(encode_server(frame, self.encoding))?;
+        self.outbox.push(&encode_server(frame, self.encoding), true)?;
         crate::metrics::hot().frames_out(frame, 1);
         Ok(())
     }
 
-    /// Queues a frame already encoded once per encoding. The caller counts
+    /// Queues a frame already encoded once per encoding (or, `write_now`,
+    /// writes it to an idle connection's socket: see
+    /// [`super::outbox::DIRECT_WRITES_PER_FANOUT_MAX`]). The caller counts
     /// it in `viche_frames_out_total` (once for all recipients).
-    pub fn send_shared(&self, frame: &EncodedFrame) -> Result<(), PushError> {
-        self.outbox.push(frame.for_encoding(self.encoding))
+    pub fn send_shared(&self, frame: &EncodedFrame, write_now: bool) -> Result<(), PushError> {
+        self.outbox.push(frame.for_encoding(self.encoding), write_now)
     }
 }

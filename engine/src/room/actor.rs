@@ -29,7 +29,7 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 use super::handle::{RoomHandle, RoomOp, RoomState};
 use super::RoomKindOwned;
-use crate::delivery::{Directory, EncodedFrame, OutItem, SessionHandle, SessionId};
+use crate::delivery::{Directory, EncodedFrame, OutItem, SessionHandle, SessionId, DIRECT_WRITES_PER_FANOUT_MAX};
 use crate::faults::failpoint;
 use crate::metrics::ROOMS_ACTIVE;
 use crate::store::Store;
@@ -389,8 +389,8 @@ impl RoomActorState {
                     let with_json = self.scratch.iter().any(|p| p.encoding == viche_protocol::Encoding::Json);
                     let encoded = EncodedFrame::new(&frame, with_json);
                     let mut n = 0;
-                    for p in &self.scratch {
-                        n += p.send_shared(&encoded).is_ok() as usize;
+                    for (i, p) in self.scratch.iter().enumerate() {
+                        n += p.send_shared(&encoded, i < DIRECT_WRITES_PER_FANOUT_MAX).is_ok() as usize;
                     }
                     crate::metrics::hot().frames_out(&frame, n);
                     n
@@ -410,10 +410,11 @@ impl RoomActorState {
 /// as a slow consumer is not counted).
 fn broadcast(state: &RoomState, frame: &ServerFrame, to: impl Fn(&SessionHandle) -> bool) -> usize {
     let encoded = EncodedFrame::new(frame, state.json_members > 0);
-    let mut n = 0;
+    let (mut n, mut tried) = (0, 0);
     for m in &state.members {
         if to(m) {
-            n += m.send_shared(&encoded).is_ok() as usize;
+            n += m.send_shared(&encoded, tried < DIRECT_WRITES_PER_FANOUT_MAX).is_ok() as usize;
+            tried += 1;
         }
     }
     crate::metrics::hot().frames_out(frame, n);

@@ -2,7 +2,7 @@
 //! msg fan-out, seq numbering, leave, room names.
 
 use crate::common::*;
-use viche_client::{ClientFrame, ServerFrame};
+use viche_client::{ClientFrame, Encoding, ServerFrame};
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
@@ -434,5 +434,37 @@ async fn a_big_room_lists_at_most_a_thousand_members_per_page() {
     match outsider.members("big", None).await {
         Err(viche_client::ClientError::Server { code, .. }) => assert_eq!(code.as_str(), "not_joined"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// A room larger than one fan-out's direct writes (its first 128 members'
+/// pushes write to their sockets; the rest are queued for their
+/// connections): every member, MessagePack or JSON, on either side of
+/// that line, gets every message once and in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_past_the_direct_writes_of_one_fanout_delivers_to_everyone_in_order() {
+    let server = Server::start_with(Opts::with_args(&["--max-connections-per-ip", "1000"])).await;
+    let exp = now_s() + 3600;
+    let mut conns = Vec::new();
+    for i in 0..300 {
+        let encoding = if i % 3 == 0 { Encoding::Json } else { Encoding::MsgPack };
+        let mut conn = server.connect_enc(&mint(&format!("w{i:03}"), exp), encoding).await;
+        conn.join("wide", None).await.expect("join");
+        conns.push(conn);
+    }
+    // Five messages, then a sixth once all five are in: a duplicate of
+    // any would arrive before it.
+    for round in [0..5, 5..6] {
+        for k in round.clone() {
+            let sender = &mut conns[k * 37];
+            let ack = sender.send("wide", &format!("m{k}"), &format!("c{k}")).await.expect("ack");
+            assert_eq!(ack.seq, k as u64 + 1);
+        }
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let msgs = conn.recv_msgs(round.len(), T).await.unwrap_or_else(|e| panic!("member {i}: {e}"));
+            let expected: Vec<u64> = round.clone().map(|k| k as u64 + 1).collect();
+            assert_eq!(seqs(&msgs), expected, "member {i}");
+            assert_eq!(msgs[0].body, format!("m{}", round.start), "member {i}");
+        }
     }
 }

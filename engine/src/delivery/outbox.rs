@@ -146,8 +146,8 @@ impl Outbox {
         }
         if inner.idle {
             debug_assert!(inner.queue.is_empty() && inner.rest.is_none(), "an idle loop left nothing behind");
-            // Queued rather than written: the loop is woken, and later
-            // pushes queue behind this one.
+            // A push that may not write is queued: the loop is no longer
+            // idle (it is woken), and the pushes after it queue behind it.
             inner.idle = write_now;
             if let Some(direct) = inner.direct.as_ref().filter(|_| write_now) {
                 match direct.write_now(frame) {

@@ -19,8 +19,9 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Encodes one frame for this session and queues it. For frames sent to
-    /// many sessions, encode once and use `outbox.push` instead.
+    /// Encodes one frame for this session and pushes it (written at once
+    /// when the connection is idle, else queued). For frames sent to many
+    /// sessions, encode once and use `send_shared` instead.
     pub fn send(&self, frame: &ServerFrame) -> Result<(), PushError> {
         self.outbox.push(&encode_server(frame, self.encoding), true)?;
         crate::metrics::hot().frames_out(frame, 1);

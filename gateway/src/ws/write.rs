@@ -676,6 +676,134 @@ mod tests {
         assert!(nothings + parts < frames.len(), "some frames went whole");
     }
 
+    /// The two writers of one socket, racing: four threads push numbered
+    /// frames of many sizes in bursts (some allowed to write, some not)
+    /// while the write loop runs as `ws/mod.rs` runs it (woken by the
+    /// outbox, pinging every 3 ms), through a 4 KiB send buffer and a
+    /// reader that stalls now and then. Measured while writing it: about a
+    /// thousand frames written by their push, a dozen cut short and two
+    /// dozen not taken, a run. The peer reads whole frames only, every
+    /// frame once, and each thread's frames in the order it pushed them
+    /// (it fails when the loop drops a frame's rest, and mostly when a push
+    /// cut short leaves pushes writing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_and_the_write_loop_never_interleave_or_reorder_frames() {
+        use tokio::io::AsyncReadExt;
+        use viche_engine::store::embedded::EmbeddedStore;
+        use viche_engine::EngineConfig;
+        const THREADS: u8 = 4;
+        const FRAMES_PER_THREAD: u32 = 1500;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let engine = Engine::start(EngineConfig::default(), store, b"0123456789abcdef0123").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        let server = Arc::new(server);
+        let handle = Arc::new(SessionHandle {
+            id: 1,
+            user: "racer".into(),
+            encoding: Encoding::MsgPack,
+            outbox: Outbox::new(1_000_000, 1 << 30),
+        });
+
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = {
+            let (handle, engine, server) = (handle.clone(), engine.clone(), server.clone());
+            tokio::spawn(async move {
+                let mut write = WriteSide::new(server, Duration::from_secs(30));
+                write.attach(&handle);
+                write.start();
+                let mut ping = tokio::time::interval(Duration::from_millis(3));
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = handle.outbox.notified() => write.start(),
+                        _ = ping.tick() => write.ping(),
+                        written = std::future::poll_fn(|cx| write.poll_write(cx, &engine, &handle.outbox, Encoding::MsgPack)),
+                            if write.is_busy() => assert!(written.is_ok(), "the write loop failed"),
+                        _ = &mut done_rx => break,
+                    }
+                }
+            })
+        };
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    for seq in 0..FRAMES_PER_THREAD {
+                        let size = [5usize, 60, 190, 900, 3000, 5000][(seq as usize * 7 + t as usize) % 6];
+                        let mut payload = vec![t; size];
+                        payload[1..5].copy_from_slice(&seq.to_be_bytes());
+                        let write_now = seq % 5 != 0;
+                        handle.outbox.push(&Bytes::from(payload), write_now).expect("the outbox has room");
+                        // Bursts, then a pause: the loop goes idle between them.
+                        if seq % 4 == 3 {
+                            std::thread::sleep(Duration::from_micros(500 + 300 * u64::from(t)));
+                        }
+                    }
+                })
+            })
+            .collect();
+
+        let mut next = [0u32; THREADS as usize];
+        let mut stream = Vec::new();
+        let mut chunk = [0u8; 2048];
+        let (mut pings, mut reads) = (0, 0u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while next.iter().any(|n| *n < FRAMES_PER_THREAD) {
+            let n = tokio::time::timeout_at(deadline, client.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("frames still missing after 60 s: next {next:?}"))
+                .unwrap();
+            assert!(n > 0, "the socket closed early");
+            stream.extend_from_slice(&chunk[..n]);
+            // Whole frames off the front.
+            let mut at = 0;
+            while stream.len() - at >= 2 {
+                let head_len = match stream[at + 1] & 0x7f {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                if stream.len() - at < head_len || stream.len() - at < frame_len(&stream[at..]) {
+                    break;
+                }
+                let len = frame_len(&stream[at..]);
+                let (opcode, payload) = (stream[at] & 0x0f, &stream[at + head_len..at + len]);
+                assert_eq!(stream[at] & 0x80, 0x80, "a final frame");
+                match opcode {
+                    0x9 => pings += 1,
+                    0x2 => {
+                        let t = payload[0] as usize;
+                        let seq = u32::from_be_bytes(payload[1..5].try_into().unwrap());
+                        assert!(t < THREADS as usize, "a frame of no thread: garbled bytes");
+                        assert_eq!(seq, next[t], "thread {t}'s frames in push order, each once");
+                        assert!(payload.iter().skip(5).all(|b| *b == t as u8), "thread {t}'s frame {seq} is whole");
+                        next[t] += 1;
+                    }
+                    other => panic!("opcode {other:#x}: garbled bytes"),
+                }
+                at += len;
+            }
+            stream.drain(..at);
+            // A slow reader now and then: the send buffer fills, and
+            // writes take part of a frame, or nothing.
+            reads += 1;
+            if reads % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        for pusher in pushers {
+            pusher.join().unwrap();
+        }
+        let _ = done_tx.send(());
+        writer.await.unwrap();
+        assert!(stream.is_empty(), "no bytes past the last frame");
+        assert!(pings > 0, "the loop wrote its own frames between the pushes'");
+    }
+
     #[test]
     fn frame_end_finds_the_end_of_the_frame_being_written() {
         let mut buf = Vec::new();

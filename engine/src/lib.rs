@@ -24,6 +24,7 @@ pub mod accounts;
 pub mod address;
 pub mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 mod engine;

@@ -410,12 +410,9 @@ impl RoomActorState {
 /// as a slow consumer is not counted).
 fn broadcast(state: &RoomState, frame: &ServerFrame, to: impl Fn(&SessionHandle) -> bool) -> usize {
     let encoded = EncodedFrame::new(frame, state.json_members > 0);
-    let (mut n, mut tried) = (0, 0);
-    for m in &state.members {
-        if to(m) {
-            n += m.send_shared(&encoded, tried < DIRECT_WRITES_PER_FANOUT_MAX).is_ok() as usize;
-            tried += 1;
-        }
+    let mut n = 0;
+    for (i, m) in state.members.iter().filter(|m| to(m)).enumerate() {
+        n += m.send_shared(&encoded, i < DIRECT_WRITES_PER_FANOUT_MAX).is_ok() as usize;
     }
     crate::metrics::hot().frames_out(frame, n);
     n

@@ -557,27 +557,21 @@ impl WriteSide {
 mod tests {
     use super::*;
 
-    /// The write path of every delivery: frames written with `writev`
-    /// straight from their bytes, through a socket with a small send
-    /// buffer and a slow reader, so that many writes are partial and the
-    /// frame cut short is finished from `buf`: the peer reads every frame,
-    /// whole and in order.
-    #[tokio::test]
-    async fn frames_written_from_their_bytes_arrive_whole_and_in_order() {
-        use bytes::Bytes;
-        use tokio::io::AsyncReadExt;
+    /// A loopback pair (client, server) whose server side has a 4 KiB send
+    /// buffer, so that writes to it are often partial.
+    async fn small_send_buffer_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
-        let sizes = [0usize, 1, 125, 126, 190, 300, 4096, 65_535, 65_536, 70_000];
-        let frames: Vec<Bytes> = (0..300).map(|i| Bytes::from(vec![(i % 251) as u8; sizes[i % sizes.len()]])).collect();
-        let mut expected = Vec::new();
-        for (i, frame) in frames.iter().enumerate() {
-            append_frame(&mut expected, if i % 7 == 3 { OpCode::Pong } else { OpCode::Binary }, frame);
-        }
-        let total = expected.len();
-        let reader = tokio::spawn(async move {
+        (client, server)
+    }
+
+    /// Reads `total` bytes from `client` 1,500 at a time, yielding between
+    /// reads (a slow reader), and returns them.
+    fn read_slowly(mut client: TcpStream, total: usize) -> tokio::task::JoinHandle<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        tokio::spawn(async move {
             let mut got = Vec::with_capacity(total);
             let mut chunk = [0u8; 1500];
             while got.len() < total {
@@ -587,7 +581,26 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             got
-        });
+        })
+    }
+
+    /// The write path of every delivery: frames written with `writev`
+    /// straight from their bytes, through a socket with a small send
+    /// buffer and a slow reader, so that many writes are partial and the
+    /// frame cut short is finished from `buf`: the peer reads every frame,
+    /// whole and in order.
+    #[tokio::test]
+    async fn frames_written_from_their_bytes_arrive_whole_and_in_order() {
+        use bytes::Bytes;
+        let (client, server) = small_send_buffer_pair().await;
+        let sizes = [0usize, 1, 125, 126, 190, 300, 4096, 65_535, 65_536, 70_000];
+        let frames: Vec<Bytes> = (0..300).map(|i| Bytes::from(vec![(i % 251) as u8; sizes[i % sizes.len()]])).collect();
+        let mut expected = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            append_frame(&mut expected, if i % 7 == 3 { OpCode::Pong } else { OpCode::Binary }, frame);
+        }
+        let total = expected.len();
+        let reader = read_slowly(client, total);
         let mut items: Vec<OutItem> = frames
             .iter()
             .enumerate()
@@ -628,11 +641,7 @@ mod tests {
     /// every frame, whole and in order.
     #[tokio::test]
     async fn a_push_written_straight_to_the_socket_hands_back_what_it_did_not_take() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        let (client, server) = small_send_buffer_pair().await;
         let server = Arc::new(server);
         let direct = DirectSocket { stream: server.clone(), opcode: OpCode::Binary };
         let sizes = [0usize, 1, 125, 126, 190, 4000, 4096, 65_535, 65_536, 70_000];
@@ -642,17 +651,7 @@ mod tests {
             append_frame(&mut expected, OpCode::Binary, frame);
         }
         let total = expected.len();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::with_capacity(total);
-            let mut chunk = [0u8; 1500];
-            while got.len() < total {
-                let n = client.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "the writer closed early");
-                got.extend_from_slice(&chunk[..n]);
-                tokio::task::yield_now().await;
-            }
-            got
-        });
+        let reader = read_slowly(client, total);
         let (mut parts, mut nothings) = (0, 0);
         let mut writer = SocketWriter::new(server.clone());
         for frame in &frames {
@@ -696,10 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let engine = Engine::start(EngineConfig::default(), store, b"0123456789abcdef0123").await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        let (mut client, server) = small_send_buffer_pair().await;
         let server = Arc::new(server);
         let handle = Arc::new(SessionHandle {
             id: 1,

@@ -541,9 +541,10 @@ fn outcomes_matching(k: &HostileKind, pat: &str) -> u64 {
 
 #[test]
 fn hostile_compares_the_normal_users_with_a_clean_phase() {
-    // A small failed-login burst, so that the flood meets 429 within its
-    // few seconds even on a loaded machine (argon2 paces the attempts).
-    let server = Server::start(&["--registrations-burst", "1000", "--failed-logins-burst", "3"]);
+    // A failed-login burst of one, so that the flood meets 429 within its
+    // few seconds even on a loaded machine: argon2 paces the attempts, and
+    // once only 3 got through in the whole phase (a burst of 3 met no 429).
+    let server = Server::start(&["--registrations-burst", "1000", "--failed-logins-burst", "1"]);
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("hostile.svg");
     let (r, text) = load_unchecked(

@@ -43,6 +43,17 @@ pub struct AdminStats {
     pub oldest_message_ts: Option<u64>,
     pub retention_days: Option<f64>,
     pub retention_messages_per_room: Option<u64>,
+    /// In a cluster: this node and the live nodes it sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// This node's view of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterStats {
+    pub node: String,
+    /// Itself included, in name order.
+    pub live_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,6 +128,10 @@ impl Admin {
             oldest_message_ts: oldest,
             retention_days: config.retention_age_ms.map(|ms| ms as f64 / 86_400_000.0),
             retention_messages_per_room: config.retention_room_messages_max,
+            cluster: self.services.cluster.as_ref().map(|c| ClusterStats {
+                node: c.node_id().to_string(),
+                live_nodes: c.live().iter().map(|n| n.to_string()).collect(),
+            }),
         })
     }
 

@@ -98,6 +98,8 @@ pub struct EngineConfig {
     /// `viche_store_size_alert_bytes`, what the store-size alert compares
     /// with (0: no alert).
     pub store_size_alert_bytes: u64,
+    /// Part of a cluster over NATS (`--cluster-nats`), or alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -137,6 +139,7 @@ impl Default for EngineConfig {
             retention_interval_ms: RETENTION_INTERVAL_MS_DEFAULT,
             retention_batch_rows_max: RETENTION_BATCH_ROWS_MAX_DEFAULT,
             store_size_alert_bytes: 0,
+            cluster: None,
         }
     }
 }
@@ -155,6 +158,11 @@ impl EngineConfig {
         assert!(self.token_ttl_s > 0 && self.argon2_concurrency > 0 && self.store_timeout_ms > 0);
         assert!(self.retention_interval_ms > 0 && self.retention_batch_rows_max > 0);
         assert!(self.retention_age_ms != Some(0) && self.retention_room_messages_max != Some(0));
+        if let Some(cluster) = &self.cluster {
+            let id = &cluster.node_id;
+            assert!(!id.is_empty() && id.len() <= crate::cluster::NODE_ID_BYTES_MAX);
+            assert!(cluster.failover_ms >= 300 && !cluster.prefix.is_empty());
+        }
         let rates = [
             self.send_rate,
             self.typing_rate,

@@ -14,6 +14,7 @@ use viche_protocol::{Close, Encoding, Msg};
 
 use crate::accounts::{Accounts, Credentials, IssuedToken, Jwt, KeyedLimiter, VerifiedToken};
 use crate::admin::{Admin, AdminStats, BackupDone, RoomPurged, UserDeleted};
+use crate::cluster::Cluster;
 use crate::config::EngineConfig;
 use crate::delivery::{Directory, Outbox, Refused, SessionHandle};
 use crate::health::{Health, STORE_PROBE_INTERVAL_MS};
@@ -51,7 +52,13 @@ impl Engine {
         let store: Arc<dyn Store> = Arc::new(crate::store::deadline::DeadlineStore::new(store, store_timeout));
         let health = Arc::new(Health::new());
         let directory = Arc::new(Directory::default());
-        let writer = writer_parts(store.clone(), health.clone(), config.writer_queue_max, config.writer_batch_max);
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(Arc::new(Cluster::start(cluster).await?)),
+            None => None,
+        };
+        let relay = cluster.as_ref().map(|c| c.relay.clone());
+        let writer =
+            writer_parts(store.clone(), health.clone(), config.writer_queue_max, config.writer_batch_max, relay);
         let args = EngineSupervisorArgs { writer: writer.shared().clone(), health: health.clone() };
         let (root, _) =
             Actor::spawn(None, EngineSupervisor, args).await.map_err(|e| anyhow::anyhow!("engine supervisor: {e}"))?;
@@ -59,6 +66,7 @@ impl Engine {
             SupervisorArgs {
                 store: store.clone(),
                 directory: directory.clone(),
+                cluster: cluster.clone(),
                 room_idle_ms: config.room_idle_ms,
                 rooms_max: config.rooms_max,
             },
@@ -80,7 +88,8 @@ impl Engine {
         STORE_SIZE_ALERT.gauge().set(config.store_size_alert_bytes as f64);
         let retention = Arc::new(Retention::new(store.clone(), &config));
         retention.spawn(Duration::from_millis(config.retention_interval_ms));
-        let services = Arc::new(Services { config, store, writer, directory, rooms, accounts, health, sessions });
+        let services =
+            Arc::new(Services { config, store, writer, directory, rooms, accounts, health, cluster, sessions });
         let history_by_user = KeyedLimiter::new(services.config.history_rate, HISTORY_LIMITER_KEYS_MAX);
         let admin = Admin::new(services.clone(), retention);
         Ok(Arc::new(Self { services, next_session_id: AtomicU64::new(1), history_by_user, admin }))
@@ -116,7 +125,11 @@ impl Engine {
     /// refused (`forbidden`; the transport closes with 4009) when the user
     /// already has `user_sessions_max` sessions, and (`unauthorized`; 4001)
     /// when its account was deleted.
-    pub fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Result<Session, Refusal> {
+    ///
+    /// In a cluster, the user's first session here also starts following
+    /// the user's DMs stored by other nodes, and waits (at most
+    /// `NATS_WAIT_MS`) until that subscription is up.
+    pub async fn open_session(&self, user: &str, encoding: Encoding, token_exp_ms: u64) -> Result<Session, Refusal> {
         let config = &self.services.config;
         let handle = Arc::new(SessionHandle {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
@@ -135,7 +148,28 @@ impl Engine {
                 }
                 Refused::Barred => Refusal::new(viche_protocol::ErrorCode::Unauthorized, "this account was deleted"),
             })?;
-        Ok(Session::new(self.services.clone(), handle, share, token_exp_ms))
+        let session = Session::new(self.services.clone(), handle, share.clone(), token_exp_ms);
+        if let Some(cluster) = &self.services.cluster {
+            let mut ready = {
+                let mut follow = share.relay_follow.lock();
+                let (_, ready) = follow.get_or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let task = crate::cluster::relay::follow_user(
+                        cluster.clone(),
+                        user.into(),
+                        self.services.rooms.clone(),
+                        tx,
+                    );
+                    (tokio::spawn(task).abort_handle(), rx)
+                });
+                ready.clone()
+            };
+            let wait = Duration::from_millis(crate::cluster::NATS_WAIT_MS);
+            if tokio::time::timeout(wait, ready.wait_for(|up| *up)).await.is_err() {
+                tracing::warn!(user, "cluster: the user's DMs from other nodes are not followed yet");
+            }
+        }
+        Ok(session)
     }
 
     /// A page of `room`'s history as `user` may read it (no join needed),

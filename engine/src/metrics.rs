@@ -295,6 +295,19 @@ metrics_table! {
         &[Label { key: "result", values: &["ok", "failed"] }],
         "Upkeep passes over the store (retention, then the store gauges), by result; one every --retention-interval-ms.";
 
+    // The cluster (issue 14).
+    CLUSTER_NODES: "viche_cluster_nodes", Gauge, Count, Live, NO_LABELS,
+        "Live nodes of the cluster as this node sees them, itself included (heartbeats over NATS; absent on a node alone).";
+    CLUSTER_RELAYED: "viche_cluster_relayed_total", Counter, Count, Live,
+        &[Label { key: "kind", values: &["msgs", "typing"] }],
+        "Frames queued for the other nodes on a room's NATS subject, by kind (msgs: a batch of one room's stored messages; typing).";
+    CLUSTER_RELAY_DROPPED: "viche_cluster_relay_dropped_total", Counter, Count, Live, NO_LABELS,
+        "Frames for the other nodes dropped because the relay's queue was full or NATS refused them (receivers repair message gaps from the store).";
+    CLUSTER_RELAY_JUNK: "viche_cluster_relay_junk_total", Counter, Count, Live, NO_LABELS,
+        "Frames received on a room's subject that did not decode or named another room or an invalid user; dropped.";
+    GAP_REPAIRS: "viche_gap_repairs_total", Counter, Count, Live, NO_LABELS,
+        "Gaps in a room's seqs met at delivery and replayed from the store before the message after them (in a cluster: a relayed message lost or overtaken).";
+
     // Delivery and abuse.
     OUTBOX_DEPTH_MAX: "viche_outbox_depth_max", Gauge, Count, Sampled, NO_LABELS,
         "The deepest any session's outbox got (frames) since the previous scrape.";

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ractor::ActorRef;
 
 use crate::accounts::Accounts;
+use crate::cluster::Cluster;
 use crate::config::EngineConfig;
 use crate::delivery::Directory;
 use crate::health::Health;
@@ -24,6 +25,8 @@ pub(crate) struct Services {
     pub rooms: Rooms,
     pub accounts: Accounts,
     pub health: Arc<Health>,
+    /// In a cluster: this node's part in it.
+    pub cluster: Option<Arc<Cluster>>,
     /// Observes every session's exit.
     pub sessions: ActorRef<SessionEvent>,
 }

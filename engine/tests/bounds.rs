@@ -41,7 +41,7 @@ async fn a_session_may_join_at_most_session_rooms_max() {
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let config = EngineConfig { session_rooms_max: 3, ..EngineConfig::default() };
     let engine = Engine::start(config, store, b"0123456789abcdef0123").await.unwrap();
-    let mut s = engine.open_session("alice", Encoding::MsgPack, now_ms() + 3_600_000).unwrap();
+    let mut s = engine.open_session("alice", Encoding::MsgPack, now_ms() + 3_600_000).await.unwrap();
 
     for (req, room) in [(1, "a"), (2, "b"), (3, "c")] {
         assert_eq!(s.handle(ClientFrame::Join { req, room: room.into(), since: None }).await, Flow::Continue);

@@ -33,8 +33,8 @@ async fn start(config: EngineConfig) -> Fixture {
     Fixture { _dir: dir, engine, store }
 }
 
-fn open(f: &Fixture, user: &str) -> Session {
-    f.engine.open_session(user, Encoding::MsgPack, now_ms() + 3_600_000).expect("a session")
+async fn open(f: &Fixture, user: &str) -> Session {
+    f.engine.open_session(user, Encoding::MsgPack, now_ms() + 3_600_000).await.expect("a session")
 }
 
 /// A session's frames as its client would read them: replay markers are
@@ -119,7 +119,7 @@ fn ok_seq(frame: Option<&ServerFrame>) -> u64 {
 async fn a_room_that_panics_while_publishing_restarts_and_delivers_each_message_once() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let (mut alice, mut carol) = (open(&f, "alice"), open(&f, "carol"));
+    let (mut alice, mut carol) = (open(&f, "alice").await, open(&f, "carol").await);
     let (mut ra, mut rc) = (Reader::new(), Reader::new());
     join(&mut alice, 1, "lobby").await;
     join(&mut carol, 1, "other").await;
@@ -143,7 +143,7 @@ async fn a_room_that_panics_while_publishing_restarts_and_delivers_each_message_
     }
 
     // The restarted room knows its members and its last seq.
-    let mut bob = open(&f, "bob");
+    let mut bob = open(&f, "bob").await;
     let mut rb = Reader::new();
     join(&mut bob, 7, "lobby").await;
     rb.until(&f.engine, &bob, "bob's ok", |fr| fr.iter().any(|x| matches!(x, ServerFrame::Ok { req: 7, .. }))).await;
@@ -167,7 +167,7 @@ async fn a_room_that_panics_while_publishing_restarts_and_delivers_each_message_
 async fn a_join_queued_when_its_room_crashes_is_answered_by_the_restarted_room() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     fail::cfg("room.join", "1*panic").unwrap();
     join(&mut alice, 1, "lobby").await;
@@ -191,7 +191,7 @@ fn r_has(frames: &[ServerFrame], req: u64) -> bool {
 async fn an_operation_that_keeps_crashing_its_room_is_dropped_and_the_room_goes_on() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let (mut alice, mut bob) = (open(&f, "alice"), open(&f, "bob"));
+    let (mut alice, mut bob) = (open(&f, "alice").await, open(&f, "bob").await);
     let (mut ra, mut rb) = (Reader::new(), Reader::new());
     join(&mut alice, 1, "lobby").await;
     ra.until(&f.engine, &alice, "alice's ok", |fr| r_has(fr, 1)).await;
@@ -212,7 +212,7 @@ async fn an_operation_that_keeps_crashing_its_room_is_dropped_and_the_room_goes_
 async fn a_writer_that_panics_after_committing_is_restarted_and_acks_the_batch_once() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -244,7 +244,7 @@ async fn a_writer_that_panics_after_committing_is_restarted_and_acks_the_batch_o
 async fn a_poison_message_is_refused_and_its_neighbours_are_stored() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -269,7 +269,7 @@ async fn a_poison_message_is_refused_and_its_neighbours_are_stored() {
 async fn a_store_call_that_hangs_times_out_and_is_retried() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig { store_timeout_ms: 300, ..EngineConfig::default() }).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -284,7 +284,7 @@ async fn a_store_call_that_hangs_times_out_and_is_retried() {
 async fn the_embedded_store_reopens_after_an_io_error() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -300,7 +300,7 @@ async fn the_embedded_store_reopens_after_an_io_error() {
 async fn a_room_that_cannot_load_its_last_seq_answers_its_joiner_and_recovers_later() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     fail::cfg("store.last_seq", "return").unwrap();
     join(&mut alice, 1, "lobby").await;
@@ -317,7 +317,7 @@ async fn a_room_that_cannot_load_its_last_seq_answers_its_joiner_and_recovers_la
 async fn a_room_that_cannot_restart_tells_its_members_to_join_again() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -345,7 +345,7 @@ async fn a_dm_room_that_crashes_replays_to_both_users_sessions() {
         let creds = Credentials { username: user.into(), password: "correct horse battery".into() };
         f.engine.register(creds).await.expect("a DM needs both users to exist");
     }
-    let (mut ann, cat) = (open(&f, "ann"), open(&f, "cat"));
+    let (mut ann, cat) = (open(&f, "ann").await, open(&f, "cat").await);
     let (mut ra, mut rc) = (Reader::new(), Reader::new());
     let dm = |req: u64, body: &str| ClientFrame::Dm {
         req,
@@ -375,7 +375,7 @@ async fn a_dm_room_that_crashes_replays_to_both_users_sessions() {
 async fn a_room_waiting_on_the_store_does_not_hold_up_joins_to_open_rooms() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let (mut alice, mut bob, mut carol) = (open(&f, "alice"), open(&f, "bob"), open(&f, "carol"));
+    let (mut alice, mut bob, mut carol) = (open(&f, "alice").await, open(&f, "bob").await, open(&f, "carol").await);
     let (mut ra, mut rc) = (Reader::new(), Reader::new());
     join(&mut alice, 1, "open").await;
     ra.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -400,7 +400,7 @@ async fn a_room_waiting_on_the_store_does_not_hold_up_joins_to_open_rooms() {
 async fn a_writer_that_keeps_failing_makes_the_engine_give_up() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig::default()).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     join(&mut alice, 1, "lobby").await;
     r.until(&f.engine, &alice, "ok", |fr| r_has(fr, 1)).await;
@@ -425,7 +425,7 @@ async fn a_writer_that_keeps_failing_makes_the_engine_give_up() {
 async fn crashes_leave_no_operation_in_flight() {
     let scenario = FailScenario::setup();
     let f = start(EngineConfig { room_idle_ms: 200, ..EngineConfig::default() }).await;
-    let mut alice = open(&f, "alice");
+    let mut alice = open(&f, "alice").await;
     let mut r = Reader::new();
     fail::cfg("room.publish", "50%panic").unwrap();
     join(&mut alice, 1, "lobby").await;
@@ -452,7 +452,7 @@ async fn crashes_leave_no_operation_in_flight() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A fresh room continues the room's numbering from the store.
-    let mut bob = open(&f, "bob");
+    let mut bob = open(&f, "bob").await;
     let mut rb = Reader::new();
     join(&mut bob, 1, "lobby").await;
     rb.until(&f.engine, &bob, "ok", |fr| r_has(fr, 1)).await;

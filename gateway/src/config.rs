@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use viche_engine::cluster::ClusterConfig;
 use viche_engine::config::{self as engine, EngineConfig};
 use viche_protocol::limits::{self, Rate};
 
@@ -282,7 +283,30 @@ pub struct Args {
     /// VicheStoreLarge alert fires (0: never).
     #[arg(long, env = "VICHE_STORE_SIZE_ALERT_BYTES", default_value_t = 0)]
     pub store_size_alert_bytes: u64,
+
+    /// Join a cluster whose nodes talk through this NATS server
+    /// (`nats://HOST:PORT`). Needs --mongo-uri: the nodes share one MongoDB.
+    #[arg(long, env = "VICHE_CLUSTER_NATS")]
+    pub cluster_nats: Option<String>,
+    /// This node's name in the cluster: 1 to 64 of `A-Z a-z 0-9 _ . -`,
+    /// unique among the nodes. Default: the host name and the process id.
+    #[arg(long, env = "VICHE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// A node not heard from for this long is gone.
+    #[arg(long, env = "VICHE_CLUSTER_FAILOVER_MS", default_value_t = viche_engine::cluster::FAILOVER_MS_DEFAULT)]
+    pub cluster_failover_ms: u64,
+    /// NATS subjects start with this, so that clusters may share one NATS:
+    /// `A-Z a-z 0-9 _ -` tokens joined by `.`, at most 64 bytes.
+    #[arg(long, env = "VICHE_CLUSTER_PREFIX", default_value = "viche")]
+    pub cluster_prefix: String,
 }
+
+/// `--cluster-failover-ms`'s bounds: short enough to fail over, long
+/// enough that a busy node's heartbeat is not missed.
+pub const CLUSTER_FAILOVER_MS_MIN: u64 = 300;
+pub const CLUSTER_FAILOVER_MS_MAX: u64 = 600_000;
+/// `--cluster-prefix`'s longest.
+pub const CLUSTER_PREFIX_BYTES_MAX: usize = 64;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -441,6 +465,7 @@ impl Args {
                 return Err("--admin-token must not be the --jwt-secret".into());
             }
         }
+        self.validate_cluster()?;
         if let Some(uri) = &self.mongo_uri {
             if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
                 return Err("--mongo-uri must start with mongodb:// or mongodb+srv://".into());
@@ -455,6 +480,54 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), String> {
+        let Some(url) = &self.cluster_nats else {
+            if self.node_id.is_some() {
+                return Err("--node-id needs --cluster-nats".into());
+            }
+            return Ok(());
+        };
+        if self.mongo_uri.is_none() {
+            return Err("--cluster-nats needs --mongo-uri: the nodes of a cluster share one MongoDB, and the embedded store belongs to one process".into());
+        }
+        if !url.starts_with("nats://") || url.len() <= "nats://".len() {
+            return Err("--cluster-nats must be a nats:// URL (TLS to NATS is not supported yet)".into());
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > viche_engine::cluster::NODE_ID_BYTES_MAX || !id.chars().all(is_name_char) {
+                return Err(format!(
+                    "--node-id must be 1 to {} of A-Z a-z 0-9 _ . -",
+                    viche_engine::cluster::NODE_ID_BYTES_MAX
+                ));
+            }
+        }
+        if !(CLUSTER_FAILOVER_MS_MIN..=CLUSTER_FAILOVER_MS_MAX).contains(&self.cluster_failover_ms) {
+            return Err(format!(
+                "--cluster-failover-ms must be {CLUSTER_FAILOVER_MS_MIN} to {CLUSTER_FAILOVER_MS_MAX}"
+            ));
+        }
+        let prefix = &self.cluster_prefix;
+        let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if prefix.len() > CLUSTER_PREFIX_BYTES_MAX || !prefix.split('.').all(token_ok) {
+            return Err(format!(
+                "--cluster-prefix must be tokens of A-Z a-z 0-9 _ - joined by '.', at most {CLUSTER_PREFIX_BYTES_MAX} bytes"
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's part in a cluster, if `--cluster-nats` is given.
+    fn cluster_config(&self) -> Option<ClusterConfig> {
+        let nats_url = self.cluster_nats.clone()?;
+        let node_id = self.node_id.clone().unwrap_or_else(default_node_id);
+        Some(ClusterConfig {
+            nats_url,
+            node_id,
+            failover_ms: self.cluster_failover_ms,
+            prefix: self.cluster_prefix.clone(),
+        })
     }
 
     pub fn edge_limits(&self) -> EdgeLimits {
@@ -509,9 +582,25 @@ impl Args {
             retention_interval_ms: self.retention_interval_ms,
             retention_batch_rows_max: self.retention_batch_rows,
             store_size_alert_bytes: self.store_size_alert_bytes,
+            cluster: self.cluster_config(),
             ..EngineConfig::default()
         }
     }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-'
+}
+
+/// The host name and the process id (unique among this host's nodes),
+/// cut to a node id's length.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| is_name_char(*c)).collect();
+    let host = if host.is_empty() { "node".to_string() } else { host };
+    let pid = format!("-{}", std::process::id());
+    let keep = viche_engine::cluster::NODE_ID_BYTES_MAX - pid.len();
+    format!("{}{pid}", &host[..host.len().min(keep)])
 }
 
 #[cfg(test)]
@@ -534,5 +623,37 @@ mod tests {
                 assert!(refused.contains(flag), "{flag} {bad}: {refused}");
             }
         }
+    }
+
+    #[test]
+    fn cluster_flags_are_refused_without_mongodb_and_when_malformed() {
+        let mongo = ["--mongo-uri", "mongodb://127.0.0.1:27017/"];
+        let with = |more: &[&str]| validated(&[&mongo[..], more].concat());
+        assert_eq!(with(&["--cluster-nats", "nats://127.0.0.1:4222"]), Ok(()));
+        assert_eq!(
+            with(&["--cluster-nats", "nats://n:4222", "--node-id", "a-1.b_2", "--cluster-prefix", "prod.eu-1"]),
+            Ok(())
+        );
+        let embedded = validated(&["--cluster-nats", "nats://127.0.0.1:4222"]).unwrap_err();
+        assert!(embedded.contains("--mongo-uri") && embedded.contains("embedded"), "{embedded}");
+        assert!(validated(&["--node-id", "a"]).unwrap_err().contains("--cluster-nats"));
+        let nats = ["--cluster-nats", "nats://127.0.0.1:4222"];
+        for (bad, flag) in [
+            (vec!["--cluster-nats", "http://x"], "--cluster-nats"),
+            (vec!["--cluster-nats", "nats://"], "--cluster-nats"),
+            ([&nats[..], &["--node-id", ""]].concat(), "--node-id"),
+            ([&nats[..], &["--node-id", "a b"]].concat(), "--node-id"),
+            ([&nats[..], &["--node-id", &"n".repeat(65)]].concat(), "--node-id"),
+            ([&nats[..], &["--cluster-failover-ms", "299"]].concat(), "--cluster-failover-ms"),
+            ([&nats[..], &["--cluster-failover-ms", "600001"]].concat(), "--cluster-failover-ms"),
+            ([&nats[..], &["--cluster-prefix", "a.*"]].concat(), "--cluster-prefix"),
+            ([&nats[..], &["--cluster-prefix", "a..b"]].concat(), "--cluster-prefix"),
+            ([&nats[..], &["--cluster-prefix", ""]].concat(), "--cluster-prefix"),
+        ] {
+            let refused = with(&bad).unwrap_err();
+            assert!(refused.contains(flag), "{bad:?}: {refused}");
+        }
+        let id = default_node_id();
+        assert!(!id.is_empty() && id.len() <= viche_engine::cluster::NODE_ID_BYTES_MAX && id.chars().all(is_name_char));
     }
 }

@@ -18,20 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use viche_client::{ClientFrame, ErrorCode, Event, ServerFrame};
 
-/// The MongoDB URI, or `None` to skip (never under CI).
-fn mongo_or_skip(test: &str) -> Option<String> {
-    match mongo_uri() {
-        Some(uri) => Some(uri),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{test}: VICHE_TEST_MONGO_URI is not set under CI; run scripts/test.sh")
-        }
-        None => {
-            eprintln!("{test}: skipped, VICHE_TEST_MONGO_URI is not set (scripts/test.sh starts FerretDB and sets it)");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_indexes_exist_after_start() {
     let Some(uri) = mongo_or_skip("mongo_indexes_exist_after_start") else { return };

@@ -151,8 +151,10 @@ async fn main() -> anyhow::Result<()> {
     for s in 0..args.senders {
         let (engine, stop, pad) = (engine.clone(), stop.clone(), pad.clone());
         tasks.push(tokio::spawn(async move {
-            let mut session =
-                engine.open_session(&format!("w{s}"), Encoding::MsgPack, now_ms() + 3_600_000).expect("a session");
+            let mut session = engine
+                .open_session(&format!("w{s}"), Encoding::MsgPack, now_ms() + 3_600_000)
+                .await
+                .expect("a session");
             // Ten senders share a room, so batches mix rooms and rooms mix senders.
             let room = format!("wb{}", s / 10);
             assert_eq!(

@@ -1,15 +1,31 @@
-//! The cluster (issue 14), as far as it is built: which nodes are alive
-//! (`membership.rs`, heartbeats over core NATS) and which node owns a
-//! room (`ownership.rs`, rendezvous hashing over the live nodes). Not yet
-//! wired into the server: no flag starts it, so a node still serves every
-//! room itself. What is guaranteed and what is not is in
-//! docs/architecture.md ("The cluster, so far").
+//! The cluster (issue 14): many nodes over core NATS and one MongoDB.
+//!
+//! - `membership.rs`: which nodes are alive (heartbeats over NATS).
+//! - `ownership.rs`: which node owns a room (rendezvous hashing over the
+//!   live nodes). Computed and reported; not yet used to route writes.
+//! - `relay.rs`: a room's stored messages and typing notices, relayed to
+//!   every node that has the room open; each delivers to its own members.
+//!
+//! Built so far: any node takes any session; a message is stored by the
+//! node its sender is on, and the store keeps each room's seqs dense and
+//! unique however many nodes write it (MongoDB's unique `(room, seq)`
+//! index; `store/mongo.rs` numbers again after a collision). What is
+//! guaranteed and what is not is in docs/architecture.md ("The cluster").
 
 pub mod membership;
 pub mod ownership;
+pub(crate) mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 pub use membership::{Membership, MembershipConfig};
 pub use ownership::Ring;
+pub use relay::{RELAY_FRAME_BYTES_MAX, RELAY_QUEUE_MAX};
+
+use crate::metrics::CLUSTER_NODES;
 
 /// A node's name, as given by `--node-id` (or made up at start).
 pub type NodeId = std::sync::Arc<str>;
@@ -17,3 +33,89 @@ pub type NodeId = std::sync::Arc<str>;
 /// The longest node name accepted, in bytes: heartbeats naming a longer
 /// one are dropped.
 pub const NODE_ID_BYTES_MAX: usize = 64;
+/// `--cluster-failover-ms`'s default.
+pub const FAILOVER_MS_DEFAULT: u64 = 3_000;
+/// Other nodes one node tracks at most.
+pub const NODES_MAX: usize = 256;
+/// Frames one room's subscription holds before NATS drops (the relay's
+/// receivers then repair the gap from the store).
+pub const SUBSCRIPTION_FRAMES_MAX: usize = 4096;
+/// How long connecting to NATS at start, or subscribing to a room, may take.
+pub const NATS_WAIT_MS: u64 = 5_000;
+
+/// How a node joins a cluster (`--cluster-nats` and its companions).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nats_url: String,
+    pub node_id: String,
+    pub failover_ms: u64,
+    /// Subjects start with this, so that clusters can share one NATS.
+    pub prefix: String,
+}
+
+/// This node's part in the cluster.
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    pub relay: Arc<relay::Relay>,
+    membership: Membership,
+    node_id: NodeId,
+}
+
+impl Cluster {
+    /// Connects to NATS (refused after [`NATS_WAIT_MS`]), starts the
+    /// heartbeats and the relay.
+    pub(crate) async fn start(config: &ClusterConfig) -> anyhow::Result<Self> {
+        let node_id = NodeId::from(config.node_id.as_str());
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("viche {node_id}"))
+            // What this node publishes it has delivered already.
+            .no_echo()
+            .subscription_capacity(SUBSCRIPTION_FRAMES_MAX)
+            .connection_timeout(Duration::from_millis(NATS_WAIT_MS))
+            .connect(config.nats_url.as_str())
+            .await
+            .with_context(|| format!("cannot reach NATS at {} (--cluster-nats)", config.nats_url))?;
+        let membership = Membership::start(
+            client.clone(),
+            MembershipConfig {
+                prefix: config.prefix.clone(),
+                node_id: node_id.clone(),
+                failover: Duration::from_millis(config.failover_ms),
+                nodes_max: NODES_MAX,
+            },
+        )
+        .await?;
+        let mut changes = membership.changes();
+        tokio::spawn(async move {
+            loop {
+                let live = changes.borrow_and_update().clone();
+                CLUSTER_NODES.gauge().set(live.len() as f64);
+                tracing::info!(nodes = ?live, "cluster: live nodes");
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let relay = relay::Relay::start(client.clone(), config.prefix.clone());
+        tracing::info!(node = %node_id, nats = %config.nats_url, prefix = %config.prefix, "cluster: joined");
+        Ok(Self { client, relay, membership, node_id })
+    }
+
+    /// Subscribes to a room's or a user's subject, within [`NATS_WAIT_MS`].
+    pub(crate) async fn subscribe(&self, subject: String) -> anyhow::Result<async_nats::Subscriber> {
+        let subscribe = self.client.subscribe(subject.clone());
+        match tokio::time::timeout(Duration::from_millis(NATS_WAIT_MS), subscribe).await {
+            Ok(result) => result.with_context(|| format!("subscribing to {subject}")),
+            Err(_) => anyhow::bail!("subscribing to {subject}: no answer within {NATS_WAIT_MS} ms"),
+        }
+    }
+
+    /// The live nodes, this one included, in name order.
+    pub(crate) fn live(&self) -> Vec<NodeId> {
+        self.membership.live()
+    }
+
+    pub(crate) fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+}

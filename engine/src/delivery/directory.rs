@@ -31,6 +31,18 @@ pub struct UserShare {
     pub room_memberships: AtomicU32,
     /// Messages submitted to the writer and not yet answered.
     pub writes_pending: AtomicU32,
+    /// In a cluster: the task receiving the user's DMs stored by other
+    /// nodes (`cluster/relay.rs`), and whether its subscription is up.
+    /// Ends with the user's last session here.
+    pub(crate) relay_follow: Mutex<Option<(tokio::task::AbortHandle, tokio::sync::watch::Receiver<bool>)>>,
+}
+
+impl Drop for UserShare {
+    fn drop(&mut self) {
+        if let Some((task, _)) = self.relay_follow.get_mut().take() {
+            task.abort();
+        }
+    }
 }
 
 impl UserShare {

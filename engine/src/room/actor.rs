@@ -29,9 +29,10 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 use super::handle::{RoomHandle, RoomOp, RoomState};
 use super::RoomKindOwned;
+use crate::cluster::relay::Relay;
 use crate::delivery::{Directory, EncodedFrame, OutItem, SessionHandle, SessionId, DIRECT_WRITES_PER_FANOUT_MAX};
 use crate::faults::failpoint;
-use crate::metrics::ROOMS_ACTIVE;
+use crate::metrics::{GAP_REPAIRS, ROOMS_ACTIVE};
 use crate::store::Store;
 
 /// Slots of a room's (empty) operation queue kept after a burst.
@@ -59,6 +60,8 @@ pub(crate) struct RoomArgs {
     pub handle: Arc<RoomHandle>,
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
+    /// In a cluster: where local typing notices go to the other nodes.
+    pub relay: Option<Arc<Relay>>,
     /// A restart after a crash (the store may hold messages no actor
     /// published); false for the room's first actor, whose opener read
     /// the room's last seq.
@@ -69,6 +72,7 @@ pub(crate) struct RoomActorState {
     handle: Arc<RoomHandle>,
     store: Arc<dyn Store>,
     directory: Arc<Directory>,
+    relay: Option<Arc<Relay>>,
     /// Loaded the room's last seq: operations may run.
     ready: bool,
     init_attempts: u32,
@@ -82,11 +86,11 @@ impl Actor for RoomActor {
     type Arguments = RoomArgs;
 
     async fn pre_start(&self, myself: ActorRef<RoomMsg>, args: RoomArgs) -> Result<RoomActorState, ActorProcessingErr> {
-        let RoomArgs { handle, store, directory, restart } = args;
+        let RoomArgs { handle, store, directory, relay, restart } = args;
         ROOMS_ACTIVE.gauge().increment(1.0);
         // Either way, it starts by draining what was queued before it ran.
         myself.send_message(if restart { RoomMsg::Init } else { RoomMsg::Wake })?;
-        Ok(RoomActorState { handle, store, directory, ready: !restart, init_attempts: 0, scratch: Vec::new() })
+        Ok(RoomActorState { handle, store, directory, relay, ready: !restart, init_attempts: 0, scratch: Vec::new() })
     }
 
     async fn post_stop(
@@ -214,7 +218,7 @@ impl RoomActorState {
                 self.join(session, *req, *since, *horizon);
             }
             RoomOp::Leave { session, reply } => self.leave(*session, reply.take()),
-            RoomOp::Typing { session, .. } => self.typing(session),
+            RoomOp::Typing { user, session, .. } => self.typing(user, session.as_deref()),
             RoomOp::Members { session, req, after } => self.members(session, *req, after.as_deref()),
             RoomOp::Publish(msgs) => {
                 failpoint!("room.publish");
@@ -229,6 +233,7 @@ impl RoomActorState {
         let handle = &self.handle;
         let mut state = handle.state.lock();
         state.closed = true;
+        handle.stop_following();
         let members = std::mem::take(&mut state.members);
         state.user_sessions.clear();
         state.json_members = 0;
@@ -329,13 +334,19 @@ impl RoomActorState {
         }
     }
 
-    fn typing(&mut self, from: &SessionHandle) {
+    /// `user` is typing: tells this node's members (but the user's own
+    /// sessions) and, when a member of this node typed, the other nodes.
+    fn typing(&mut self, user: &Arc<str>, session: Option<&SessionHandle>) {
         let state = self.handle.state.lock();
-        if !state.member_index.contains_key(&from.id) {
+        if session.is_some_and(|s| !state.member_index.contains_key(&s.id)) {
             return; // left meanwhile
         }
-        let frame = ServerFrame::Typing { room: self.handle.name.to_string(), user: from.user.to_string() };
-        broadcast(&state, &frame, |m| m.user != from.user);
+        let frame = ServerFrame::Typing { room: self.handle.name.to_string(), user: user.to_string() };
+        broadcast(&state, &frame, |m| m.user != *user);
+        drop(state);
+        if let (Some(relay), Some(_)) = (&self.relay, session) {
+            relay.typing(&self.handle.name, user);
+        }
     }
 
     /// A page of the room's online users after `after`, in name order.
@@ -358,34 +369,42 @@ impl RoomActorState {
         let _ = session.send(&ServerFrame::Members { req, room: self.handle.name.to_string(), users, more });
     }
 
-    fn publish(&mut self, msgs: Vec<(Msg, Instant)>) {
+    fn publish(&mut self, msgs: Vec<(Msg, Option<Instant>)>) {
         let handle = self.handle.clone();
         let mut state = handle.state.lock();
         state.last_activity = Instant::now();
         for (msg, received_at) in msgs {
             if msg.seq <= state.last_published {
-                continue; // already covered by a restart's replay
+                continue; // had it: a restart's replay, or relayed twice
+            }
+            if let RoomKindOwned::Dm(a, b) = &handle.kind {
+                // A DM's recipients are every session of both users.
+                self.scratch.clear();
+                self.directory.sessions_of(a, &mut self.scratch);
+                self.directory.sessions_of(b, &mut self.scratch);
             }
             if msg.seq != state.last_published + 1 {
-                // Cannot happen while the writer publishes in commit order;
-                // if it does, members get the gap replayed from the store.
-                tracing::error!(room = %handle.name, expected = state.last_published + 1, got = msg.seq, "publish gap; replaying");
-                for m in &state.members {
-                    m.outbox.push_unbounded(OutItem::Replay {
-                        room: handle.name.clone(),
-                        after: state.last_published,
-                        upto: msg.seq - 1,
-                    });
+                // Messages stored by another node (relayed at most once,
+                // maybe later than this one), or published out of order:
+                // the recipients get the gap replayed from the store, in
+                // order, before this message.
+                GAP_REPAIRS.counter().increment(1);
+                tracing::debug!(room = %handle.name, expected = state.last_published + 1, got = msg.seq, "gap; replaying it from the store");
+                let replay =
+                    OutItem::Replay { room: handle.name.clone(), after: state.last_published, upto: msg.seq - 1 };
+                let recipients = match &handle.kind {
+                    RoomKindOwned::Public => &state.members,
+                    RoomKindOwned::Dm(..) => &self.scratch,
+                };
+                for m in recipients {
+                    m.outbox.push_unbounded(replay.clone());
                 }
             }
             let seq = msg.seq;
             let frame = ServerFrame::Msg(msg);
             let delivered = match &handle.kind {
                 RoomKindOwned::Public => broadcast(&state, &frame, |_| true),
-                RoomKindOwned::Dm(a, b) => {
-                    self.scratch.clear();
-                    self.directory.sessions_of(a, &mut self.scratch);
-                    self.directory.sessions_of(b, &mut self.scratch);
+                RoomKindOwned::Dm(..) => {
                     let with_json = self.scratch.iter().any(|p| p.encoding == viche_protocol::Encoding::Json);
                     let encoded = EncodedFrame::new(&frame, with_json);
                     let mut n = 0;
@@ -400,7 +419,9 @@ impl RoomActorState {
             state.last_published = seq;
             let hot = crate::metrics::hot();
             hot.deliveries.increment(delivered as u64);
-            hot.send_deliver_latency.record(received_at.elapsed().as_secs_f64());
+            if let Some(received_at) = received_at {
+                hot.send_deliver_latency.record(received_at.elapsed().as_secs_f64());
+            }
         }
     }
 }

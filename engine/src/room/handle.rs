@@ -50,8 +50,11 @@ pub(crate) enum RoomOp {
         session: SessionId,
         reply: Option<(Arc<SessionHandle>, u64)>,
     },
+    /// `user` is typing: a member session of this node (checked to be a
+    /// member still), or a member on another node (relayed).
     Typing {
-        session: Arc<SessionHandle>,
+        user: Arc<str>,
+        session: Option<Arc<SessionHandle>>,
         _slot: TypingSlot,
     },
     Members {
@@ -60,8 +63,9 @@ pub(crate) enum RoomOp {
         after: Option<String>,
     },
     /// Stored messages of this room, in seq order, with when each `send`
-    /// was decoded (for the send→deliver latency).
-    Publish(Vec<(Msg, Instant)>),
+    /// was decoded (for the send→deliver latency; none when relayed from
+    /// another node).
+    Publish(Vec<(Msg, Option<Instant>)>),
 }
 
 /// The room's state: it survives a restart of the room's actor.
@@ -100,6 +104,9 @@ pub(crate) struct RoomHandle {
     pub(super) wake_sent: AtomicBool,
     /// `typing` notices now queued (live [`TypingSlot`]s).
     typing_queued: AtomicUsize,
+    /// In a cluster: the task handing this room what other nodes relay
+    /// (`cluster/relay.rs`), aborted when the room closes.
+    relay_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The handle was closed (the room stopped): fetch a fresh one.
@@ -160,6 +167,7 @@ impl RoomHandle {
             // Down until an actor starts and drains the queue.
             wake_sent: AtomicBool::new(true),
             typing_queued: AtomicUsize::new(0),
+            relay_task: Mutex::new(None),
         })
     }
 
@@ -228,18 +236,57 @@ impl RoomHandle {
     /// Queues a typing notice; false when it was dropped (the room's
     /// typing queue is full, or the room is closed).
     pub(crate) fn typing(self: &Arc<Self>, session: Arc<SessionHandle>) -> bool {
+        self.queue_typing(session.user.clone(), Some(session))
+    }
+
+    /// A typing notice of a member on another node; bounded as a local one.
+    pub(crate) fn typing_relayed(self: &Arc<Self>, user: Arc<str>) -> bool {
+        self.queue_typing(user, None)
+    }
+
+    fn queue_typing(self: &Arc<Self>, user: Arc<str>, session: Option<Arc<SessionHandle>>) -> bool {
         if self.typing_queued.fetch_add(1, Ordering::AcqRel) >= ROOM_TYPING_QUEUED_MAX {
             self.typing_queued.fetch_sub(1, Ordering::AcqRel);
             TYPING_DROPPED.counter().increment(1);
             return false;
         }
         let slot = TypingSlot(self.clone());
-        self.enqueue(RoomOp::Typing { session, _slot: slot }).is_ok()
+        self.enqueue(RoomOp::Typing { user, session, _slot: slot }).is_ok()
+    }
+
+    /// Messages another node stored and relayed. Dropped when the room is
+    /// closed (its members are gone); the room's actor skips what it has
+    /// and repairs a gap from the store.
+    pub(crate) fn publish_relayed(&self, msgs: Vec<viche_protocol::Msg>) {
+        let op = RoomOp::Publish(msgs.into_iter().map(|m| (m, None)).collect());
+        if let Err(HandleClosed) = self.enqueue(op) {
+            tracing::debug!(room = %self.name, "cluster: relayed messages for a closed room dropped");
+        }
+    }
+
+    /// Starts handing this room what other nodes relay on `subscription`,
+    /// until the room closes.
+    pub(crate) fn follow(self: &Arc<Self>, subscription: async_nats::Subscriber) {
+        let task = tokio::spawn(crate::cluster::relay::follow(subscription, self.clone()));
+        let mut slot = self.relay_task.lock();
+        debug_assert!(slot.is_none(), "a room follows one subscription");
+        *slot = Some(task.abort_handle());
+        drop(slot);
+        if self.is_closed() {
+            self.stop_following();
+        }
+    }
+
+    /// Ends the relay task (the room closed). Idempotent.
+    pub(crate) fn stop_following(&self) {
+        if let Some(task) = self.relay_task.lock().take() {
+            task.abort();
+        }
     }
 
     /// Hands stored messages to the room. Queued even while its actor is
     /// down: the restarted actor publishes them.
-    pub(crate) fn publish(&self, msgs: Vec<(Msg, Instant)>) {
+    pub(crate) fn publish(&self, msgs: Vec<(Msg, Option<Instant>)>) {
         let mut state = self.state.lock();
         // A room with writes in flight is never closed (the sweep waits for
         // them), so this always queues.

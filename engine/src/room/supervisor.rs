@@ -27,6 +27,7 @@ use viche_protocol::ErrorCode;
 use super::actor::{RoomActor, RoomArgs, RoomMsg};
 use super::handle::RoomHandle;
 use super::RoomKindOwned;
+use crate::cluster::Cluster;
 use crate::delivery::Directory;
 use crate::metrics::{ACTOR_FAILURES, ACTOR_RESTARTS, ROOMS_ACTIVE};
 use crate::refusal::Refusal;
@@ -50,17 +51,19 @@ pub(crate) struct Rooms {
     registry: Arc<Registry>,
     supervisor: ActorRef<SupervisorMsg>,
     store: Arc<dyn Store>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Rooms {
     pub(crate) async fn start(args: SupervisorArgs, parent: ractor::ActorCell) -> anyhow::Result<Self> {
         let registry: Arc<Registry> = Arc::default();
         let store = args.store.clone();
+        let cluster = args.cluster.clone();
         let state_args = (args, registry.clone());
         let (supervisor, _) = Actor::spawn_linked(None, RoomSupervisor, state_args, parent)
             .await
             .map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Self { registry, supervisor, store })
+        Ok(Self { registry, supervisor, store, cluster })
     }
 
     /// Rooms open now (stopped idle rooms excluded).
@@ -71,8 +74,25 @@ impl Rooms {
     /// The live handle of a room, opened on first use. A DM room opens only
     /// if both its users exist (`not_found` otherwise).
     pub(crate) async fn get(&self, name: &str) -> Result<Arc<RoomHandle>, Refusal> {
-        if let Some(handle) = self.registry.read().get(name).filter(|h| !h.is_closed()) {
-            return Ok(handle.clone());
+        self.open(name, None).await
+    }
+
+    /// The room, if it is open now.
+    pub(crate) fn open_now(&self, name: &str) -> Option<Arc<RoomHandle>> {
+        self.registry.read().get(name).filter(|h| !h.is_closed()).cloned()
+    }
+
+    /// A room opened to deliver messages another node stored and relayed,
+    /// from `first_seq` on: were it opened at the last stored seq, it would
+    /// count them as delivered already.
+    pub(crate) async fn open_relayed(&self, name: &str, first_seq: u64) -> Result<Arc<RoomHandle>, Refusal> {
+        debug_assert!(first_seq > 0);
+        self.open(name, Some(first_seq)).await
+    }
+
+    async fn open(&self, name: &str, relayed_from: Option<u64>) -> Result<Arc<RoomHandle>, Refusal> {
+        if let Some(handle) = self.open_now(name) {
+            return Ok(handle);
         }
         let Some(handle) = RoomHandle::new(name.into()) else {
             return Err(Refusal::new(ErrorCode::Invalid, format!("invalid room id {name:?}")));
@@ -90,13 +110,36 @@ impl Rooms {
                 }
             }
         }
+        // In a cluster, subscribe before reading the last seq: whatever is
+        // stored after the read then arrives on the subscription. (A DM
+        // room's messages travel on its users' subjects instead, which
+        // every node with a session of either user follows.)
+        let subscription = match &self.cluster {
+            Some(cluster) if handle.kind == RoomKindOwned::Public => {
+                match cluster.subscribe(cluster.relay.room_subject(name)).await {
+                    Ok(subscription) => Some(subscription),
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = name, "cannot open a room: NATS does not answer");
+                        return Err(Refusal::new(ErrorCode::Overloaded, "the cluster is unavailable; retry"));
+                    }
+                }
+            }
+            _ => None,
+        };
         match self.store.last_seq(name).await {
-            Ok(last) => handle.state.lock().last_published = last,
+            Ok(last) => handle.state.lock().last_published = last.min(relayed_from.map_or(u64::MAX, |s| s - 1)),
             Err(e) => return Err(unavailable(&e)),
         }
-        let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, Arc::new(handle));
+        let fresh = Arc::new(handle);
+        let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, fresh.clone());
         match result {
-            Ok(Ok(handle)) => Ok(handle),
+            Ok(Ok(handle)) => {
+                // Another opener's handle won: it follows its own subscription.
+                if let Some(subscription) = subscription.filter(|_| Arc::ptr_eq(&handle, &fresh)) {
+                    handle.follow(subscription);
+                }
+                Ok(handle)
+            }
             Ok(Err(code)) => Err(Refusal::new(code, "room unavailable")),
             Err(e) => {
                 tracing::error!(error = %e, room = name, "room supervisor did not answer");
@@ -121,6 +164,8 @@ pub(crate) struct RoomSupervisor;
 pub(crate) struct SupervisorArgs {
     pub store: Arc<dyn Store>,
     pub directory: Arc<Directory>,
+    /// In a cluster: rooms follow their subject, and relay typing.
+    pub cluster: Option<Arc<Cluster>>,
     pub room_idle_ms: u64,
     pub rooms_max: usize,
 }
@@ -143,6 +188,7 @@ impl SupervisorState {
             handle: handle.clone(),
             store: self.args.store.clone(),
             directory: self.args.directory.clone(),
+            relay: self.args.cluster.as_ref().map(|c| c.relay.clone()),
             restart,
         };
         match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
@@ -223,6 +269,7 @@ impl Actor for RoomSupervisor {
                         && room.last_activity.elapsed() >= idle_after;
                     if idle {
                         room.closed = true;
+                        handle.stop_following();
                         if let Some(actor) = handle.actor.lock().as_ref() {
                             let _ = actor.send_message(RoomMsg::Stop);
                         }

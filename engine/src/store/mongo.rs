@@ -310,6 +310,11 @@ const DEDUPE_QUERY_IDS_MAX: usize = 1024;
 /// Last-seq reads in flight at once for one batch's uncached rooms.
 const LAST_SEQ_READS_CONCURRENT_MAX: usize = 32;
 const DUPLICATE_KEY: i32 = 11000;
+/// Attempts of one batch whose inserts collide on a key (a retried cid,
+/// or a seq another writer of the room took: another node of a cluster)
+/// before the batch fails; each collision reads the rooms' last seqs
+/// again, so only writers racing on the same rooms see more than one.
+const SEQ_COLLISION_ATTEMPTS_MAX: usize = 8;
 /// Reads of a reaction's target while removing a deleted user's reaction.
 const REACTION_REMOVAL_TRIES_MAX: usize = 3;
 
@@ -383,6 +388,7 @@ fn collided_at(e: &mongodb::error::Error) -> Option<usize> {
 
 /// Whether an attempt at a batch first looks up which of its messages are
 /// stored already.
+#[derive(Clone)]
 enum Lookup {
     /// No: a retried cid is rare, and the insert's `_id` catches it.
     Skip,
@@ -688,25 +694,32 @@ impl MongoStore {
     /// (`Lookup::Skip`), then, only when that attempt meets what may be a
     /// retry, with it.
     async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
-        match self.attempt(batch, Lookup::Skip).await {
-            Err(Attempt::NeedsLookup { stored }) => {
-                // What the ordered insert stored before the collision is
-                // this batch's own prefix: its seqs are taken, and the
-                // second attempt answers it `Stored`, not `Duplicate`.
-                let mut ours = HashSet::with_capacity(stored.len());
-                {
-                    let mut cache = self.last_seq.lock();
-                    for doc in stored {
-                        let last = cache.get(&doc.room).copied().unwrap_or(0).max(to_u64(doc.seq));
-                        cache.put(doc.room, last);
-                        ours.insert(doc.id);
-                    }
+        let mut lookup = Lookup::Skip;
+        for _ in 0..SEQ_COLLISION_ATTEMPTS_MAX {
+            // (A clone: an attempt takes the ids it answers out of its set.)
+            match self.attempt(batch, lookup.clone()).await {
+                Err(Attempt::NeedsLookup { stored }) => {
+                    // What the ordered insert stored before the collision is
+                    // this batch's own prefix: the next attempt answers it
+                    // `Stored`, not `Duplicate`. The collision may be a seq
+                    // that another writer of the room took (another node of
+                    // a cluster): the next attempt numbers from the rooms'
+                    // last seqs as stored, the prefix included.
+                    let mut ours = match lookup {
+                        Lookup::Stored { ours } => ours,
+                        Lookup::Skip => HashSet::with_capacity(stored.len()),
+                    };
+                    ours.extend(stored.into_iter().map(|doc| doc.id));
+                    self.forget_rooms(batch.iter().map(|m| &*m.room));
+                    crate::metrics::STORE_DUPLICATE_LOOKUPS.counter().increment(1);
+                    lookup = Lookup::Stored { ours };
                 }
-                crate::metrics::STORE_DUPLICATE_LOOKUPS.counter().increment(1);
-                self.attempt(batch, Lookup::Stored { ours }).await.map_err(Attempt::into_error)
+                other => return other.map_err(Attempt::into_error),
             }
-            other => other.map_err(Attempt::into_error),
         }
+        Err(StoreError::Unavailable(format!(
+            "a batch's seqs collided {SEQ_COLLISION_ATTEMPTS_MAX} times with other writers of its rooms"
+        )))
     }
 
     async fn attempt(&self, batch: &[NewMessage], mut lookup: Lookup) -> Result<Vec<Appended>, Attempt> {
@@ -839,11 +852,11 @@ impl MongoStore {
                 .write_concern(self.write_concern.clone())
                 .await;
             if let Err(e) = result {
+                // A collision after the lookup is a seq taken meanwhile (or
+                // a cid stored meanwhile by a retry on another node).
                 return Err(match collided_at(&e) {
-                    Some(at) if matches!(lookup, Lookup::Skip) => {
-                        Attempt::NeedsLookup { stored: docs.drain(..inserted + at).collect() }
-                    }
-                    _ => Attempt::Failed(unavailable("insert_many", e)),
+                    Some(at) => Attempt::NeedsLookup { stored: docs.drain(..inserted + at).collect() },
+                    None => Attempt::Failed(unavailable("insert_many", e)),
                 });
             }
             inserted = end;

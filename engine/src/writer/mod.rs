@@ -34,6 +34,7 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 pub(crate) use actor::WriterActor;
 
+use crate::cluster::relay::Relay;
 use crate::delivery::{SessionHandle, UserShare};
 use crate::health::Health;
 use crate::metrics::WRITER_REJECTED;
@@ -84,6 +85,8 @@ pub(crate) struct WriterShared {
     store: Arc<dyn Store>,
     health: Arc<Health>,
     batch_max: usize,
+    /// In a cluster: where each room's new messages go to the other nodes.
+    relay: Option<Arc<Relay>>,
 }
 
 #[derive(Clone)]
@@ -141,6 +144,7 @@ pub(crate) fn writer_parts(
     health: Arc<Health>,
     queue_max: usize,
     batch_max: usize,
+    relay: Option<Arc<Relay>>,
 ) -> WriterHandle {
     assert!(queue_max > 0 && batch_max > 0);
     let (tx, rx) = mpsc::channel(queue_max);
@@ -151,6 +155,7 @@ pub(crate) fn writer_parts(
         store,
         health,
         batch_max,
+        relay,
     });
     WriterHandle { tx, shared }
 }
@@ -169,10 +174,11 @@ pub(crate) enum Outcome {
 /// then answers every sender. Publishing first means that once a client
 /// holds an `ack`, any `join` it (or anyone it told) sends later is
 /// ordered after the message in the room's queue, so `ok.seq` includes it.
-fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>) {
+/// In a cluster each room's messages are also relayed to the other nodes.
+fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>, relay: Option<&Relay>) {
     debug_assert_eq!(requests.len(), outcomes.len());
     /// A room's new messages of this batch, with when each `send` was decoded.
-    type RoomBatch = (Arc<RoomHandle>, Vec<(Msg, Instant)>);
+    type RoomBatch = (Arc<RoomHandle>, Vec<(Msg, Option<Instant>)>);
     let mut per_room: HashMap<*const RoomHandle, RoomBatch> = HashMap::new();
     let mut answers = Vec::with_capacity(requests.len());
     for (request, outcome) in requests.iter().zip(outcomes) {
@@ -214,11 +220,15 @@ fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>) {
                 .entry(Arc::as_ptr(room))
                 .or_insert_with(|| (room.clone(), Vec::new()))
                 .1
-                .push((msg, request.received_at));
+                .push((msg, Some(request.received_at)));
         }
     }
     for (_, (room, mut msgs)) in per_room {
         msgs.sort_by_key(|(m, _)| m.seq);
+        if let Some(relay) = relay {
+            let refs: Vec<&Msg> = msgs.iter().map(|(m, _)| m).collect();
+            relay.msgs(&room.name, &refs);
+        }
         room.publish(msgs);
     }
     for (request, answer) in requests.iter().zip(&answers) {

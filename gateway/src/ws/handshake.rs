@@ -71,7 +71,7 @@ pub(super) async fn handshake(engine: &Engine, st: ReadState, write: &mut WriteS
             return None;
         }
     };
-    let session = match engine.open_session(&verified.user, encoding, verified.exp_ms) {
+    let session = match engine.open_session(&verified.user, encoding, verified.exp_ms).await {
         Ok(session) => session,
         Err(refusal) => {
             let frame = reject(refusal.code, &refusal.message);

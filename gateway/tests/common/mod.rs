@@ -47,6 +47,9 @@ pub struct Opts {
     /// Absent: MongoDB at `VICHE_TEST_MONGO_URI` when `VICHE_TEST_STORE` is
     /// `mongo`, else the embedded store.
     pub mongo_uri: Option<String>,
+    /// With `mongo_uri`: this database instead of one of the server's own
+    /// (the nodes of a cluster share one).
+    pub mongo_db: Option<String>,
     /// Start the server with this limit of open files (`ulimit -n`).
     pub max_open_files: Option<u64>,
     /// Failpoints, as the `FAILPOINTS` environment variable of a server
@@ -72,8 +75,22 @@ pub fn suite_on_mongo() -> bool {
     std::env::var("VICHE_TEST_STORE").is_ok_and(|s| s == "mongo")
 }
 
+/// The MongoDB URI, or `None` to skip (never under CI).
+pub fn mongo_or_skip(test: &str) -> Option<String> {
+    match mongo_uri() {
+        Some(uri) => Some(uri),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{test}: VICHE_TEST_MONGO_URI is not set under CI; run scripts/test.sh")
+        }
+        None => {
+            eprintln!("{test}: skipped, VICHE_TEST_MONGO_URI is not set (scripts/test.sh starts FerretDB and sets it)");
+            None
+        }
+    }
+}
+
 /// A database name no other test server uses.
-fn unique_db_name() -> String {
+pub fn unique_db_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -157,7 +174,7 @@ impl Server {
         let mut server = Server {
             child: None,
             dir,
-            mongo: uri.map(|u| (u, unique_db_name())),
+            mongo: uri.map(|u| (u, opts.mongo_db.clone().unwrap_or_else(unique_db_name))),
             opts,
             port: 0,
             log,
@@ -556,6 +573,61 @@ pub async fn next_frame(conn: &mut Connection) -> ServerFrame {
     }
 }
 
+/// The value of a series in a `/metrics` scrape (0 when absent).
+pub async fn scrape_value(server: &Server, series: &str) -> f64 {
+    let text = server.http().get_raw("/metrics", None).await.unwrap().body;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
 pub fn seqs(msgs: &[Msg]) -> Vec<u64> {
     msgs.iter().map(|m| m.seq).collect()
+}
+
+/// A real `nats-server` on a free loopback port (`.ci/run` installs
+/// Debian's package; `VICHE_NATS_SERVER_BIN` names another), killed when
+/// dropped.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+}
+
+impl Nats {
+    /// Starts one on `port` (a restart after [`Nats::stop`]), or a free one.
+    pub fn start(port: Option<u16>) -> Nats {
+        let port = port.unwrap_or_else(free_port);
+        let bin = std::env::var("VICHE_NATS_SERVER_BIN").unwrap_or_else(|_| {
+            ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("nats-server")
+                .to_string()
+        });
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin} (set VICHE_NATS_SERVER_BIN, or install nats-server): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

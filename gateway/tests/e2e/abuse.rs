@@ -185,12 +185,6 @@ async fn a_json_frame_that_is_not_a_map_is_a_bad_frame() {
     conn.ping().await.expect("the session stays open");
 }
 
-/// The value of a series in a `/metrics` scrape (0 when absent).
-async fn scrape_value(server: &Server, series: &str) -> f64 {
-    let text = server.http().get_raw("/metrics", None).await.unwrap().body;
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn readyz_costs_the_store_nothing() {
     let server = Server::start().await;

@@ -1,63 +1,17 @@
-//! Cluster membership against a real `nats-server` (started here on a free
-//! loopback port; `.ci/run` installs Debian's package): nodes find each
+//! Cluster membership against a real `nats-server` (`common::Nats`): nodes find each
 //! other, a node that stops heart-beating is dropped after the failover
 //! time, an outage of NATS leaves each node alone and alive, and junk or
 //! too many names are dropped and counted.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use viche_engine::cluster::{Membership, MembershipConfig, NodeId};
 
+use crate::common::Nats;
+
 const FAILOVER: Duration = Duration::from_millis(600);
 /// Longest wait for a change the failover time promises.
 const T: Duration = Duration::from_secs(15);
-
-struct Nats {
-    child: Child,
-    port: u16,
-}
-
-impl Nats {
-    fn start(port: Option<u16>) -> Nats {
-        let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        let bin = std::env::var("VICHE_NATS_SERVER_BIN").unwrap_or_else(|_| {
-            ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .unwrap_or("nats-server")
-                .to_string()
-        });
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin} (set VICHE_NATS_SERVER_BIN, or install nats-server): {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nats { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn node(nats: &Nats, prefix: &str, name: &str, nodes_max: usize) -> (async_nats::Client, Membership) {
     let client = async_nats::ConnectOptions::new()

@@ -1,0 +1,249 @@
+//! The relay: how a room's traffic reaches its members on other nodes.
+//!
+//! A room's members may be connected to any node. Every node that has the
+//! room open subscribes once to the room's subject (`PREFIX.room.NAME`):
+//! one copy of each message per interested node, not per member. The node
+//! that stored a message publishes it there once, after its own members
+//! have it; each node hands what it receives to its own room actor, which
+//! fans out with the same encode-once path as for local messages.
+//!
+//! A DM goes to every session of its two users, who need not have the DM
+//! room open: it travels on each user's subject (`PREFIX.user.NAME`),
+//! which every node with a session of that user follows, and the
+//! receiving node opens the DM room to deliver it.
+//!
+//! Core NATS is at-most-once, so nothing here is trusted to arrive: the
+//! room actor delivers by seq, skips what it has, and replays a gap from
+//! the store before anything past it (`room/actor.rs`). A lost message is
+//! repaired when the next one of its room arrives.
+//!
+//! Bounded: outgoing frames wait in a queue of [`RELAY_QUEUE_MAX`]; when it
+//! is full (NATS is away and the client's own buffer is full too) a frame
+//! is dropped and counted, and the receivers repair the gap. Incoming
+//! frames wait in each subscription's buffer (the client's
+//! `subscription_capacity`); a frame that does not decode, names another
+//! room or an invalid user is dropped and counted.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use viche_protocol::validate::{is_valid_username, parse_room, RoomKind};
+use viche_protocol::Msg;
+
+use crate::metrics::{CLUSTER_RELAYED, CLUSTER_RELAY_DROPPED, CLUSTER_RELAY_JUNK};
+use crate::room::RoomHandle;
+
+/// Frames waiting to be handed to the NATS client, at most.
+pub const RELAY_QUEUE_MAX: usize = 8192;
+/// A relayed batch of messages is cut into frames of about this many bytes
+/// (NATS refuses payloads past its `max_payload`, 1 MiB by default).
+pub const RELAY_FRAME_BYTES_MAX: usize = 256 * 1024;
+/// Messages one received frame may carry, at most (more is junk).
+pub const RELAY_FRAME_MSGS_MAX: usize = 4096;
+
+/// What travels on a room's (or, for a DM room, a user's) subject.
+#[derive(Debug, Deserialize)]
+pub(crate) enum Relayed {
+    /// Stored messages of one room, in seq order.
+    Msgs(Vec<Msg>),
+    /// A member on the sending node is typing in `room`.
+    Typing { room: String, user: String },
+}
+
+/// [`Relayed`] as sent: borrowed, so relaying copies no message.
+#[derive(Serialize)]
+enum RelayedRef<'a> {
+    Msgs(&'a [&'a Msg]),
+    Typing { room: &'a str, user: &'a str },
+}
+
+/// The sending half of the relay, shared by the writer and the rooms.
+pub(crate) struct Relay {
+    prefix: String,
+    queue: mpsc::Sender<(String, Bytes)>,
+}
+
+impl Relay {
+    /// The relay and the task that hands its queue to `client`.
+    pub(crate) fn start(client: async_nats::Client, prefix: String) -> Arc<Self> {
+        let (queue, mut rx) = mpsc::channel::<(String, Bytes)>(RELAY_QUEUE_MAX);
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = rx.recv().await {
+                // With NATS away the client buffers, then this waits: the
+                // queue above fills and frames are dropped, not held.
+                if let Err(e) = client.publish(subject, payload).await {
+                    CLUSTER_RELAY_DROPPED.counter().increment(1);
+                    tracing::debug!(error = %e, "cluster: a relayed frame was not sent");
+                }
+            }
+        });
+        Arc::new(Self { prefix, queue })
+    }
+
+    /// The subject of a room. Room names may hold `.` (NATS's token
+    /// separator) but never `~`, so `.` becomes `~` and every room keeps a
+    /// subject of its own.
+    pub(crate) fn room_subject(&self, room: &str) -> String {
+        room_subject(&self.prefix, room)
+    }
+
+    /// The subject of a user's DMs (names are spelled as rooms are).
+    pub(crate) fn user_subject(&self, user: &str) -> String {
+        format!("{}.user.{}", self.prefix, user.replace('.', "~"))
+    }
+
+    /// Relays a room's newly stored messages (seq order), cut into frames
+    /// of about [`RELAY_FRAME_BYTES_MAX`].
+    pub(crate) fn msgs(&self, room: &str, msgs: &[&Msg]) {
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, m) in msgs.iter().enumerate() {
+            bytes += msg_bytes_estimate(m);
+            let last = i + 1 == msgs.len();
+            if bytes >= RELAY_FRAME_BYTES_MAX || last || i + 1 - start >= RELAY_FRAME_MSGS_MAX {
+                self.send(room, &RelayedRef::Msgs(&msgs[start..=i]), "msgs");
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+    }
+
+    /// Relays that `user` is typing in `room`.
+    pub(crate) fn typing(&self, room: &str, user: &str) {
+        self.send(room, &RelayedRef::Typing { room, user }, "typing");
+    }
+
+    /// Queues `frame` on the room's subject, or on both users' subjects
+    /// for a DM room.
+    fn send(&self, room: &str, frame: &RelayedRef<'_>, kind: &'static str) {
+        let payload = match rmp_serde::to_vec_named(frame) {
+            Ok(payload) => Bytes::from(payload),
+            Err(e) => {
+                tracing::error!(error = %e, room, "cluster: a frame did not encode");
+                return;
+            }
+        };
+        let subjects = match parse_room(room) {
+            Some(RoomKind::Dm(a, b)) => [Some(self.user_subject(a)), Some(self.user_subject(b))],
+            _ => [Some(self.room_subject(room)), None],
+        };
+        for subject in subjects.into_iter().flatten() {
+            match self.queue.try_send((subject, payload.clone())) {
+                Ok(()) => CLUSTER_RELAYED.counter_with(kind).increment(1),
+                Err(_) => CLUSTER_RELAY_DROPPED.counter().increment(1),
+            }
+        }
+    }
+}
+
+pub(crate) fn room_subject(prefix: &str, room: &str) -> String {
+    debug_assert!(!room.contains(['~', '*', '>', ' ']), "room names never hold these");
+    format!("{prefix}.room.{}", room.replace('.', "~"))
+}
+
+/// About what a message takes encoded: its strings plus the field names.
+fn msg_bytes_estimate(m: &Msg) -> usize {
+    m.body.len() + m.room.len() + m.from.len() + m.cid.len() + 96
+}
+
+/// Hands what arrives on a room's subject to the room, until the room
+/// closes (its handle aborts this task) or the subscription ends.
+pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<RoomHandle>) {
+    while let Some(message) = subscription.next().await {
+        match rmp_serde::from_slice::<Relayed>(&message.payload) {
+            Ok(Relayed::Msgs(msgs))
+                if !msgs.is_empty()
+                    && msgs.len() <= RELAY_FRAME_MSGS_MAX
+                    && msgs.iter().all(|m| *m.room == *room.name && m.seq > 0) =>
+            {
+                room.publish_relayed(msgs);
+            }
+            Ok(Relayed::Typing { room: name, user }) if *name == *room.name && is_valid_username(&user) => {
+                room.typing_relayed(user.into());
+            }
+            _ => {
+                CLUSTER_RELAY_JUNK.counter().increment(1);
+                tracing::debug!(room = %room.name, bytes = message.payload.len(), "cluster: junk on a room's subject dropped");
+            }
+        }
+    }
+}
+
+/// Hands `user`'s DMs that other nodes stored to their DM rooms here
+/// (opened for the purpose), after saying on `ready` that the
+/// subscription is up; ends when the user's last session here does (the
+/// user's share aborts it).
+pub(crate) async fn follow_user(
+    cluster: Arc<super::Cluster>,
+    user: Arc<str>,
+    rooms: crate::room::Rooms,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let mut subscription = match cluster.subscribe(cluster.relay.user_subject(&user)).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            tracing::warn!(error = %e, %user, "cluster: cannot follow a user's DMs; they reach this node's sessions only from this node");
+            return;
+        }
+    };
+    let _ = ready.send(true);
+    let is_dm_of_user = |room: &str| matches!(parse_room(room), Some(RoomKind::Dm(a, b)) if a == &*user || b == &*user);
+    while let Some(message) = subscription.next().await {
+        match rmp_serde::from_slice::<Relayed>(&message.payload) {
+            Ok(Relayed::Msgs(msgs))
+                if !msgs.is_empty()
+                    && msgs.len() <= RELAY_FRAME_MSGS_MAX
+                    && is_dm_of_user(&msgs[0].room)
+                    && msgs.iter().all(|m| m.room == msgs[0].room && m.seq > 0) =>
+            {
+                match rooms.open_relayed(&msgs[0].room, msgs[0].seq).await {
+                    Ok(room) => room.publish_relayed(msgs),
+                    // Its sessions get these with the room's next message.
+                    Err(refusal) => {
+                        tracing::warn!(room = %msgs[0].room, why = %refusal.message, "cluster: a DM room could not open")
+                    }
+                }
+            }
+            Ok(Relayed::Typing { room, user: typist }) if is_dm_of_user(&room) && is_valid_username(&typist) => {
+                if let Some(handle) = rooms.open_now(&room) {
+                    handle.typing_relayed(typist.into());
+                }
+            }
+            _ => {
+                CLUSTER_RELAY_JUNK.counter().increment(1);
+                tracing::debug!(%user, bytes = message.payload.len(), "cluster: junk on a user's subject dropped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_room_has_a_subject_of_its_own() {
+        assert_eq!(room_subject("viche", "lobby"), "viche.room.lobby");
+        assert_eq!(room_subject("viche", "a.b"), "viche.room.a~b");
+        assert_eq!(room_subject("viche", "dm:alice:bob"), "viche.room.dm:alice:bob");
+        assert_ne!(room_subject("viche", "a.b"), room_subject("viche", "a_b"));
+    }
+
+    #[test]
+    fn a_relayed_frame_decodes_as_sent() {
+        let msg = Msg { room: "lobby".into(), seq: 7, from: "alice".into(), body: "hi".into(), ..Msg::default() };
+        let payload = rmp_serde::to_vec_named(&RelayedRef::Msgs(&[&msg])).unwrap();
+        match rmp_serde::from_slice::<Relayed>(&payload).unwrap() {
+            Relayed::Msgs(msgs) => assert_eq!(msgs, vec![msg]),
+            other => panic!("decoded as {other:?}"),
+        }
+        let payload = rmp_serde::to_vec_named(&RelayedRef::Typing { room: "lobby", user: "alice" }).unwrap();
+        assert!(matches!(
+            rmp_serde::from_slice::<Relayed>(&payload).unwrap(),
+            Relayed::Typing { room, user } if room == "lobby" && user == "alice"
+        ));
+    }
+}

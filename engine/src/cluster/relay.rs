@@ -15,7 +15,10 @@
 //! Core NATS is at-most-once, so nothing here is trusted to arrive: the
 //! room actor delivers by seq, skips what it has, and replays a gap from
 //! the store before anything past it (`room/actor.rs`). A lost message is
-//! repaired when the next one of its room arrives.
+//! repaired when the next one of its room arrives, or when the room's last
+//! seq is announced: every [`ANNOUNCE_INTERVAL_MS`], for
+//! [`ANNOUNCE_FOR_MS`] after it last stored a message in a room, a node
+//! publishes that room's last seq, and a node behind it replays the rest.
 //!
 //! Bounded: outgoing frames wait in a queue of [`RELAY_QUEUE_MAX`]; when it
 //! is full (NATS is away and the client's own buffer is full too) a frame
@@ -24,10 +27,13 @@
 //! `subscription_capacity`); a frame that does not decode, names another
 //! room or an invalid user is dropped and counted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use viche_protocol::validate::{is_valid_username, parse_room, RoomKind};
@@ -43,6 +49,13 @@ pub const RELAY_QUEUE_MAX: usize = 8192;
 pub const RELAY_FRAME_BYTES_MAX: usize = 256 * 1024;
 /// Messages one received frame may carry, at most (more is junk).
 pub const RELAY_FRAME_MSGS_MAX: usize = 4096;
+/// How often a node announces the last seq of the rooms it wrote lately.
+pub const ANNOUNCE_INTERVAL_MS: u64 = 1_000;
+/// How long after its last write here a room's last seq is announced.
+pub const ANNOUNCE_FOR_MS: u64 = 10_000;
+/// Rooms whose last seq is waiting to be announced, at most; a room
+/// written past it is not announced (its next message repairs gaps).
+pub const ANNOUNCED_ROOMS_MAX: usize = 65_536;
 
 /// What travels on a room's (or, for a DM room, a user's) subject.
 #[derive(Debug, Deserialize)]
@@ -51,6 +64,8 @@ pub(crate) enum Relayed {
     Msgs(Vec<Msg>),
     /// A member on the sending node is typing in `room`.
     Typing { room: String, user: String },
+    /// The sending node stored `room`'s messages up to `seq`.
+    Last { room: String, seq: u64 },
 }
 
 /// [`Relayed`] as sent: borrowed, so relaying copies no message.
@@ -58,12 +73,15 @@ pub(crate) enum Relayed {
 enum RelayedRef<'a> {
     Msgs(&'a [&'a Msg]),
     Typing { room: &'a str, user: &'a str },
+    Last { room: &'a str, seq: u64 },
 }
 
 /// The sending half of the relay, shared by the writer and the rooms.
 pub(crate) struct Relay {
     prefix: String,
     queue: mpsc::Sender<(String, Bytes)>,
+    /// Rooms written here lately: their last seq, and when.
+    written: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
 }
 
 impl Relay {
@@ -80,7 +98,31 @@ impl Relay {
                 }
             }
         });
-        Arc::new(Self { prefix, queue })
+        let relay = Arc::new(Self { prefix, queue, written: Mutex::new(HashMap::new()) });
+        let announcer = Arc::downgrade(&relay);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(relay) = announcer.upgrade() else { return };
+                relay.announce();
+            }
+        });
+        relay
+    }
+
+    /// Publishes the last seq of every room written here within
+    /// [`ANNOUNCE_FOR_MS`], and forgets the others.
+    fn announce(&self) {
+        let due: Vec<(Arc<str>, u64)> = {
+            let mut written = self.written.lock();
+            written.retain(|_, (_, at)| at.elapsed() < Duration::from_millis(ANNOUNCE_FOR_MS));
+            written.iter().map(|(room, (seq, _))| (room.clone(), *seq)).collect()
+        };
+        for (room, seq) in due {
+            self.send(&room, &RelayedRef::Last { room: &room, seq }, "last");
+        }
     }
 
     /// The subject of a room. Room names may hold `.` (NATS's token
@@ -97,7 +139,21 @@ impl Relay {
 
     /// Relays a room's newly stored messages (seq order), cut into frames
     /// of about [`RELAY_FRAME_BYTES_MAX`].
-    pub(crate) fn msgs(&self, room: &str, msgs: &[&Msg]) {
+    pub(crate) fn msgs(&self, room: &Arc<str>, msgs: &[&Msg]) {
+        if let Some(last) = msgs.iter().map(|m| m.seq).max() {
+            let mut written = self.written.lock();
+            let full = written.len() >= ANNOUNCED_ROOMS_MAX;
+            match written.get_mut(room) {
+                Some((seq, at)) => {
+                    *seq = (*seq).max(last);
+                    *at = Instant::now();
+                }
+                None if !full => {
+                    written.insert(room.clone(), (last, Instant::now()));
+                }
+                None => CLUSTER_RELAY_DROPPED.counter().increment(1),
+            }
+        }
         let mut start = 0;
         let mut bytes = 0;
         for (i, m) in msgs.iter().enumerate() {
@@ -164,6 +220,7 @@ pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<R
             Ok(Relayed::Typing { room: name, user }) if *name == *room.name && is_valid_username(&user) => {
                 room.typing_relayed(user.into());
             }
+            Ok(Relayed::Last { room: name, seq }) if *name == *room.name => room.catch_up(seq),
             _ => {
                 CLUSTER_RELAY_JUNK.counter().increment(1);
                 tracing::debug!(room = %room.name, bytes = message.payload.len(), "cluster: junk on a room's subject dropped");
@@ -210,6 +267,14 @@ pub(crate) async fn follow_user(
             Ok(Relayed::Typing { room, user: typist }) if is_dm_of_user(&room) && is_valid_username(&typist) => {
                 if let Some(handle) = rooms.open_now(&room) {
                     handle.typing_relayed(typist.into());
+                }
+            }
+            Ok(Relayed::Last { room, seq }) if seq > 0 && is_dm_of_user(&room) => {
+                // Opened at this seq if it is not open: at least the last
+                // message reaches the user's sessions here.
+                match rooms.open_relayed(&room, seq).await {
+                    Ok(handle) => handle.catch_up(seq),
+                    Err(refusal) => tracing::warn!(%room, why = %refusal.message, "cluster: a DM room could not open"),
                 }
             }
             _ => {

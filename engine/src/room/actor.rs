@@ -224,6 +224,7 @@ impl RoomActorState {
                 failpoint!("room.publish");
                 self.publish(std::mem::take(msgs));
             }
+            RoomOp::CatchUp(seq) => self.catch_up(*seq),
         }
     }
 
@@ -369,6 +370,44 @@ impl RoomActorState {
         let _ = session.send(&ServerFrame::Members { req, room: self.handle.name.to_string(), users, more });
     }
 
+    /// Fills `self.scratch` with a DM room's recipients: every session of
+    /// both its users.
+    fn dm_recipients(&mut self) {
+        if let RoomKindOwned::Dm(a, b) = &self.handle.kind {
+            self.scratch.clear();
+            self.directory.sessions_of(a, &mut self.scratch);
+            self.directory.sessions_of(b, &mut self.scratch);
+        }
+    }
+
+    /// Replays `(last_published, upto]` from the store to the room's
+    /// recipients (DM: `self.scratch`, filled by the caller), and counts
+    /// the gap. Messages stored by another node and relayed at most once,
+    /// maybe after later ones, or a publish out of order after a crash.
+    fn repair_gap(&self, state: &mut RoomState, upto: u64) {
+        debug_assert!(upto > state.last_published);
+        GAP_REPAIRS.counter().increment(1);
+        tracing::debug!(room = %self.handle.name, after = state.last_published, upto, "gap; replaying it from the store");
+        let replay = OutItem::Replay { room: self.handle.name.clone(), after: state.last_published, upto };
+        let recipients = match &self.handle.kind {
+            RoomKindOwned::Public => &state.members,
+            RoomKindOwned::Dm(..) => &self.scratch,
+        };
+        for m in recipients {
+            m.outbox.push_unbounded(replay.clone());
+        }
+        state.last_published = upto;
+    }
+
+    fn catch_up(&mut self, seq: u64) {
+        let handle = self.handle.clone();
+        let mut state = handle.state.lock();
+        if seq > state.last_published {
+            self.dm_recipients();
+            self.repair_gap(&mut state, seq);
+        }
+    }
+
     fn publish(&mut self, msgs: Vec<(Msg, Option<Instant>)>) {
         let handle = self.handle.clone();
         let mut state = handle.state.lock();
@@ -377,28 +416,9 @@ impl RoomActorState {
             if msg.seq <= state.last_published {
                 continue; // had it: a restart's replay, or relayed twice
             }
-            if let RoomKindOwned::Dm(a, b) = &handle.kind {
-                // A DM's recipients are every session of both users.
-                self.scratch.clear();
-                self.directory.sessions_of(a, &mut self.scratch);
-                self.directory.sessions_of(b, &mut self.scratch);
-            }
+            self.dm_recipients();
             if msg.seq != state.last_published + 1 {
-                // Messages stored by another node (relayed at most once,
-                // maybe later than this one), or published out of order:
-                // the recipients get the gap replayed from the store, in
-                // order, before this message.
-                GAP_REPAIRS.counter().increment(1);
-                tracing::debug!(room = %handle.name, expected = state.last_published + 1, got = msg.seq, "gap; replaying it from the store");
-                let replay =
-                    OutItem::Replay { room: handle.name.clone(), after: state.last_published, upto: msg.seq - 1 };
-                let recipients = match &handle.kind {
-                    RoomKindOwned::Public => &state.members,
-                    RoomKindOwned::Dm(..) => &self.scratch,
-                };
-                for m in recipients {
-                    m.outbox.push_unbounded(replay.clone());
-                }
+                self.repair_gap(&mut state, msg.seq - 1);
             }
             let seq = msg.seq;
             let frame = ServerFrame::Msg(msg);

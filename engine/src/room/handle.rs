@@ -62,6 +62,9 @@ pub(crate) enum RoomOp {
         req: u64,
         after: Option<String>,
     },
+    /// Another node stored this room's messages up to this seq: replay
+    /// what is missing here.
+    CatchUp(u64),
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency; none when relayed from
     /// another node).
@@ -261,6 +264,13 @@ impl RoomHandle {
         let op = RoomOp::Publish(msgs.into_iter().map(|m| (m, None)).collect());
         if let Err(HandleClosed) = self.enqueue(op) {
             tracing::debug!(room = %self.name, "cluster: relayed messages for a closed room dropped");
+        }
+    }
+
+    /// Another node says it stored this room's messages up to `seq`.
+    pub(crate) fn catch_up(&self, seq: u64) {
+        if let Err(HandleClosed) = self.enqueue(RoomOp::CatchUp(seq)) {
+            tracing::debug!(room = %self.name, "cluster: an announced seq for a closed room dropped");
         }
     }
 

@@ -1,8 +1,9 @@
 //! A room whose members are spread over the nodes of one cluster (one
 //! `nats-server`, one MongoDB database, several `viche` processes): every
 //! member sees every message once, in seq order, whichever node stored
-//! it; typing crosses nodes; messages stored while NATS is away arrive,
-//! in order, once it is back; junk on a room's subject changes nothing.
+//! it; a DM reaches every session of both users; typing crosses nodes;
+//! messages stored while NATS is away arrive, in order, once it is back;
+//! junk on a room's subject changes nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -167,8 +168,8 @@ async fn nodes_see_each_other_and_typing_crosses_nodes_but_not_back_to_the_typis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_stored_while_nats_is_away_arrive_in_order_after_it_and_junk_changes_nothing() {
-    let test = "messages_stored_while_nats_is_away_arrive_in_order_after_it_and_junk_changes_nothing";
+async fn messages_stored_during_a_10_s_nats_outage_arrive_in_order_after_it_and_junk_changes_nothing() {
+    let test = "messages_stored_during_a_10_s_nats_outage_arrive_in_order_after_it_and_junk_changes_nothing";
     let Some(mut c) = cluster(test, 2).await else { return };
     let mut alice = c.nodes[0].session("alice").await;
     let mut bob = c.nodes[1].session("bob").await;
@@ -193,33 +194,25 @@ async fn messages_stored_while_nats_is_away_arrive_in_order_after_it_and_junk_ch
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // NATS goes away; both nodes go on storing (each its own sender's).
+    // NATS goes away for 10 s; both nodes go on storing their own
+    // senders' messages meanwhile.
     let port = c.nats.port;
     c.nats.stop();
-    send_n(&mut alice, "lobby", 10, "away-a").await;
-    send_n(&mut bob, "lobby", 10, "away-b").await;
-    c.nats = Nats::start(Some(port));
-    // Once the nodes are back on NATS, the next message of each side
-    // brings the other side everything before it, in order.
-    let deadline = Instant::now() + T;
+    let outage = Instant::now();
     let mut round = 0;
-    let last = loop {
+    let mut last = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
         round += 1;
-        send_retrying(&mut alice, "lobby", "after", &format!("after-a-{round}")).await;
-        let last = send_retrying(&mut bob, "lobby", "after", &format!("after-b-{round}")).await.seq;
-        let round_wait = Duration::from_secs(2);
-        let at_a = try_receive_through(&mut alice, &mut at_alice, last, "alice", round_wait).await;
-        let at_b = try_receive_through(&mut bob, &mut at_bob, last, "bob", round_wait).await;
-        if at_a && at_b {
-            break last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after NATS came back, alice has {:?}, bob {:?}",
-            seqs(&at_alice),
-            seqs(&at_bob)
-        );
-    };
+        send_retrying(&mut alice, "lobby", "away", &format!("away-a-{round}")).await;
+        last = send_retrying(&mut bob, "lobby", "away", &format!("away-b-{round}")).await.seq;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.nats = Nats::start(Some(port));
+    // Nobody writes now: what each side missed arrives anyway, in order,
+    // once the nodes are back on NATS (each announces the last seq of the
+    // rooms it wrote lately).
+    receive_through(&mut alice, &mut at_alice, last, "alice").await;
+    receive_through(&mut bob, &mut at_bob, last, "bob").await;
     assert_eq!(seqs(&at_alice), (1..=last).collect::<Vec<_>>());
     assert_eq!(seqs(&at_bob), (1..=last).collect::<Vec<_>>());
     let repairs: f64 = scrape_value(&c.nodes[0], "viche_gap_repairs_total").await

@@ -58,12 +58,12 @@ impl Reader {
             for item in items {
                 match item {
                     OutItem::Frame(bytes) => self.frames.push(decode_server(&bytes, Encoding::MsgPack).unwrap()),
-                    OutItem::Replay { room, mut after, upto } => {
+                    OutItem::Replay { room, mut after, upto, ts_min } => {
                         while after < upto {
                             let page = engine.replay_page(&room, after, upto).await.expect("replay page");
                             let Some(last) = page.last() else { break };
                             after = last.seq;
-                            self.frames.extend(page.into_iter().map(ServerFrame::Msg));
+                            self.frames.extend(page.into_iter().filter(|m| m.ts >= ts_min).map(ServerFrame::Msg));
                         }
                     }
                     OutItem::Pong(_) => {}

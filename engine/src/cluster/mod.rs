@@ -40,6 +40,10 @@ pub const NODES_MAX: usize = 256;
 /// Frames one room's subscription holds before NATS drops (the relay's
 /// receivers then repair the gap from the store).
 pub const SUBSCRIPTION_FRAMES_MAX: usize = 4096;
+/// How far apart two nodes' clocks may be: a DM room opening on a node
+/// replays what was stored since its users' first session there, less
+/// this (a few messages from just before may be replayed too).
+pub const CLOCK_SKEW_MS: u64 = 2_000;
 /// How long connecting to NATS at start, or subscribing to a room, may take.
 pub const NATS_WAIT_MS: u64 = 5_000;
 

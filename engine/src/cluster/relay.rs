@@ -256,7 +256,7 @@ pub(crate) async fn follow_user(
                     && is_dm_of_user(&msgs[0].room)
                     && msgs.iter().all(|m| m.room == msgs[0].room && m.seq > 0) =>
             {
-                match rooms.open_relayed(&msgs[0].room, msgs[0].seq).await {
+                match rooms.get(&msgs[0].room).await {
                     Ok(room) => room.publish_relayed(msgs),
                     // Its sessions get these with the room's next message.
                     Err(refusal) => {
@@ -269,14 +269,10 @@ pub(crate) async fn follow_user(
                     handle.typing_relayed(typist.into());
                 }
             }
-            Ok(Relayed::Last { room, seq }) if seq > 0 && is_dm_of_user(&room) => {
-                // Opened at this seq if it is not open: at least the last
-                // message reaches the user's sessions here.
-                match rooms.open_relayed(&room, seq).await {
-                    Ok(handle) => handle.catch_up(seq),
-                    Err(refusal) => tracing::warn!(%room, why = %refusal.message, "cluster: a DM room could not open"),
-                }
-            }
+            Ok(Relayed::Last { room, seq }) if seq > 0 && is_dm_of_user(&room) => match rooms.get(&room).await {
+                Ok(handle) => handle.catch_up(seq),
+                Err(refusal) => tracing::warn!(%room, why = %refusal.message, "cluster: a DM room could not open"),
+            },
             _ => {
                 CLUSTER_RELAY_JUNK.counter().increment(1);
                 tracing::debug!(%user, bytes = message.payload.len(), "cluster: junk on a user's subject dropped");

@@ -31,6 +31,9 @@ pub struct UserShare {
     pub room_memberships: AtomicU32,
     /// Messages submitted to the writer and not yet answered.
     pub writes_pending: AtomicU32,
+    /// When the user's first session here (of those still open) opened,
+    /// in ms since the epoch.
+    pub since_ms: u64,
     /// In a cluster: the task receiving the user's DMs stored by other
     /// nodes (`cluster/relay.rs`), and whether its subscription is up.
     /// Ends with the user's last session here.
@@ -46,6 +49,15 @@ impl Drop for UserShare {
 }
 
 impl UserShare {
+    pub fn new(since_ms: u64) -> Self {
+        Self {
+            room_memberships: AtomicU32::new(0),
+            writes_pending: AtomicU32::new(0),
+            since_ms,
+            relay_follow: Mutex::new(None),
+        }
+    }
+
     /// Takes one unit of `counter` if it stays within `max`.
     pub fn try_take(counter: &AtomicU32, max: usize) -> bool {
         let max = u32::try_from(max).unwrap_or(u32::MAX);
@@ -87,9 +99,10 @@ impl Directory {
         if self.is_barred(&session.user) {
             return Err(Refused::Barred);
         }
-        let entry = users
-            .entry(session.user.clone())
-            .or_insert_with(|| UserEntry { sessions: Vec::new(), share: Arc::default() });
+        let entry = users.entry(session.user.clone()).or_insert_with(|| UserEntry {
+            sessions: Vec::new(),
+            share: Arc::new(UserShare::new(crate::clock::now_ms())),
+        });
         if entry.sessions.len() >= sessions_max {
             return Err(Refused::TooManySessions { sessions_max });
         }
@@ -117,6 +130,12 @@ impl Directory {
         if let Some(entry) = self.users.read().get(user) {
             out.extend(entry.sessions.iter().cloned());
         }
+    }
+
+    /// Since when `user` has had a session here (of those still open), in
+    /// ms since the epoch; `None` when it has none.
+    pub fn present_since(&self, user: &str) -> Option<u64> {
+        self.users.read().get(user).map(|e| e.share.since_ms)
     }
 
     /// Every live session of every user (for shutdown).

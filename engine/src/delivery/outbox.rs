@@ -38,9 +38,10 @@ pub enum OutItem {
     /// A frame already encoded in the session's encoding.
     Frame(Bytes),
     /// Replay stored messages of `room` with `after < seq <= upto` (oldest
-    /// first) before anything queued behind this marker. Written at the
-    /// pace the client reads, and not counted against the bound.
-    Replay { room: Arc<str>, after: u64, upto: u64 },
+    /// first) before anything queued behind this marker, but those stored
+    /// before `ts_min` (ms since the epoch; 0 for all). Written at the pace
+    /// the client reads, and not counted against the bound.
+    Replay { room: Arc<str>, after: u64, upto: u64, ts_min: u64 },
     /// A WebSocket pong owed for a ping (payload echoed).
     Pong(Bytes),
 }
@@ -392,7 +393,7 @@ mod tests {
         out.clear();
         // A marker (a replay) pushed while idle: later frames queue behind it.
         assert!(o.drain(&mut out).is_none() && out.is_empty());
-        o.push_unbounded(OutItem::Replay { room: "r".into(), after: 0, upto: 5 });
+        o.push_unbounded(OutItem::Replay { room: "r".into(), after: 0, upto: 5, ts_min: 0 });
         o.push(&Bytes::from_static(b"live"), true).unwrap();
         assert_eq!(took.lock().len(), 3, "not written ahead of the replay");
         o.drain(&mut out);

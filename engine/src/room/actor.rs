@@ -147,7 +147,8 @@ impl RoomActorState {
                 // recipients get it replayed from the store, in order, and
                 // the queued publishes of those seqs are then skipped.
                 tracing::warn!(room = %handle.name, from = state.last_published, to = stored, "replaying after restart");
-                let replay = OutItem::Replay { room: handle.name.clone(), after: state.last_published, upto: stored };
+                let replay =
+                    OutItem::Replay { room: handle.name.clone(), after: state.last_published, upto: stored, ts_min: 0 };
                 match &handle.kind {
                     RoomKindOwned::Public => {
                         for member in &state.members {
@@ -225,6 +226,7 @@ impl RoomActorState {
                 self.publish(std::mem::take(msgs));
             }
             RoomOp::CatchUp(seq) => self.catch_up(*seq),
+            RoomOp::ReplayRecent { ts_min } => self.replay_recent(*ts_min),
         }
     }
 
@@ -297,7 +299,7 @@ impl RoomActorState {
         let _ = peer.send(&ok);
         if missed > 0 {
             let after = last - missed.min(REPLAY_MESSAGES_MAX);
-            peer.outbox.push_unbounded(OutItem::Replay { room: handle.name.clone(), after, upto: last });
+            peer.outbox.push_unbounded(OutItem::Replay { room: handle.name.clone(), after, upto: last, ts_min: 0 });
         }
     }
 
@@ -388,7 +390,7 @@ impl RoomActorState {
         debug_assert!(upto > state.last_published);
         GAP_REPAIRS.counter().increment(1);
         tracing::debug!(room = %self.handle.name, after = state.last_published, upto, "gap; replaying it from the store");
-        let replay = OutItem::Replay { room: self.handle.name.clone(), after: state.last_published, upto };
+        let replay = OutItem::Replay { room: self.handle.name.clone(), after: state.last_published, upto, ts_min: 0 };
         let recipients = match &self.handle.kind {
             RoomKindOwned::Public => &state.members,
             RoomKindOwned::Dm(..) => &self.scratch,
@@ -397,6 +399,26 @@ impl RoomActorState {
             m.outbox.push_unbounded(replay.clone());
         }
         state.last_published = upto;
+    }
+
+    /// A DM room opening on a node of a cluster: its users' sessions here
+    /// get the room's newest messages (at most [`REPLAY_MESSAGES_MAX`])
+    /// stored since `ts_min`, which other nodes stored and relayed while
+    /// the room was not open here (a relayed message the room then counts
+    /// as delivered).
+    fn replay_recent(&mut self, ts_min: u64) {
+        let handle = self.handle.clone();
+        let state = handle.state.lock();
+        let upto = state.last_published;
+        let after = upto.saturating_sub(REPLAY_MESSAGES_MAX);
+        if after == upto {
+            return;
+        }
+        self.dm_recipients();
+        let replay = OutItem::Replay { room: handle.name.clone(), after, upto, ts_min };
+        for session in &self.scratch {
+            session.outbox.push_unbounded(replay.clone());
+        }
     }
 
     fn catch_up(&mut self, seq: u64) {

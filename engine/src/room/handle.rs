@@ -65,6 +65,11 @@ pub(crate) enum RoomOp {
     /// Another node stored this room's messages up to this seq: replay
     /// what is missing here.
     CatchUp(u64),
+    /// A DM room opening on a node of a cluster: replay to its users'
+    /// sessions here what was stored since `ts_min`.
+    ReplayRecent {
+        ts_min: u64,
+    },
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency; none when relayed from
     /// another node).
@@ -265,6 +270,12 @@ impl RoomHandle {
         if let Err(HandleClosed) = self.enqueue(op) {
             tracing::debug!(room = %self.name, "cluster: relayed messages for a closed room dropped");
         }
+    }
+
+    /// Queues the replay of what a DM room's users' sessions here may have
+    /// missed before the room opened (the room's first operation).
+    pub(crate) fn replay_recent(&self, ts_min: u64) {
+        let _ = self.enqueue(RoomOp::ReplayRecent { ts_min });
     }
 
     /// Another node says it stored this room's messages up to `seq`.

@@ -51,6 +51,7 @@ pub(crate) struct Rooms {
     registry: Arc<Registry>,
     supervisor: ActorRef<SupervisorMsg>,
     store: Arc<dyn Store>,
+    directory: Arc<Directory>,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -59,11 +60,12 @@ impl Rooms {
         let registry: Arc<Registry> = Arc::default();
         let store = args.store.clone();
         let cluster = args.cluster.clone();
+        let directory = args.directory.clone();
         let state_args = (args, registry.clone());
         let (supervisor, _) = Actor::spawn_linked(None, RoomSupervisor, state_args, parent)
             .await
             .map_err(|e| anyhow::anyhow!("room supervisor: {e}"))?;
-        Ok(Self { registry, supervisor, store, cluster })
+        Ok(Self { registry, supervisor, store, directory, cluster })
     }
 
     /// Rooms open now (stopped idle rooms excluded).
@@ -74,7 +76,10 @@ impl Rooms {
     /// The live handle of a room, opened on first use. A DM room opens only
     /// if both its users exist (`not_found` otherwise).
     pub(crate) async fn get(&self, name: &str) -> Result<Arc<RoomHandle>, Refusal> {
-        self.open(name, None).await
+        if let Some(handle) = self.open_now(name) {
+            return Ok(handle);
+        }
+        self.open(name).await
     }
 
     /// The room, if it is open now.
@@ -82,18 +87,7 @@ impl Rooms {
         self.registry.read().get(name).filter(|h| !h.is_closed()).cloned()
     }
 
-    /// A room opened to deliver messages another node stored and relayed,
-    /// from `first_seq` on: were it opened at the last stored seq, it would
-    /// count them as delivered already.
-    pub(crate) async fn open_relayed(&self, name: &str, first_seq: u64) -> Result<Arc<RoomHandle>, Refusal> {
-        debug_assert!(first_seq > 0);
-        self.open(name, Some(first_seq)).await
-    }
-
-    async fn open(&self, name: &str, relayed_from: Option<u64>) -> Result<Arc<RoomHandle>, Refusal> {
-        if let Some(handle) = self.open_now(name) {
-            return Ok(handle);
-        }
+    async fn open(&self, name: &str) -> Result<Arc<RoomHandle>, Refusal> {
         let Some(handle) = RoomHandle::new(name.into()) else {
             return Err(Refusal::new(ErrorCode::Invalid, format!("invalid room id {name:?}")));
         };
@@ -127,8 +121,19 @@ impl Rooms {
             _ => None,
         };
         match self.store.last_seq(name).await {
-            Ok(last) => handle.state.lock().last_published = last.min(relayed_from.map_or(u64::MAX, |s| s - 1)),
+            Ok(last) => handle.state.lock().last_published = last,
             Err(e) => return Err(unavailable(&e)),
+        }
+        if let (Some(_), RoomKindOwned::Dm(a, b)) = (&self.cluster, &handle.kind) {
+            // Other nodes may have stored (and relayed) messages of this DM
+            // since its users' sessions here opened, which no room here
+            // delivered: they are replayed first. The room then stays open
+            // while either user has a session here (the sweep), so this
+            // happens once per stay.
+            let since = [a, b].into_iter().filter_map(|u| self.directory.present_since(u)).min();
+            if let Some(since_ms) = since {
+                handle.replay_recent(since_ms.saturating_sub(crate::cluster::CLOCK_SKEW_MS));
+            }
         }
         let fresh = Arc::new(handle);
         let result = ractor::call_t!(self.supervisor, SupervisorMsg::Open, ROOM_OPEN_TIMEOUT_MS, fresh.clone());
@@ -258,6 +263,16 @@ impl Actor for RoomSupervisor {
             }
             SupervisorMsg::Sweep => {
                 let idle_after = Duration::from_millis(state.args.room_idle_ms);
+                // In a cluster a DM room stays open while either of its
+                // users has a session here (see `Rooms::open`).
+                let clustered = state.args.cluster.is_some();
+                let directory = state.args.directory.clone();
+                let dm_users_present = |kind: &RoomKindOwned| match kind {
+                    RoomKindOwned::Dm(a, b) => {
+                        directory.present_since(a).is_some() || directory.present_since(b).is_some()
+                    }
+                    RoomKindOwned::Public => false,
+                };
                 state.registry.write().retain(|_, handle| {
                     let mut room = handle.state.lock();
                     if room.closed {
@@ -266,7 +281,8 @@ impl Actor for RoomSupervisor {
                     let idle = room.members.is_empty()
                         && room.in_flight == 0
                         && room.ops.is_empty()
-                        && room.last_activity.elapsed() >= idle_after;
+                        && room.last_activity.elapsed() >= idle_after
+                        && !(clustered && dm_users_present(&handle.kind));
                     if idle {
                         room.closed = true;
                         handle.stop_following();

@@ -141,11 +141,13 @@ pub(crate) fn count_closed_without_code() {
 
 type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<Msg>, StoreError>> + Send>>;
 
-/// Stored messages `after < seq <= upto` of `room` still to write.
+/// Stored messages `after < seq <= upto` of `room` still to write, but
+/// those stored before `ts_min`.
 struct Replay {
     room: Arc<str>,
     after: u64,
     upto: u64,
+    ts_min: u64,
     /// The page being read from the store.
     page: Option<PageFuture>,
 }
@@ -451,23 +453,26 @@ impl WriteSide {
                     continue;
                 };
                 let next_after = last.seq;
-                hot().msgs_out(page.len());
-                for msg in page {
+                let ts_min = replay.ts_min;
+                let mut written = 0;
+                for msg in page.into_iter().filter(|m| m.ts >= ts_min) {
                     append_frame(
                         &mut busy.buf,
                         data_opcode(encoding),
                         &encode_server(&ServerFrame::Msg(msg), encoding),
                     );
+                    written += 1;
                 }
-                REPLAYED_MESSAGES.counter().increment((next_after - replay.after).min(replay.upto - replay.after));
+                hot().msgs_out(written);
+                REPLAYED_MESSAGES.counter().increment(written as u64);
                 replay.after = next_after;
                 continue;
             }
             // 3. Items drained earlier, up to the next replay marker: written
             // without a heap buffer (`write_items`).
             if let Some(OutItem::Replay { .. }) = busy.items.last() {
-                let Some(OutItem::Replay { room, after, upto }) = busy.items.pop() else { unreachable!() };
-                busy.replay = Some(Replay { room, after, upto, page: None });
+                let Some(OutItem::Replay { room, after, upto, ts_min }) = busy.items.pop() else { unreachable!() };
+                busy.replay = Some(Replay { room, after, upto, ts_min, page: None });
                 continue;
             }
             if !busy.items.is_empty() {

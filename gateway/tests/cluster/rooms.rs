@@ -6,44 +6,90 @@
 //! junk on a room's subject changes nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use viche_client::{Ack, Connection, Msg, ServerFrame};
+use tokio::task::JoinHandle;
+use viche_client::{Ack, ClientError, Connection, ErrorCode, Msg, ServerFrame};
 
 use crate::common::*;
 
-/// The nodes of one test cluster, and its NATS.
+/// The nodes of one test cluster, its NATS and its database.
 struct Cluster {
     nats: Nats,
     nodes: Vec<Server>,
     prefix: String,
+    uri: String,
+    db: String,
 }
 
 /// `n` nodes on one NATS and one fresh database; `None` to skip (no
 /// MongoDB outside CI).
 async fn cluster(test: &str, n: usize) -> Option<Cluster> {
     let uri = mongo_or_skip(test)?;
-    let nats = Nats::start(None);
     let db = unique_db_name();
     // Its own subjects too: tests share nothing.
     let prefix = db.clone();
-    let mut nodes = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut c = Cluster { nats: Nats::start(None), nodes: Vec::with_capacity(n), prefix, uri, db };
+    for _ in 0..n {
+        c.add_node().await;
+    }
+    Some(c)
+}
+
+impl Cluster {
+    /// Starts node `n{i}` (i: the next index) and adds it.
+    async fn add_node(&mut self) {
         let args = [
             "--cluster-nats",
-            &nats.url(),
+            &self.nats.url(),
             "--node-id",
-            &format!("n{i}"),
+            &format!("n{}", self.nodes.len()),
             "--cluster-prefix",
-            &prefix,
+            &self.prefix,
             "--cluster-failover-ms",
             "1000",
         ];
-        let opts =
-            Opts { mongo_uri: Some(uri.clone()), mongo_db: Some(db.clone()), admin: true, ..Opts::with_args(&args) };
-        nodes.push(Server::start_with(opts).await);
+        let opts = Opts {
+            mongo_uri: Some(self.uri.clone()),
+            mongo_db: Some(self.db.clone()),
+            admin: true,
+            ..Opts::with_args(&args)
+        };
+        self.nodes.push(Server::start_with(opts).await);
     }
-    Some(Cluster { nats, nodes, prefix })
+}
+
+/// Waits until `node`'s admin stats list exactly `expected` as live.
+async fn wait_for_live_nodes(node: &Server, expected: &[&str]) {
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, stats) = node.admin("GET", "stats", None).await;
+        assert_eq!(status, 200, "{stats}");
+        if stats["cluster"]["live_nodes"] == serde_json::json!(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "live nodes never became {expected:?}: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends to `room` until `stop` is set, one message at a time; returns
+/// the acks, and stops at the first failure (its node was killed).
+fn keep_sending(mut conn: Connection, room: &'static str, tag: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Ack>> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match conn.send(room, "traffic", &format!("{tag}-{}", acks.len())).await {
+                Ok(ack) => acks.push(ack),
+                Err(ClientError::Server { code: ErrorCode::RateLimited, .. }) => {}
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acks
+    })
 }
 
 /// Receives until `conn` has every seq up to `last` (true), or `within`
@@ -132,18 +178,9 @@ async fn nodes_see_each_other_and_typing_crosses_nodes_but_not_back_to_the_typis
     let Some(c) = cluster("nodes_see_each_other_and_typing_crosses_nodes_but_not_back_to_the_typist", 2).await else {
         return;
     };
-    // Each node lists both as live (admin stats), within the failover time.
+    // Each node lists both as live (admin stats).
     for node in &c.nodes {
-        let deadline = Instant::now() + T;
-        loop {
-            let (status, stats) = node.admin("GET", "stats", None).await;
-            assert_eq!(status, 200, "{stats}");
-            if stats["cluster"]["live_nodes"] == serde_json::json!(["n0", "n1"]) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "live nodes never became n0, n1: {stats}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_live_nodes(node, &["n0", "n1"]).await;
         assert_eq!(scrape_value(node, "viche_cluster_nodes").await, 2.0);
     }
     let mut alice = c.nodes[0].session("alice").await;
@@ -251,4 +288,136 @@ async fn a_dm_reaches_every_session_of_both_users_on_every_node_once_in_order() 
         assert!(got.iter().all(|m| m.room == "dm:alice:bob"), "{who}: {got:?}");
         assert_none(conn, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_traffic_loses_no_acknowledged_message_and_its_clients_resume_on_another() {
+    let test = "a_node_killed_mid_traffic_loses_no_acknowledged_message_and_its_clients_resume_on_another";
+    let Some(mut c) = cluster(test, 3).await else { return };
+    let token = |user: &str| mint(user, now_s() + 3600);
+    let mut listeners = Vec::new();
+    for i in 0..3 {
+        c.nodes[i].user(&format!("member{i}")).await;
+        c.nodes[i].user(&format!("sender{i}")).await;
+        let mut conn = c.nodes[i].connect(&token(&format!("member{i}"))).await;
+        conn.join("lobby", None).await.unwrap();
+        listeners.push(conn);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        let mut conn = c.nodes[i].connect(&token(&format!("sender{i}"))).await;
+        conn.join("lobby", None).await.unwrap();
+        senders.push(keep_sending(conn, "lobby", format!("s{i}"), stop.clone()));
+    }
+    // Traffic from all three, then node 1 dies mid-traffic.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.nodes[1].kill9();
+    let mut member1 = listeners.remove(1);
+    let mut seen1 = Vec::new();
+    loop {
+        match member1.recv_msg(T).await {
+            Ok(msg) => {
+                let expected = seen1.last().map_or(1, |m: &Msg| m.seq + 1);
+                assert_eq!(msg.seq, expected, "member1 before the kill: in order, once each");
+                seen1.push(msg);
+            }
+            Err(e) if e.is_timeout() => panic!("member1's connection should close with its node: {e}"),
+            Err(_) => break, // closed with its node
+        }
+    }
+    // Its member comes back on node 2, from the last seq it saw.
+    let mut member1 = c.nodes[2].connect(&token("member1")).await;
+    let since = seen1.last().map_or(0, |m| m.seq);
+    member1.join("lobby", Some(since)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acks: Vec<Ack> = Vec::new();
+    for sender in senders {
+        acks.extend(sender.await.expect("a sender"));
+    }
+    let last = acks.iter().map(|a| a.seq).max().expect("acknowledged messages");
+    // Every acknowledged message is stored, the seqs dense.
+    let reader = c.nodes[0].user("reader").await;
+    let history = full_history_http(&c.nodes[0], &reader, "lobby").await;
+    let stored = seqs(&history);
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>(), "dense");
+    for ack in &acks {
+        assert_eq!(history[ack.seq as usize - 1].cid, ack.cid, "acknowledged seq {} is stored as acked", ack.seq);
+    }
+    // The survivors' members, and the resumed one, have everything once, in order.
+    let total = stored.len() as u64;
+    assert!(total >= last);
+    receive_through(&mut member1, &mut seen1, total, "member1, resumed on n2").await;
+    for (conn, who) in listeners.iter_mut().zip(["member0", "member2"]) {
+        let mut got = Vec::new();
+        receive_through(conn, &mut got, total, who).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_mid_traffic_serves_the_room_at_once_and_loses_nothing() {
+    let test = "a_node_joining_mid_traffic_serves_the_room_at_once_and_loses_nothing";
+    let Some(mut c) = cluster(test, 2).await else { return };
+    let token = |user: &str| mint(user, now_s() + 3600);
+    c.nodes[0].user("member0").await;
+    c.nodes[0].user("sender0").await;
+    c.nodes[1].user("member2").await;
+    let mut member0 = c.nodes[0].connect(&token("member0")).await;
+    member0.join("lobby", None).await.unwrap();
+    let mut sender = c.nodes[0].connect(&token("sender0")).await;
+    sender.join("lobby", None).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = keep_sending(sender, "lobby", "s0".into(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A third node starts mid-traffic; a member joins there, replaying
+    // from the start, then writes too.
+    c.add_node().await;
+    let mut member2 = c.nodes[2].connect(&token("member2")).await;
+    member2.join("lobby", Some(0)).await.unwrap();
+    let ack = member2.send("lobby", "from the new node", "new-node").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let last = sending.await.expect("the sender").iter().map(|a| a.seq).max().unwrap().max(ack.seq);
+    for (who, conn) in [("member0", &mut member0), ("member2 on the new node", &mut member2)] {
+        let mut got = Vec::new();
+        receive_through(conn, &mut got, last, who).await;
+        assert_eq!(got[ack.seq as usize - 1].cid, "new-node", "{who}");
+    }
+    let (_, stats) = c.nodes[2].admin("GET", "stats", None).await;
+    assert!(
+        stats["cluster"]["live_nodes"].as_array().is_some_and(|n| n.len() == 3) || {
+            // Heartbeats every third of the failover time: seen within it.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            c.nodes[2].admin("GET", "stats", None).await.1["cluster"]["live_nodes"]
+                == serde_json::json!(["n0", "n1", "n2"])
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_room_opening_on_a_node_first_replays_what_other_nodes_stored_for_its_sessions() {
+    let test = "a_dm_room_opening_on_a_node_first_replays_what_other_nodes_stored_for_its_sessions";
+    let Some(mut c) = cluster(test, 2).await else { return };
+    c.nodes[0].user("alice").await;
+    c.nodes[1].user("bob").await;
+    let token = |user: &str| mint(user, now_s() + 3600);
+    let mut alice = c.nodes[0].connect(&token("alice")).await;
+    let mut bob = c.nodes[1].connect(&token("bob")).await;
+    // With NATS away, nothing is relayed: bob's node learns of alice's DM
+    // only from MongoDB, when bob's own DM opens the room there.
+    let port = c.nats.port;
+    c.nats.stop();
+    let first = alice.dm("bob", "stored on n0", "a-1").await.unwrap();
+    let second = bob.dm("alice", "stored on n1", "b-1").await.unwrap();
+    assert_eq!((first.seq, second.seq), (1, 2));
+    let mut got = Vec::new();
+    receive_through(&mut bob, &mut got, 2, "bob on n1").await;
+    assert_eq!(got.iter().map(|m| m.cid.as_str()).collect::<Vec<_>>(), ["a-1", "b-1"]);
+    // Once NATS is back, alice gets bob's, and nobody gets anything twice.
+    c.nats = Nats::start(Some(port));
+    let mut at_alice = Vec::new();
+    receive_through(&mut alice, &mut at_alice, 2, "alice on n0").await;
+    assert_none(&mut bob, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
+    assert_none(&mut alice, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
 }

@@ -73,6 +73,9 @@ impl Engine {
             root.get_cell(),
         )
         .await?;
+        if let Some(cluster) = &cluster {
+            tokio::spawn(cluster.clone().watch_nodes(rooms.clone()));
+        }
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, (), root.get_cell())
             .await
             .map_err(|e| anyhow::anyhow!("session supervisor: {e}"))?;

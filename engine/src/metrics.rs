@@ -299,8 +299,8 @@ metrics_table! {
     CLUSTER_NODES: "viche_cluster_nodes", Gauge, Count, Live, NO_LABELS,
         "Live nodes of the cluster as this node sees them, itself included (heartbeats over NATS; absent on a node alone).";
     CLUSTER_RELAYED: "viche_cluster_relayed_total", Counter, Count, Live,
-        &[Label { key: "kind", values: &["msgs", "typing", "last"] }],
-        "Frames queued for the other nodes on a room's (or a DM's users') NATS subject, by kind (msgs: a batch of one room's stored messages; typing; last: a room's last seq, announced every second for 10 s after a write).";
+        &[Label { key: "kind", values: &["msgs", "typing", "last", "presence", "roster"] }],
+        "Frames queued for the other nodes on a room's (or a DM's users') NATS subject, by kind (msgs: a batch of one room's stored messages; typing; last: a room's last seq, announced every second for 10 s after a write; presence: a user came into or left a room here; roster: who is in a room here, asked for or given).";
     CLUSTER_RELAY_DROPPED: "viche_cluster_relay_dropped_total", Counter, Count, Live, NO_LABELS,
         "Frames for the other nodes dropped because the relay's queue was full or NATS refused them (receivers repair message gaps from the store).";
     CLUSTER_RELAY_JUNK: "viche_cluster_relay_junk_total", Counter, Count, Live, NO_LABELS,

@@ -16,6 +16,7 @@ pub mod membership;
 pub mod ownership;
 pub(crate) mod relay;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +101,7 @@ impl Cluster {
                 }
             }
         });
-        let relay = relay::Relay::start(client.clone(), config.prefix.clone());
+        let relay = relay::Relay::start(client.clone(), config.prefix.clone(), node_id.clone());
         tracing::info!(node = %node_id, nats = %config.nats_url, prefix = %config.prefix, "cluster: joined");
         Ok(Self { client, relay, membership, node_id })
     }
@@ -111,6 +112,40 @@ impl Cluster {
         match tokio::time::timeout(Duration::from_millis(NATS_WAIT_MS), subscribe).await {
             Ok(result) => result.with_context(|| format!("subscribing to {subject}")),
             Err(_) => anyhow::bail!("subscribing to {subject}: no answer within {NATS_WAIT_MS} ms"),
+        }
+    }
+
+    /// Tells every open public room here when a node leaves the live set
+    /// (its users leave the room with it), and asks who is in them when a
+    /// node that had left comes back (after a partition or an outage of
+    /// NATS it still has its users; a node starting anew announces its
+    /// own as it opens rooms).
+    pub(crate) async fn watch_nodes(self: Arc<Self>, rooms: crate::room::Rooms) {
+        let mut changes = self.membership.changes();
+        let mut live: BTreeSet<NodeId> = changes.borrow_and_update().iter().cloned().collect();
+        // Nodes that were live once and left: bounded like the live set.
+        let mut left: BTreeSet<NodeId> = BTreeSet::new();
+        while changes.changed().await.is_ok() {
+            let now: BTreeSet<NodeId> = changes.borrow_and_update().iter().cloned().collect();
+            let gone: Vec<NodeId> = live.difference(&now).cloned().collect();
+            let back = now.iter().any(|n| left.contains(n));
+            left.retain(|n| !now.contains(n));
+            for node in &gone {
+                if left.len() < NODES_MAX {
+                    left.insert(node.clone());
+                }
+            }
+            if !gone.is_empty() || back {
+                for room in rooms.open_public() {
+                    for node in &gone {
+                        room.cluster_op(crate::room::RoomOp::NodeGone(node.clone()));
+                    }
+                    if back {
+                        self.relay.hello(&room.name);
+                    }
+                }
+            }
+            live = now;
         }
     }
 

@@ -39,8 +39,9 @@ use tokio::sync::mpsc;
 use viche_protocol::validate::{is_valid_username, parse_room, RoomKind};
 use viche_protocol::Msg;
 
+use super::NodeId;
 use crate::metrics::{CLUSTER_RELAYED, CLUSTER_RELAY_DROPPED, CLUSTER_RELAY_JUNK};
-use crate::room::RoomHandle;
+use crate::room::{RoomHandle, RoomOp};
 
 /// Frames waiting to be handed to the NATS client, at most.
 pub const RELAY_QUEUE_MAX: usize = 8192;
@@ -66,6 +67,12 @@ pub(crate) enum Relayed {
     Typing { room: String, user: String },
     /// The sending node stored `room`'s messages up to `seq`.
     Last { room: String, seq: u64 },
+    /// `user` came into (or left) `room` on `node`.
+    Presence { room: String, node: String, user: String, online: bool },
+    /// `node` opened `room`: the others answer with a roster.
+    Hello { room: String, node: String },
+    /// Some of the users in `room` on `node` (a roster comes in chunks).
+    Roster { room: String, node: String, users: Vec<String> },
 }
 
 /// [`Relayed`] as sent: borrowed, so relaying copies no message.
@@ -74,11 +81,18 @@ enum RelayedRef<'a> {
     Msgs(&'a [&'a Msg]),
     Typing { room: &'a str, user: &'a str },
     Last { room: &'a str, seq: u64 },
+    Presence { room: &'a str, node: &'a str, user: &'a str, online: bool },
+    Hello { room: &'a str, node: &'a str },
+    Roster { room: &'a str, node: &'a str, users: &'a [&'a str] },
 }
+
+/// Names in one roster frame, at most (a roster is cut into frames).
+pub const ROSTER_FRAME_USERS_MAX: usize = 1000;
 
 /// The sending half of the relay, shared by the writer and the rooms.
 pub(crate) struct Relay {
     prefix: String,
+    node_id: NodeId,
     queue: mpsc::Sender<(String, Bytes)>,
     /// Rooms written here lately: their last seq, and when.
     written: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
@@ -86,7 +100,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     /// The relay and the task that hands its queue to `client`.
-    pub(crate) fn start(client: async_nats::Client, prefix: String) -> Arc<Self> {
+    pub(crate) fn start(client: async_nats::Client, prefix: String, node_id: NodeId) -> Arc<Self> {
         let (queue, mut rx) = mpsc::channel::<(String, Bytes)>(RELAY_QUEUE_MAX);
         tokio::spawn(async move {
             while let Some((subject, payload)) = rx.recv().await {
@@ -98,7 +112,7 @@ impl Relay {
                 }
             }
         });
-        let relay = Arc::new(Self { prefix, queue, written: Mutex::new(HashMap::new()) });
+        let relay = Arc::new(Self { prefix, node_id, queue, written: Mutex::new(HashMap::new()) });
         let announcer = Arc::downgrade(&relay);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
@@ -172,6 +186,24 @@ impl Relay {
         self.send(room, &RelayedRef::Typing { room, user }, "typing");
     }
 
+    /// Relays that `user` came into (or left) `room` on this node.
+    pub(crate) fn presence(&self, room: &str, user: &str, online: bool) {
+        self.send(room, &RelayedRef::Presence { room, node: &self.node_id, user, online }, "presence");
+    }
+
+    /// Asks the other nodes with `room` open who is in it there.
+    pub(crate) fn hello(&self, room: &str) {
+        self.send(room, &RelayedRef::Hello { room, node: &self.node_id }, "roster");
+    }
+
+    /// Tells the other nodes who is in `room` here, in frames of at most
+    /// [`ROSTER_FRAME_USERS_MAX`] names.
+    pub(crate) fn roster(&self, room: &str, users: &[&str]) {
+        for chunk in users.chunks(ROSTER_FRAME_USERS_MAX) {
+            self.send(room, &RelayedRef::Roster { room, node: &self.node_id, users: chunk }, "roster");
+        }
+    }
+
     /// Queues `frame` on the room's subject, or on both users' subjects
     /// for a DM room.
     fn send(&self, room: &str, frame: &RelayedRef<'_>, kind: &'static str) {
@@ -193,6 +225,10 @@ impl Relay {
             }
         }
     }
+}
+
+fn is_node_id(node: &str) -> bool {
+    !node.is_empty() && node.len() <= super::NODE_ID_BYTES_MAX
 }
 
 pub(crate) fn room_subject(prefix: &str, room: &str) -> String {
@@ -221,6 +257,23 @@ pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<R
                 room.typing_relayed(user.into());
             }
             Ok(Relayed::Last { room: name, seq }) if *name == *room.name => room.catch_up(seq),
+            Ok(Relayed::Presence { room: name, node, user, online })
+                if *name == *room.name && is_node_id(&node) && is_valid_username(&user) =>
+            {
+                room.cluster_op(RoomOp::RemotePresence { node: node.into(), users: vec![user.into()], online });
+            }
+            Ok(Relayed::Hello { room: name, node }) if *name == *room.name && is_node_id(&node) => {
+                room.cluster_op(RoomOp::RosterAsked);
+            }
+            Ok(Relayed::Roster { room: name, node, users })
+                if *name == *room.name
+                    && is_node_id(&node)
+                    && users.len() <= ROSTER_FRAME_USERS_MAX
+                    && users.iter().all(|u| is_valid_username(u)) =>
+            {
+                let users = users.into_iter().map(Arc::from).collect();
+                room.cluster_op(RoomOp::RemotePresence { node: node.into(), users, online: true });
+            }
             _ => {
                 CLUSTER_RELAY_JUNK.counter().increment(1);
                 tracing::debug!(room = %room.name, bytes = message.payload.len(), "cluster: junk on a room's subject dropped");

@@ -30,9 +30,10 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 use super::handle::{RoomHandle, RoomOp, RoomState};
 use super::RoomKindOwned;
 use crate::cluster::relay::Relay;
+use crate::cluster::NodeId;
 use crate::delivery::{Directory, EncodedFrame, OutItem, SessionHandle, SessionId, DIRECT_WRITES_PER_FANOUT_MAX};
 use crate::faults::failpoint;
-use crate::metrics::{GAP_REPAIRS, ROOMS_ACTIVE};
+use crate::metrics::{CLUSTER_RELAY_JUNK, GAP_REPAIRS, ROOMS_ACTIVE};
 use crate::store::Store;
 
 /// Slots of a room's (empty) operation queue kept after a burst.
@@ -227,6 +228,11 @@ impl RoomActorState {
             }
             RoomOp::CatchUp(seq) => self.catch_up(*seq),
             RoomOp::ReplayRecent { ts_min } => self.replay_recent(*ts_min),
+            RoomOp::RemotePresence { node, users, online } => {
+                self.remote_presence(node, std::mem::take(users), *online)
+            }
+            RoomOp::RosterAsked => self.roster(),
+            RoomOp::NodeGone(node) => self.node_gone(node),
         }
     }
 
@@ -239,6 +245,8 @@ impl RoomActorState {
         handle.stop_following();
         let members = std::mem::take(&mut state.members);
         state.user_sessions.clear();
+        state.present.clear();
+        state.remote.clear();
         state.json_members = 0;
         let ops = std::mem::take(&mut state.ops);
         drop(state);
@@ -273,9 +281,15 @@ impl RoomActorState {
             let count = state.user_sessions.entry(peer.user.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                let frame =
-                    ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: true };
-                broadcast(&state, &frame, |m| m.id != peer.id);
+                if present_add(&mut state, &peer.user) {
+                    let frame = ServerFrame::Presence {
+                        room: handle.name.to_string(),
+                        user: peer.user.to_string(),
+                        online: true,
+                    };
+                    broadcast(&state, &frame, |m| m.id != peer.id);
+                }
+                self.relay_presence(&peer.user, true);
             }
         }
         let last = state.last_published;
@@ -285,14 +299,14 @@ impl RoomActorState {
         let truncated = since.is_some_and(|s| s < horizon);
         let missed = since.map_or(0, |s| last.saturating_sub(s.max(horizon)));
         // The first names only: a join's work does not grow with the room.
-        let members = state.user_sessions.keys().take(MEMBERS_PAGE_MAX).map(|u| u.to_string()).collect();
+        let members = state.present.keys().take(MEMBERS_PAGE_MAX).map(|u| u.to_string()).collect();
         let ok = ServerFrame::Ok {
             req,
             room: Some(handle.name.to_string()),
             seq: Some(last),
             members: Some(members),
             more: Some(missed > REPLAY_MESSAGES_MAX),
-            members_total: Some(state.user_sessions.len() as u64),
+            members_total: Some(state.present.len() as u64),
             first_seq: Some(crate::store::first_seq(horizon, last)),
             truncated: truncated.then_some(true),
         };
@@ -326,9 +340,15 @@ impl RoomActorState {
                 }
             };
             if gone {
-                let frame =
-                    ServerFrame::Presence { room: handle.name.to_string(), user: peer.user.to_string(), online: false };
-                broadcast(&state, &frame, |_| true);
+                if present_remove(&mut state, &peer.user) {
+                    let frame = ServerFrame::Presence {
+                        room: handle.name.to_string(),
+                        user: peer.user.to_string(),
+                        online: false,
+                    };
+                    broadcast(&state, &frame, |_| true);
+                }
+                self.relay_presence(&peer.user, false);
             }
         }
         drop(state);
@@ -365,7 +385,7 @@ impl RoomActorState {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        let mut names = state.user_sessions.range::<str, _>((start, Bound::Unbounded)).map(|(u, _)| u.to_string());
+        let mut names = state.present.range::<str, _>((start, Bound::Unbounded)).map(|(u, _)| u.to_string());
         let users: Vec<String> = names.by_ref().take(MEMBERS_PAGE_MAX).collect();
         let more = names.next().is_some();
         drop(state);
@@ -399,6 +419,64 @@ impl RoomActorState {
             m.outbox.push_unbounded(replay.clone());
         }
         state.last_published = upto;
+    }
+
+    /// Tells the other nodes that `user` came into (or left) this public
+    /// room here.
+    fn relay_presence(&self, user: &str, online: bool) {
+        if let (Some(relay), RoomKindOwned::Public) = (&self.relay, &self.handle.kind) {
+            relay.presence(&self.handle.name, user, online);
+        }
+    }
+
+    /// Another node's users came into (or left) the room there: this
+    /// node's members are told of each user now present nowhere else (or
+    /// gone from everywhere).
+    fn remote_presence(&mut self, node: &NodeId, users: Vec<Arc<str>>, online: bool) {
+        let handle = self.handle.clone();
+        let mut state = handle.state.lock();
+        if online && !state.remote.contains_key(node) && state.remote.len() >= crate::cluster::NODES_MAX {
+            CLUSTER_RELAY_JUNK.counter().increment(1);
+            return;
+        }
+        for user in users {
+            let set = state.remote.entry(node.clone()).or_default();
+            let changed = if online {
+                set.len() < ROOM_REMOTE_USERS_PER_NODE_MAX && set.insert(user.clone())
+            } else {
+                set.remove(&user)
+            };
+            if set.is_empty() {
+                state.remote.remove(node);
+            }
+            if !changed {
+                continue;
+            }
+            let flipped = if online { present_add(&mut state, &user) } else { present_remove(&mut state, &user) };
+            if flipped {
+                let frame = ServerFrame::Presence { room: handle.name.to_string(), user: user.to_string(), online };
+                broadcast(&state, &frame, |_| true);
+            }
+        }
+    }
+
+    /// Another node opened the room: it is told who is in it here.
+    fn roster(&mut self) {
+        let Some(relay) = &self.relay else { return };
+        let state = self.handle.state.lock();
+        let users: Vec<&str> = state.user_sessions.keys().map(|u| &**u).collect();
+        if !users.is_empty() {
+            relay.roster(&self.handle.name, &users);
+        }
+    }
+
+    /// A node left the cluster: its users left the room there.
+    fn node_gone(&mut self, node: &NodeId) {
+        let users: Vec<Arc<str>> = match self.handle.state.lock().remote.get(node) {
+            Some(users) => users.iter().cloned().collect(),
+            None => return,
+        };
+        self.remote_presence(node, users, false);
     }
 
     /// A DM room opening on a node of a cluster: its users' sessions here
@@ -465,6 +543,33 @@ impl RoomActorState {
                 hot.send_deliver_latency.record(received_at.elapsed().as_secs_f64());
             }
         }
+    }
+}
+
+/// Users one other node may have in one room, as this node records them;
+/// past it, a roster's or presence's further names are ignored.
+pub(crate) const ROOM_REMOTE_USERS_PER_NODE_MAX: usize = 1_000_000;
+
+/// `user` is now present on one more node (this one, or another); true
+/// when it was present nowhere before.
+fn present_add(state: &mut RoomState, user: &Arc<str>) -> bool {
+    let nodes = state.present.entry(user.clone()).or_insert(0);
+    *nodes += 1;
+    *nodes == 1
+}
+
+/// `user` is present on one node fewer; true when it is now nowhere.
+fn present_remove(state: &mut RoomState, user: &Arc<str>) -> bool {
+    match state.present.get_mut(user) {
+        Some(nodes) if *nodes > 1 => {
+            *nodes -= 1;
+            false
+        }
+        Some(_) => {
+            state.present.remove(user);
+            true
+        }
+        None => false,
     }
 }
 

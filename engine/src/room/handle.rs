@@ -13,7 +13,7 @@
 //! none is left. A `typing` notice holds a [`TypingSlot`], which bounds
 //! how many are queued.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +25,7 @@ use viche_protocol::Msg;
 
 use super::actor::RoomMsg;
 use super::RoomKindOwned;
+use crate::cluster::NodeId;
 use crate::delivery::{SessionHandle, SessionId};
 use crate::metrics::TYPING_DROPPED;
 
@@ -70,6 +71,16 @@ pub(crate) enum RoomOp {
     ReplayRecent {
         ts_min: u64,
     },
+    /// Another node says these users are now in (or out of) the room there.
+    RemotePresence {
+        node: NodeId,
+        users: Vec<Arc<str>>,
+        online: bool,
+    },
+    /// Another node opened the room: tell it who is here.
+    RosterAsked,
+    /// A node left the cluster: its users are no longer in the room there.
+    NodeGone(NodeId),
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency; none when relayed from
     /// another node).
@@ -83,9 +94,16 @@ pub(crate) struct RoomState {
     /// Where each member is in `members`: membership in O(1), whatever the
     /// room's size.
     pub member_index: HashMap<SessionId, usize>,
-    /// Sessions in the room per user, in name order (for `ok.members` and
-    /// `members` pages): presence changes at 0 ↔ 1.
+    /// This node's sessions in the room per user: the user is present
+    /// here while it is above 0.
     pub user_sessions: BTreeMap<Arc<str>, u32>,
+    /// In a cluster: the users in the room on each other node, as those
+    /// nodes said (`cluster/relay.rs`).
+    pub remote: HashMap<NodeId, BTreeSet<Arc<str>>>,
+    /// Users in the room, in name order (for `ok.members` and `members`
+    /// pages), with how many nodes they are present on, this one included:
+    /// presence changes at 0 ↔ 1.
+    pub present: BTreeMap<Arc<str>, u32>,
     pub json_members: usize,
     /// The highest seq in every member's outbox; a join's `ok.seq`.
     pub last_published: u64,
@@ -164,6 +182,8 @@ impl RoomHandle {
                 members: Vec::new(),
                 member_index: HashMap::new(),
                 user_sessions: BTreeMap::new(),
+                remote: HashMap::new(),
+                present: BTreeMap::new(),
                 json_members: 0,
                 last_published: 0,
                 in_flight: 0,
@@ -276,6 +296,12 @@ impl RoomHandle {
     /// missed before the room opened (the room's first operation).
     pub(crate) fn replay_recent(&self, ts_min: u64) {
         let _ = self.enqueue(RoomOp::ReplayRecent { ts_min });
+    }
+
+    /// Queues an operation from another node (presence, a roster, a
+    /// node gone); dropped when the room is closed.
+    pub(crate) fn cluster_op(&self, op: RoomOp) {
+        let _ = self.enqueue(op);
     }
 
     /// Another node says it stored this room's messages up to `seq`.

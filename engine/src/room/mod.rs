@@ -20,7 +20,7 @@ use std::sync::Arc;
 use viche_protocol::validate::{parse_room, RoomKind};
 use viche_protocol::ErrorCode;
 
-pub(crate) use handle::{InFlight, RoomHandle};
+pub(crate) use handle::{InFlight, RoomHandle, RoomOp};
 pub(crate) use supervisor::{Rooms, SupervisorArgs};
 
 use crate::refusal::Refusal;

@@ -82,6 +82,12 @@ impl Rooms {
         self.open(name).await
     }
 
+    /// The public rooms open now.
+    pub(crate) fn open_public(&self) -> Vec<Arc<RoomHandle>> {
+        let registry = self.registry.read();
+        registry.values().filter(|h| h.kind == RoomKindOwned::Public && !h.is_closed()).cloned().collect()
+    }
+
     /// The room, if it is open now.
     pub(crate) fn open_now(&self, name: &str) -> Option<Arc<RoomHandle>> {
         self.registry.read().get(name).filter(|h| !h.is_closed()).cloned()
@@ -142,6 +148,11 @@ impl Rooms {
                 // Another opener's handle won: it follows its own subscription.
                 if let Some(subscription) = subscription.filter(|_| Arc::ptr_eq(&handle, &fresh)) {
                     handle.follow(subscription);
+                    // Who is in the room on the other nodes: they answer
+                    // with their rosters.
+                    if let Some(cluster) = &self.cluster {
+                        cluster.relay.hello(name);
+                    }
                 }
                 Ok(handle)
             }

@@ -421,3 +421,64 @@ async fn a_dm_room_opening_on_a_node_first_replays_what_other_nodes_stored_for_i
     assert_none(&mut bob, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
     assert_none(&mut alice, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
 }
+
+/// Waits for `presence` of `user` with `online` in `room` on `conn`.
+async fn wait_presence(conn: &mut Connection, who: &str, user: &str, online: bool) {
+    let want = ServerFrame::Presence { room: "lobby".into(), user: user.into(), online };
+    let got = conn.wait_for(T, |f| *f == want).await;
+    assert!(got.is_ok(), "{who}: no {want:?}: {got:?}");
+}
+
+/// Whether `user` is in `room` as `conn`'s node lists it (`members`).
+async fn lists(conn: &mut Connection, user: &str) -> bool {
+    let (users, _) = conn.members("lobby", None).await.unwrap();
+    users.iter().any(|u| u == user)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_members_span_the_nodes_and_a_dead_node_takes_its_users_with_it() {
+    let test = "presence_and_members_span_the_nodes_and_a_dead_node_takes_its_users_with_it";
+    let Some(mut c) = cluster(test, 3).await else { return };
+    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        c.nodes[i].user(user).await;
+    }
+    let token = |user: &str| mint(user, now_s() + 3600);
+    let mut alice = c.nodes[0].connect(&token("alice")).await;
+    alice.join("lobby", None).await.unwrap();
+    let mut bob = c.nodes[1].connect(&token("bob")).await;
+    let joined = bob.join("lobby", None).await.unwrap();
+    // Bob learns of alice in his ok, or (the room was not open on his node
+    // yet) from her node's roster a moment later.
+    if !joined.members.iter().any(|u| u == "alice") {
+        wait_presence(&mut bob, "bob", "alice", true).await;
+    }
+    wait_presence(&mut alice, "alice", "bob", true).await;
+    let mut carol = c.nodes[2].connect(&token("carol")).await;
+    carol.join("lobby", None).await.unwrap();
+    wait_presence(&mut alice, "alice", "carol", true).await;
+    wait_presence(&mut bob, "bob", "carol", true).await;
+    let deadline = Instant::now() + T;
+    while !(lists(&mut carol, "alice").await && lists(&mut carol, "bob").await) {
+        assert!(Instant::now() < deadline, "carol's node never listed alice and bob");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Alice on a second node too: still one presence; she leaves her first
+    // node: still present; she leaves the second: gone, for everyone.
+    let mut alice_2 = c.nodes[2].connect(&token("alice")).await;
+    alice_2.join("lobby", None).await.unwrap();
+    alice.leave("lobby").await.unwrap();
+    assert_none(
+        &mut bob,
+        "alice's presence changing while she has a session in the room",
+        |f| matches!(f, ServerFrame::Presence { user, .. } if user == "alice"),
+    )
+    .await;
+    assert!(lists(&mut bob, "alice").await, "alice is still in the room, on n2");
+    alice_2.leave("lobby").await.unwrap();
+    wait_presence(&mut bob, "bob", "alice", false).await;
+    wait_presence(&mut carol, "carol", "alice", false).await;
+    // Carol's node dies: after the failover time she is gone for the others.
+    c.nodes[2].kill9();
+    wait_presence(&mut bob, "bob", "carol", false).await;
+    assert!(!lists(&mut bob, "carol").await);
+}

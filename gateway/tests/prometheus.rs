@@ -494,8 +494,12 @@ async fn dashboards_and_alerts_hold_against_a_real_prometheus() {
         max_frame_bytes: Some(1024 * 1024),
         max_body_bytes: Some(BIG as u64),
         outbox_max_bytes: Some(4 * 1024 * 1024),
-        // A few failed logins from one address are enough to see 429s.
-        extra_args: vec!["--failed-logins-per-address-burst".into(), "8".into()],
+        // A few failed logins from one address are enough to see 429s,
+        // however slow argon2 runs (at the default refill of one every 2 s,
+        // a loaded machine's 2 s hashes never emptied the bucket).
+        extra_args: ["--failed-logins-per-address-burst", "8", "--failed-logins-per-address-per-minute", "1"]
+            .map(String::from)
+            .to_vec(),
         ..Opts::default()
     })
     .await;

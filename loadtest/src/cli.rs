@@ -91,7 +91,10 @@ pub enum EncodingArg {
 /// Options of every scenario.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// The server's base URL (loopback only unless --allow-remote).
+    /// The server's base URL (loopback only unless --allow-remote), or
+    /// several separated by commas: the nodes of a cluster, which the
+    /// sessions are spread over in turn (traffic scenarios only; the
+    /// server figures are their sums).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Mint tokens locally with the server's JWT secret (argon2 is then not what a run measures).

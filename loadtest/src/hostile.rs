@@ -874,7 +874,7 @@ async fn phase(
     let common = cmd.common();
     let Cmd::Hostile(a) = cmd else { bail!("not the hostile scenario") };
     let live = Arc::new(Live::default());
-    let ctx = run::ctx(cmd, target, source_ips, tokens.clone(), tag, live.clone())?;
+    let ctx = run::ctx(cmd, std::slice::from_ref(target), source_ips, tokens.clone(), tag, live.clone())?;
     let plan = cli::plan(cmd, tag, 0, 1);
     let rooms = plan.rooms.clone();
     progress.message(&format!("{name} phase: connecting"));
@@ -955,7 +955,7 @@ pub async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, toke
         Some(spec) => net::source_ips(spec, common.allow_remote)?,
         None => Vec::new(),
     };
-    let Prepared { tag, started_unix_ms, probe, .. } = run::prepare(&cmd, &target).await?;
+    let Prepared { tag, started_unix_ms, probe, .. } = run::prepare(&cmd, std::slice::from_ref(&target)).await?;
     let progress = Progress::new(!common.no_progress, common.warmup);
 
     // The real users the flood guesses passwords for, and the probe's user.

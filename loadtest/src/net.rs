@@ -47,6 +47,27 @@ pub fn target(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
     Ok(Target { http: format!("http://{hostport}"), ws: format!("ws://{hostport}/ws"), host, port })
 }
 
+/// Parses `--url`'s list: one URL, or several separated by commas (the
+/// nodes of a cluster; sessions are spread over them in turn).
+pub fn targets(spec: &str, allow_remote: bool) -> anyhow::Result<Vec<Target>> {
+    let targets: Vec<Target> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| target(u, allow_remote))
+        .collect::<anyhow::Result<_>>()?;
+    if targets.is_empty() {
+        bail!("--url: no URL given");
+    }
+    if targets.len() > TARGETS_MAX {
+        bail!("--url: at most {TARGETS_MAX} servers");
+    }
+    Ok(targets)
+}
+
+/// Servers one run may spread its sessions over.
+pub const TARGETS_MAX: usize = 64;
+
 /// Parses `--source-ips`: comma-separated addresses or IPv4 ranges
 /// `A-B` (e.g. `127.0.0.2-127.0.0.9`). Loopback only unless `allow_remote`.
 pub fn source_ips(spec: &str, allow_remote: bool) -> anyhow::Result<Vec<IpAddr>> {
@@ -157,6 +178,17 @@ fn e_retry_after(e: &ClientError) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_urls_are_several_targets_in_order() {
+        let t = super::targets("http://127.0.0.1:1, http://127.0.0.1:2/,ws://127.0.0.1:3/ws", false).unwrap();
+        assert_eq!(t.iter().map(|t| t.port).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(t[2].ws, "ws://127.0.0.1:3/ws");
+        assert!(super::targets("", false).is_err() && super::targets(" , ", false).is_err());
+        assert!(super::targets("http://127.0.0.1:1,http://10.1.2.3:2", false).is_err(), "every one loopback");
+        let many = vec!["http://127.0.0.1:1"; TARGETS_MAX + 1].join(",");
+        assert!(super::targets(&many, false).is_err());
+    }
 
     #[test]
     fn targets() {

@@ -44,7 +44,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
     };
     cmd.validate().map_err(anyhow::Error::msg)?;
     let common = cmd.common().clone();
-    let target = net::target(&common.url, common.allow_remote)?;
+    let targets = net::targets(&common.url, common.allow_remote)?;
+    if targets.len() > 1 && matches!(cmd, Cmd::Hostile(_) | Cmd::Soak(_)) {
+        bail!("{}: one --url only (several are for the traffic scenarios, over a cluster)", cmd.name());
+    }
+    let target = targets[0].clone();
     let source_ips = match &common.source_ips {
         Some(spec) => net::source_ips(spec, common.allow_remote)?,
         None => Vec::new(),
@@ -57,10 +61,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<u8> {
     let budget = phases * (common.setup_timeout + common.warmup + common.duration + common.drain) + floor + 60.0;
     watchdog(Duration::from_secs_f64(budget + if common.worker_index.is_some() { 30.0 } else { 0.0 }));
     match (common.worker_index, &cmd) {
-        (Some(index), _) => worker(cmd, target, source_ips, tokens, index).await,
+        (Some(index), _) => worker(cmd, targets, source_ips, tokens, index).await,
         (None, Cmd::Hostile(_)) => crate::hostile::coordinator(cmd, target, source_ips, tokens).await,
         (None, Cmd::Soak(_)) => crate::soak::coordinator(cmd, target, source_ips, tokens).await,
-        (None, _) => coordinator(cmd, target, source_ips, tokens).await,
+        (None, _) => coordinator(cmd, targets, source_ips, tokens).await,
     }
 }
 
@@ -109,7 +113,7 @@ pub fn host() -> Host {
 
 pub(crate) fn ctx(
     cmd: &Cmd,
-    target: &Target,
+    targets: &[Target],
     source_ips: &[IpAddr],
     tokens: Tokens,
     tag: &str,
@@ -117,6 +121,8 @@ pub(crate) fn ctx(
 ) -> anyhow::Result<Arc<Ctx>> {
     let common = cmd.common();
     let timeout = Duration::from_secs(60);
+    // HTTP (tokens, history) goes to the first server.
+    let target = &targets[0];
     let http = if source_ips.is_empty() {
         vec![HttpClient::with_timeout(&target.http, timeout)?]
     } else {
@@ -126,7 +132,7 @@ pub(crate) fn ctx(
             .collect::<Result<_, _>>()?
     };
     Ok(Arc::new(Ctx {
-        ws_url: target.ws.clone(),
+        ws_urls: targets.iter().map(|t| t.ws.clone()).collect(),
         tokens,
         encoding: match common.encoding {
             EncodingArg::Msgpack => Encoding::MsgPack,
@@ -228,30 +234,40 @@ pub(crate) struct Prepared {
     pub baseline: server::Sample,
 }
 
-/// Checks that the server answers, finds its PID, samples it once.
-pub(crate) async fn prepare(cmd: &Cmd, target: &Target) -> anyhow::Result<Prepared> {
+/// Checks that every server answers, finds their PIDs, samples them once.
+pub(crate) async fn prepare(cmd: &Cmd, targets: &[Target]) -> anyhow::Result<Prepared> {
     let common = cmd.common();
     let tag = common.run_tag.clone().unwrap_or_else(random_tag);
     let started_unix_ms = unix_ms();
-    let http = HttpClient::with_timeout(&target.http, Duration::from_secs(10))?;
-    let health = http
-        .get_raw("/healthz", None)
-        .await
-        .with_context(|| format!("the server at {} does not answer", target.http))?;
-    if health.status != 200 {
-        bail!("the server at {} answers /healthz with {}", target.http, health.status);
+    let mut nodes = Vec::with_capacity(targets.len());
+    for target in targets {
+        let http = HttpClient::with_timeout(&target.http, Duration::from_secs(10))?;
+        let health = http
+            .get_raw("/healthz", None)
+            .await
+            .with_context(|| format!("the server at {} does not answer", target.http))?;
+        if health.status != 200 {
+            bail!("the server at {} answers /healthz with {}", target.http, health.status);
+        }
+        let loopback = target.host == "localhost" || target.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        // --server-pid names the first server's only.
+        let given = if nodes.is_empty() { common.server_pid } else { None };
+        let pid = given.or_else(|| if loopback { server::find_listening_pid(target.port) } else { None });
+        nodes.push((target.http.clone(), pid));
     }
-    let loopback = target.host == "localhost" || target.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    let pid = common.server_pid.or_else(|| if loopback { server::find_listening_pid(target.port) } else { None });
-    let probe = Arc::new(Probe::new(&target.http, pid)?);
+    let probe = Arc::new(Probe::new(&nodes)?);
     let baseline = probe.sample().await;
     eprintln!(
         "viche-load {}: target {}, run tag {tag}, {} process{}, server pid {}",
         cmd.name(),
-        target.http,
+        targets.iter().map(|t| t.http.as_str()).collect::<Vec<_>>().join(","),
         common.workers,
         if common.workers == 1 { "" } else { "es" },
-        pid.map_or("unknown (figures from /metrics)".to_string(), |p| p.to_string())
+        nodes
+            .iter()
+            .map(|(_, pid)| pid.map_or("unknown (figures from /metrics)".to_string(), |p| p.to_string()))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     Ok(Prepared { tag, started_unix_ms, probe, baseline })
 }
@@ -280,9 +296,9 @@ pub(crate) fn write_report(
     Ok(())
 }
 
-async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Tokens) -> anyhow::Result<u8> {
+async fn coordinator(cmd: Cmd, targets: Vec<Target>, source_ips: Vec<IpAddr>, tokens: Tokens) -> anyhow::Result<u8> {
     let common = cmd.common().clone();
-    let Prepared { tag, started_unix_ms, probe, baseline } = prepare(&cmd, &target).await?;
+    let Prepared { tag, started_unix_ms, probe, baseline } = prepare(&cmd, &targets).await?;
     let progress = Progress::new(!common.no_progress, common.warmup);
     let total_s = (common.warmup + common.duration).ceil() as u64;
     let drain = Duration::from_secs_f64(common.drain);
@@ -291,7 +307,7 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
 
     let (raw, start, samples, window_s) = if common.workers == 1 {
         let live = Arc::new(Live::default());
-        let ctx = ctx(&cmd, &target, &source_ips, tokens, &tag, live.clone())?;
+        let ctx = ctx(&cmd, &targets, &source_ips, tokens, &tag, live.clone())?;
         if let Cmd::Login(a) = &cmd {
             let start = start_of(&cmd);
             progress.message("registering, then logging in");
@@ -360,7 +376,10 @@ async fn coordinator(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: 
     report.params = cmd.params();
     report.started_unix_ms = started_unix_ms;
     report.host = host();
-    if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
+    if targets.len() > 1 {
+        // The floor is a model of one server's work: not comparable.
+        crate::floor::apply(&mut report, &Err("not measured (several servers)".into()));
+    } else if let Some(floor) = crate::floor::beside(&report, &common, probe.pid()).await {
         crate::floor::apply(&mut report, &floor);
     }
     if let Cmd::Login(a) = &cmd {
@@ -566,12 +585,18 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-async fn worker(cmd: Cmd, target: Target, source_ips: Vec<IpAddr>, tokens: Tokens, index: usize) -> anyhow::Result<u8> {
+async fn worker(
+    cmd: Cmd,
+    targets: Vec<Target>,
+    source_ips: Vec<IpAddr>,
+    tokens: Tokens,
+    index: usize,
+) -> anyhow::Result<u8> {
     let common = cmd.common().clone();
     let n = common.worker_count.max(1);
     let Some(tag) = common.run_tag.clone() else { bail!("a worker needs --run-tag") };
     let live = Arc::new(Live::default());
-    let ctx = ctx(&cmd, &target, &source_ips, tokens, &tag, live.clone())?;
+    let ctx = ctx(&cmd, &targets, &source_ips, tokens, &tag, live.clone())?;
     // The coordinator's one line; then EOF (or the coordinator's end) stops us.
     let (go_tx, mut go_rx) = mpsc::unbounded_channel::<Start>();
     let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));

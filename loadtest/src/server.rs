@@ -77,30 +77,49 @@ pub fn buckets(text: &str, series: &str) -> Vec<(f64, f64)> {
     out
 }
 
+/// Samples the server, or the servers of a cluster (their figures summed).
 pub struct Probe {
+    nodes: Vec<Node>,
+}
+
+/// One server: its HTTP base, and its PID when known.
+struct Node {
     http: HttpClient,
     pid: Option<u32>,
 }
 
 impl Probe {
-    pub fn new(base_url: &str, pid: Option<u32>) -> anyhow::Result<Self> {
-        Ok(Probe { http: HttpClient::with_timeout(base_url, std::time::Duration::from_secs(10))?, pid })
+    /// One server per `(base URL, PID)`; at least one.
+    pub fn new(nodes: &[(String, Option<u32>)]) -> anyhow::Result<Self> {
+        anyhow::ensure!(!nodes.is_empty(), "a probe needs a server");
+        let nodes = nodes
+            .iter()
+            .map(|(url, pid)| {
+                Ok(Node { http: HttpClient::with_timeout(url, std::time::Duration::from_secs(10))?, pid: *pid })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Probe { nodes })
     }
 
+    /// The server's PID, when there is one server and it is known (the
+    /// floor is measured beside one server only).
     pub fn pid(&self) -> Option<u32> {
-        self.pid
+        match &self.nodes[..] {
+            [only] => only.pid,
+            _ => None,
+        }
     }
 
-    /// The server's `/metrics` text, when it answers 200.
+    /// The first server's `/metrics` text, when it answers 200.
     pub async fn metrics_text(&self) -> Option<String> {
-        let resp = self.http.get_raw("/metrics", None).await.ok()?;
+        let resp = self.nodes[0].http.get_raw("/metrics", None).await.ok()?;
         (resp.status == 200).then_some(resp.body)
     }
 
     /// The server's RSS alone: /proc/PID/status (VmRSS) when the PID is
     /// known, else `viche_process_resident_memory_bytes`; with its source.
     pub async fn rss(&self) -> (Option<u64>, String) {
-        if let Some(pid) = self.pid {
+        if let Some(pid) = self.nodes[0].pid {
             if let Some(rss) = proc_rss_bytes(pid) {
                 return (Some(rss), format!("proc:{pid}"));
             }
@@ -114,7 +133,49 @@ impl Probe {
         }
     }
 
+    /// Every server's figures, summed (histogram buckets too); the CPUs
+    /// allowed are those any of them may run on.
     pub async fn sample(&self) -> Sample {
+        let mut samples = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            samples.push(node.sample().await);
+        }
+        let mut sum = samples.pop().expect("a probe has a server");
+        let mut cpus: Option<std::collections::BTreeSet<usize>> =
+            self.nodes.last().and_then(|n| crate::floor::allowed_cpus(n.pid)).map(|c| c.into_iter().collect());
+        for (s, node) in samples.into_iter().zip(&self.nodes) {
+            let add_f = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+            let add_u = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a + b);
+            sum.cpu_seconds = add_f(sum.cpu_seconds, s.cpu_seconds);
+            sum.rss_bytes = add_u(sum.rss_bytes, s.rss_bytes);
+            sum.deliveries = add_u(sum.deliveries, s.deliveries);
+            sum.frames_out = add_u(sum.frames_out, s.frames_out);
+            sum.frames_out_bytes = add_u(sum.frames_out_bytes, s.frames_out_bytes);
+            sum.send_deliver_buckets = add_buckets(&sum.send_deliver_buckets, &s.send_deliver_buckets);
+            sum.commit_buckets = add_buckets(&sum.commit_buckets, &s.commit_buckets);
+            sum.source = format!("{}+{}", s.source, sum.source);
+            if let (Some(all), Some(more)) = (cpus.as_mut(), crate::floor::allowed_cpus(node.pid)) {
+                all.extend(more);
+            }
+        }
+        if self.nodes.len() > 1 {
+            sum.cpus_allowed = cpus.map(|c| c.len() as u64);
+        }
+        sum
+    }
+}
+
+/// Two servers' cumulative buckets, summed bound by bound (the same
+/// bounds: the same build).
+fn add_buckets(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.0 != y.0) {
+        return Vec::new();
+    }
+    a.iter().zip(b).map(|(x, y)| (x.0, x.1 + y.1)).collect()
+}
+
+impl Node {
+    async fn sample(&self) -> Sample {
         let mut s = Sample { source: "none".into(), machine_busy_seconds: machine_busy_seconds(), ..Sample::default() };
         if let Ok(resp) = self.http.get_raw("/metrics", None).await {
             if resp.status == 200 {

@@ -271,7 +271,7 @@ async fn history(ctx: Arc<Ctx>, http: HttpClient, token: String, rooms: Vec<Stri
         let t0 = mono_ns();
         let page = if over_ws {
             if ws.is_none() {
-                match Connection::connect_from(&ctx.ws_url, ctx.encoding, ctx.source_ips.first().copied()).await {
+                match Connection::connect_from(ctx.ws_url(0), ctx.encoding, ctx.source_ips.first().copied()).await {
                     Ok(mut conn) => match conn.hello(&token).await {
                         Ok(_) => ws = Some(conn),
                         Err(e) => {
@@ -330,10 +330,10 @@ pub async fn coordinator(
 ) -> anyhow::Result<u8> {
     let Cmd::Soak(a) = &cmd else { bail!("not the soak scenario") };
     let common = a.common.clone();
-    let Prepared { tag, started_unix_ms, probe, .. } = run::prepare(&cmd, &target).await?;
+    let Prepared { tag, started_unix_ms, probe, .. } = run::prepare(&cmd, std::slice::from_ref(&target)).await?;
     let progress = Progress::new(!common.no_progress, common.warmup);
     let live = Arc::new(Live::default());
-    let ctx = run::ctx(&cmd, &target, &source_ips, tokens, &tag, live.clone())?;
+    let ctx = run::ctx(&cmd, std::slice::from_ref(&target), &source_ips, tokens, &tag, live.clone())?;
     let plan = cli::plan(&cmd, &tag, 0, 1);
     let fanout_rooms: Vec<String> = plan.rooms[..a.rooms].to_vec();
     let running = traffic::spawn(plan, ctx.clone());

@@ -164,7 +164,8 @@ pub struct Plan {
 
 /// What the sessions of a process share.
 pub struct Ctx {
-    pub ws_url: String,
+    /// One WebSocket URL per server (`--url` may name several).
+    pub ws_urls: Vec<String>,
     pub tokens: Tokens,
     pub encoding: Encoding,
     pub source_ips: Vec<IpAddr>,
@@ -180,6 +181,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The server of session `index`: the servers in turn.
+    pub fn ws_url(&self, index: usize) -> &str {
+        &self.ws_urls[index % self.ws_urls.len()]
+    }
+
     fn source_ip(&self, index: usize) -> Option<IpAddr> {
         if self.source_ips.is_empty() {
             None
@@ -517,8 +523,12 @@ impl Member {
 
     /// Connect, hello, and (if it joins) join with `since`.
     async fn open(&self, token: &str, since: Option<u64>) -> Result<(Connection, u64, bool), ClientError> {
-        let mut conn =
-            Connection::connect_from(&self.ctx.ws_url, self.ctx.encoding, self.ctx.source_ip(self.spec.index)).await?;
+        let mut conn = Connection::connect_from(
+            self.ctx.ws_url(self.spec.index),
+            self.ctx.encoding,
+            self.ctx.source_ip(self.spec.index),
+        )
+        .await?;
         conn.hello(token).await?;
         if self.spec.join {
             let ok = conn.join(&self.room.name, since).await?;

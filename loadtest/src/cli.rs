@@ -165,6 +165,11 @@ pub struct Common {
     /// Do not measure the floor (the report then says it has none).
     #[arg(long)]
     pub no_floor: bool,
+    /// With several --url: every sending session connects to the first
+    /// server (the others still spread over all), so that one node stores
+    /// every message and the run measures delivery across nodes alone.
+    #[arg(long)]
+    pub senders_on_first_url: bool,
     /// The floor's sender thread on this CPU, or `none` (default: the server's CPU when it is pinned to one).
     #[arg(long, value_name = "CPU|none")]
     pub floor_sender_cpu: Option<Cpu>,

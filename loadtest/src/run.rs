@@ -133,6 +133,7 @@ pub(crate) fn ctx(
     };
     Ok(Arc::new(Ctx {
         ws_urls: targets.iter().map(|t| t.ws.clone()).collect(),
+        senders_on_first_url: common.senders_on_first_url,
         tokens,
         encoding: match common.encoding {
             EncodingArg::Msgpack => Encoding::MsgPack,

@@ -166,6 +166,8 @@ pub struct Plan {
 pub struct Ctx {
     /// One WebSocket URL per server (`--url` may name several).
     pub ws_urls: Vec<String>,
+    /// Sending sessions connect to the first server (`--senders-on-first-url`).
+    pub senders_on_first_url: bool,
     pub tokens: Tokens,
     pub encoding: Encoding,
     pub source_ips: Vec<IpAddr>,
@@ -524,7 +526,11 @@ impl Member {
     /// Connect, hello, and (if it joins) join with `since`.
     async fn open(&self, token: &str, since: Option<u64>) -> Result<(Connection, u64, bool), ClientError> {
         let mut conn = Connection::connect_from(
-            self.ctx.ws_url(self.spec.index),
+            if self.ctx.senders_on_first_url && self.spec.send.is_some() {
+                &self.ctx.ws_urls[0]
+            } else {
+                self.ctx.ws_url(self.spec.index)
+            },
             self.ctx.encoding,
             self.ctx.source_ip(self.spec.index),
         )

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use viche_engine::cluster::ClusterConfig;
+use viche_engine::cluster::{ClusterConfig, NatsAuth};
 use viche_engine::config::{self as engine, EngineConfig};
 use viche_protocol::limits::{self, Rate};
 
@@ -288,6 +288,12 @@ pub struct Args {
     /// (`nats://HOST:PORT`). Needs --mongo-uri: the nodes share one MongoDB.
     #[arg(long, env = "VICHE_CLUSTER_NATS")]
     pub cluster_nats: Option<String>,
+    /// The NATS user, when NATS asks for one (with --cluster-nats-password).
+    #[arg(long, env = "VICHE_CLUSTER_NATS_USER")]
+    pub cluster_nats_user: Option<String>,
+    /// The NATS user's password (better given in the environment).
+    #[arg(long, env = "VICHE_CLUSTER_NATS_PASSWORD", hide_env_values = true)]
+    pub cluster_nats_password: Option<String>,
     /// This node's name in the cluster: 1 to 64 of `A-Z a-z 0-9 _ . -`,
     /// unique among the nodes. Default: the host name and the process id.
     #[arg(long, env = "VICHE_NODE_ID")]
@@ -484,11 +490,16 @@ impl Args {
 
     fn validate_cluster(&self) -> Result<(), String> {
         let Some(url) = &self.cluster_nats else {
-            if self.node_id.is_some() {
-                return Err("--node-id needs --cluster-nats".into());
+            if self.node_id.is_some() || self.cluster_nats_user.is_some() || self.cluster_nats_password.is_some() {
+                return Err("--node-id and --cluster-nats-user/-password need --cluster-nats".into());
             }
             return Ok(());
         };
+        if self.cluster_nats_user.is_some() != self.cluster_nats_password.is_some()
+            || self.cluster_nats_user.as_deref() == Some("")
+        {
+            return Err("--cluster-nats-user and --cluster-nats-password go together (a non-empty user)".into());
+        }
         if self.mongo_uri.is_none() {
             return Err("--cluster-nats needs --mongo-uri: the nodes of a cluster share one MongoDB, and the embedded store belongs to one process".into());
         }
@@ -522,8 +533,13 @@ impl Args {
     fn cluster_config(&self) -> Option<ClusterConfig> {
         let nats_url = self.cluster_nats.clone()?;
         let node_id = self.node_id.clone().unwrap_or_else(default_node_id);
+        let nats_auth = match (&self.cluster_nats_user, &self.cluster_nats_password) {
+            (Some(user), Some(password)) => Some(NatsAuth { user: user.clone(), password: password.clone() }),
+            _ => None,
+        };
         Some(ClusterConfig {
             nats_url,
+            nats_auth,
             node_id,
             failover_ms: self.cluster_failover_ms,
             prefix: self.cluster_prefix.clone(),
@@ -637,6 +653,11 @@ mod tests {
         let embedded = validated(&["--cluster-nats", "nats://127.0.0.1:4222"]).unwrap_err();
         assert!(embedded.contains("--mongo-uri") && embedded.contains("embedded"), "{embedded}");
         assert!(validated(&["--node-id", "a"]).unwrap_err().contains("--cluster-nats"));
+        assert!(validated(&["--cluster-nats-user", "a"]).unwrap_err().contains("--cluster-nats"));
+        assert_eq!(
+            with(&["--cluster-nats", "nats://n:4222", "--cluster-nats-user", "u", "--cluster-nats-password", "p"]),
+            Ok(())
+        );
         let nats = ["--cluster-nats", "nats://127.0.0.1:4222"];
         for (bad, flag) in [
             (vec!["--cluster-nats", "http://x"], "--cluster-nats"),
@@ -649,6 +670,9 @@ mod tests {
             ([&nats[..], &["--cluster-prefix", "a.*"]].concat(), "--cluster-prefix"),
             ([&nats[..], &["--cluster-prefix", "a..b"]].concat(), "--cluster-prefix"),
             ([&nats[..], &["--cluster-prefix", ""]].concat(), "--cluster-prefix"),
+            ([&nats[..], &["--cluster-nats-user", "u"]].concat(), "--cluster-nats-password"),
+            ([&nats[..], &["--cluster-nats-password", "p"]].concat(), "--cluster-nats-user"),
+            ([&nats[..], &["--cluster-nats-user", "", "--cluster-nats-password", "p"]].concat(), "--cluster-nats-user"),
         ] {
             let refused = with(&bad).unwrap_err();
             assert!(refused.contains(flag), "{bad:?}: {refused}");

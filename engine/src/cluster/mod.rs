@@ -52,10 +52,25 @@ pub const NATS_WAIT_MS: u64 = 5_000;
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub nats_url: String,
+    /// NATS's user and password, when it asks for them.
+    pub nats_auth: Option<NatsAuth>,
     pub node_id: String,
     pub failover_ms: u64,
     /// Subjects start with this, so that clusters can share one NATS.
     pub prefix: String,
+}
+
+/// A NATS user and password (`--cluster-nats-user`, `--cluster-nats-password`).
+#[derive(Clone)]
+pub struct NatsAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth").field("user", &self.user).field("password", &"…").finish()
+    }
 }
 
 /// This node's part in the cluster.
@@ -71,7 +86,11 @@ impl Cluster {
     /// heartbeats and the relay.
     pub(crate) async fn start(config: &ClusterConfig) -> anyhow::Result<Self> {
         let node_id = NodeId::from(config.node_id.as_str());
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(auth) = &config.nats_auth {
+            options = options.user_and_password(auth.user.clone(), auth.password.clone());
+        }
+        let client = options
             .name(format!("viche {node_id}"))
             // What this node publishes it has delivered already.
             .no_echo()

@@ -22,6 +22,8 @@ struct Cluster {
     prefix: String,
     uri: String,
     db: String,
+    /// More flags for every node.
+    extra: Vec<String>,
 }
 
 /// `n` nodes on one NATS and one fresh database; `None` to skip (no
@@ -31,7 +33,7 @@ async fn cluster(test: &str, n: usize) -> Option<Cluster> {
     let db = unique_db_name();
     // Its own subjects too: tests share nothing.
     let prefix = db.clone();
-    let mut c = Cluster { nats: Nats::start(None), nodes: Vec::with_capacity(n), prefix, uri, db };
+    let mut c = Cluster { nats: Nats::start(None), nodes: Vec::with_capacity(n), prefix, uri, db, extra: Vec::new() };
     for _ in 0..n {
         c.add_node().await;
     }
@@ -51,12 +53,13 @@ impl Cluster {
             "--cluster-failover-ms",
             "1000",
         ];
-        let opts = Opts {
+        let mut opts = Opts {
             mongo_uri: Some(self.uri.clone()),
             mongo_db: Some(self.db.clone()),
             admin: true,
             ..Opts::with_args(&args)
         };
+        opts.extra_args.extend(self.extra.iter().cloned());
         self.nodes.push(Server::start_with(opts).await);
     }
 }
@@ -481,4 +484,50 @@ async fn presence_and_members_span_the_nodes_and_a_dead_node_takes_its_users_wit
     c.nodes[2].kill9();
     wait_presence(&mut bob, "bob", "carol", false).await;
     assert!(!lists(&mut bob, "carol").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_that_asks_for_a_password_admits_only_nodes_that_give_the_right_one() {
+    let Some(uri) = mongo_or_skip("a_nats_that_asks_for_a_password_admits_only_nodes_that_give_the_right_one") else {
+        return;
+    };
+    let nats = Nats::start_with(None, &["--user", "viche", "--pass", "cluster-secret-1"]);
+    let db = unique_db_name();
+    let password = ["--cluster-nats-user", "viche", "--cluster-nats-password", "cluster-secret-1"];
+    let extra = password.map(String::from).to_vec();
+    let mut c = Cluster { nats, nodes: Vec::new(), prefix: db.clone(), uri: uri.clone(), db: db.clone(), extra };
+    c.add_node().await;
+    c.add_node().await;
+    for node in &c.nodes {
+        wait_for_live_nodes(node, &["n0", "n1"]).await;
+    }
+    let mut alice = c.nodes[0].session("alice").await;
+    let mut bob = c.nodes[1].session("bob").await;
+    alice.join("lobby", None).await.unwrap();
+    bob.join("lobby", None).await.unwrap();
+    let ack = alice.send("lobby", "over an authenticated NATS", "auth-1").await.unwrap();
+    let mut got = Vec::new();
+    receive_through(&mut bob, &mut got, ack.seq, "bob").await;
+
+    // A node with the wrong password, or none, does not start, and says why.
+    for creds in [&["--cluster-nats-user", "viche", "--cluster-nats-password", "wrong-password"][..], &[]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_viche"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("VICHE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--mongo-uri", &uri, "--mongo-db", &db])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--cluster-nats", &c.nats.url(), "--node-id", "intruder", "--cluster-prefix", &c.prefix])
+            .args(creds)
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(T, cmd.output()).await.expect("the node gives up in time").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a node without the right password started: {stderr}");
+        assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+    }
+    wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
 }

@@ -594,6 +594,11 @@ pub struct Nats {
 impl Nats {
     /// Starts one on `port` (a restart after [`Nats::stop`]), or a free one.
     pub fn start(port: Option<u16>) -> Nats {
+        Nats::start_with(port, &[])
+    }
+
+    /// Starts one with more `nats-server` arguments (`--user`, `--pass`).
+    pub fn start_with(port: Option<u16>, args: &[&str]) -> Nats {
         let port = port.unwrap_or_else(free_port);
         let bin = std::env::var("VICHE_NATS_SERVER_BIN").unwrap_or_else(|_| {
             ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
@@ -604,6 +609,7 @@ impl Nats {
         });
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

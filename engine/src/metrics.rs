@@ -302,7 +302,7 @@ metrics_table! {
         &[Label { key: "kind", values: &["msgs", "typing", "last", "presence", "roster"] }],
         "Frames queued for the other nodes on a room's (or a DM's users') NATS subject, by kind (msgs: a batch of one room's stored messages; typing; last: a room's last seq, announced every second for 10 s after a write; presence: a user came into or left a room here; roster: who is in a room here, asked for or given).";
     CLUSTER_RELAY_DROPPED: "viche_cluster_relay_dropped_total", Counter, Count, Live, NO_LABELS,
-        "Frames for the other nodes dropped because the relay's queue was full or NATS refused them (receivers repair message gaps from the store).";
+        "Frames dropped: for the other nodes (the relay's queue full, or NATS refused them), or from them (a room here held 1024 relayed operations); message gaps are repaired from the store.";
     CLUSTER_RELAY_JUNK: "viche_cluster_relay_junk_total", Counter, Count, Live, NO_LABELS,
         "Frames received on a room's subject that did not decode or named another room or an invalid user; dropped.";
     GAP_REPAIRS: "viche_gap_repairs_total", Counter, Count, Live, NO_LABELS,

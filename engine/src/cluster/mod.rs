@@ -157,7 +157,7 @@ impl Cluster {
             if !gone.is_empty() || back {
                 for room in rooms.open_public() {
                     for node in &gone {
-                        room.cluster_op(crate::room::RoomOp::NodeGone(node.clone()));
+                        room.node_gone(node.clone());
                     }
                     if back {
                         self.relay.hello(&room.name);

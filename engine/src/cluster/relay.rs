@@ -101,7 +101,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// The relay and the task that hands its queue to `client`.
     pub(crate) fn start(client: async_nats::Client, prefix: String, node_id: NodeId) -> Arc<Self> {
-        let (queue, mut rx) = mpsc::channel::<(String, Bytes)>(RELAY_QUEUE_MAX);
+        let (relay, mut rx) = Self::new(prefix, node_id);
         tokio::spawn(async move {
             while let Some((subject, payload)) = rx.recv().await {
                 // With NATS away the client buffers, then this waits: the
@@ -112,7 +112,6 @@ impl Relay {
                 }
             }
         });
-        let relay = Arc::new(Self { prefix, node_id, queue, written: Mutex::new(HashMap::new()) });
         let announcer = Arc::downgrade(&relay);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
@@ -124,6 +123,12 @@ impl Relay {
             }
         });
         relay
+    }
+
+    /// The relay, and the receiving end of its queue (for the NATS client).
+    fn new(prefix: String, node_id: NodeId) -> (Arc<Self>, mpsc::Receiver<(String, Bytes)>) {
+        let (queue, rx) = mpsc::channel::<(String, Bytes)>(RELAY_QUEUE_MAX);
+        (Arc::new(Self { prefix, node_id, queue, written: Mutex::new(HashMap::new()) }), rx)
     }
 
     /// Publishes the last seq of every room written here within
@@ -181,9 +186,9 @@ impl Relay {
         }
     }
 
-    /// Relays that `user` is typing in `room`.
-    pub(crate) fn typing(&self, room: &str, user: &str) {
-        self.send(room, &RelayedRef::Typing { room, user }, "typing");
+    /// Relays that `user` is typing in `room`; false when it was dropped.
+    pub(crate) fn typing(&self, room: &str, user: &str) -> bool {
+        self.send(room, &RelayedRef::Typing { room, user }, "typing")
     }
 
     /// Relays that `user` came into (or left) `room` on this node.
@@ -205,15 +210,16 @@ impl Relay {
     }
 
     /// Queues `frame` on the room's subject, or on both users' subjects
-    /// for a DM room.
-    fn send(&self, room: &str, frame: &RelayedRef<'_>, kind: &'static str) {
+    /// for a DM room; false when the queue was full (it is dropped).
+    fn send(&self, room: &str, frame: &RelayedRef<'_>, kind: &'static str) -> bool {
         let payload = match rmp_serde::to_vec_named(frame) {
             Ok(payload) => Bytes::from(payload),
             Err(e) => {
                 tracing::error!(error = %e, room, "cluster: a frame did not encode");
-                return;
+                return false;
             }
         };
+        let mut queued = true;
         let subjects = match parse_room(room) {
             Some(RoomKind::Dm(a, b)) => [Some(self.user_subject(a)), Some(self.user_subject(b))],
             _ => [Some(self.room_subject(room)), None],
@@ -221,9 +227,13 @@ impl Relay {
         for subject in subjects.into_iter().flatten() {
             match self.queue.try_send((subject, payload.clone())) {
                 Ok(()) => CLUSTER_RELAYED.counter_with(kind).increment(1),
-                Err(_) => CLUSTER_RELAY_DROPPED.counter().increment(1),
+                Err(_) => {
+                    CLUSTER_RELAY_DROPPED.counter().increment(1);
+                    queued = false;
+                }
             }
         }
+        queued
     }
 }
 
@@ -256,14 +266,16 @@ pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<R
             Ok(Relayed::Typing { room: name, user }) if *name == *room.name && is_valid_username(&user) => {
                 room.typing_relayed(user.into());
             }
-            Ok(Relayed::Last { room: name, seq }) if *name == *room.name => room.catch_up(seq),
+            Ok(Relayed::Last { room: name, seq }) if *name == *room.name => {
+                room.catch_up(seq);
+            }
             Ok(Relayed::Presence { room: name, node, user, online })
                 if *name == *room.name && is_node_id(&node) && is_valid_username(&user) =>
             {
-                room.cluster_op(RoomOp::RemotePresence { node: node.into(), users: vec![user.into()], online });
+                room.relayed(RoomOp::RemotePresence { node: node.into(), users: vec![user.into()], online });
             }
             Ok(Relayed::Hello { room: name, node }) if *name == *room.name && is_node_id(&node) => {
-                room.cluster_op(RoomOp::RosterAsked);
+                room.relayed(RoomOp::RosterAsked);
             }
             Ok(Relayed::Roster { room: name, node, users })
                 if *name == *room.name
@@ -272,7 +284,7 @@ pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<R
                     && users.iter().all(|u| is_valid_username(u)) =>
             {
                 let users = users.into_iter().map(Arc::from).collect();
-                room.cluster_op(RoomOp::RemotePresence { node: node.into(), users, online: true });
+                room.relayed(RoomOp::RemotePresence { node: node.into(), users, online: true });
             }
             _ => {
                 CLUSTER_RELAY_JUNK.counter().increment(1);
@@ -310,7 +322,9 @@ pub(crate) async fn follow_user(
                     && msgs.iter().all(|m| m.room == msgs[0].room && m.seq > 0) =>
             {
                 match rooms.get(&msgs[0].room).await {
-                    Ok(room) => room.publish_relayed(msgs),
+                    Ok(room) => {
+                        room.publish_relayed(msgs);
+                    }
                     // Its sessions get these with the room's next message.
                     Err(refusal) => {
                         tracing::warn!(room = %msgs[0].room, why = %refusal.message, "cluster: a DM room could not open")
@@ -323,7 +337,9 @@ pub(crate) async fn follow_user(
                 }
             }
             Ok(Relayed::Last { room, seq }) if seq > 0 && is_dm_of_user(&room) => match rooms.get(&room).await {
-                Ok(handle) => handle.catch_up(seq),
+                Ok(handle) => {
+                    handle.catch_up(seq);
+                }
                 Err(refusal) => tracing::warn!(%room, why = %refusal.message, "cluster: a DM room could not open"),
             },
             _ => {
@@ -344,6 +360,28 @@ mod tests {
         assert_eq!(room_subject("viche", "a.b"), "viche.room.a~b");
         assert_eq!(room_subject("viche", "dm:alice:bob"), "viche.room.dm:alice:bob");
         assert_ne!(room_subject("viche", "a.b"), room_subject("viche", "a_b"));
+    }
+
+    #[test]
+    fn a_full_queue_drops_frames_and_a_full_table_announces_no_more_rooms() {
+        let (relay, mut rx) = Relay::new("t".into(), "n0".into());
+        // Nothing takes frames off (NATS away): the queue fills, then drops.
+        let queued = (0..RELAY_QUEUE_MAX + 10).filter(|_| relay.typing("lobby", "alice")).count();
+        assert_eq!(queued, RELAY_QUEUE_MAX);
+        assert!(!relay.typing("lobby", "alice"));
+        let (subject, _) = rx.try_recv().expect("a queued frame");
+        assert_eq!(subject, "t.room.lobby");
+        assert!(relay.typing("lobby", "alice"), "room again once one is taken");
+        // Rooms written lately, whose last seq is announced: bounded.
+        let msg = Msg { seq: 1, ..Msg::default() };
+        for i in 0..ANNOUNCED_ROOMS_MAX + 10 {
+            relay.msgs(&Arc::from(format!("r{i}")), &[&msg]);
+        }
+        assert_eq!(relay.written.lock().len(), ANNOUNCED_ROOMS_MAX);
+        assert!(!relay.written.lock().contains_key(&*format!("r{ANNOUNCED_ROOMS_MAX}")));
+        // A room already there still moves on.
+        relay.msgs(&Arc::from("r0"), &[&Msg { seq: 9, ..Msg::default() }]);
+        assert_eq!(relay.written.lock()["r0"].0, 9);
     }
 
     #[test]

@@ -233,6 +233,7 @@ impl RoomActorState {
             }
             RoomOp::RosterAsked => self.roster(),
             RoomOp::NodeGone(node) => self.node_gone(node),
+            RoomOp::Relayed { op, .. } => self.apply(op),
         }
     }
 

@@ -10,8 +10,9 @@
 //!
 //! Every operation that must keep the room alive until the actor has
 //! handled it holds an [`InFlight`] guard; the room may stop only when
-//! none is left. A `typing` notice holds a [`TypingSlot`], which bounds
-//! how many are queued.
+//! none is left. A `typing` notice holds a [`QueueSlot`], which bounds
+//! how many are queued; so does each operation another node relayed (a
+//! node that floods the room's subject fills that bound, not memory).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +28,7 @@ use super::actor::RoomMsg;
 use super::RoomKindOwned;
 use crate::cluster::NodeId;
 use crate::delivery::{SessionHandle, SessionId};
-use crate::metrics::TYPING_DROPPED;
+use crate::metrics::{CLUSTER_RELAY_DROPPED, TYPING_DROPPED};
 
 /// `typing` notices a room holds queued at most. Each session may send
 /// 2/s, but a big room's sessions together may send more than its actor
@@ -35,6 +36,12 @@ use crate::metrics::TYPING_DROPPED;
 /// dropped instead of growing the queue. Joins and leaves are bounded by
 /// each session's join rate, publishes by the writer's queue.
 pub(crate) const ROOM_TYPING_QUEUED_MAX: usize = 256;
+/// Operations relayed by other nodes (messages, announced seqs, presence,
+/// rosters asked) a room holds queued at most. NATS bounds what waits in
+/// a subscription; this bounds what the room's relay task has handed on.
+/// Past it they are dropped: a message is replayed from the store with
+/// the room's next message or its next announced seq.
+pub(crate) const ROOM_RELAYED_QUEUED_MAX: usize = 1024;
 
 /// An operation for the room's actor.
 pub(crate) enum RoomOp {
@@ -56,7 +63,7 @@ pub(crate) enum RoomOp {
     Typing {
         user: Arc<str>,
         session: Option<Arc<SessionHandle>>,
-        _slot: TypingSlot,
+        _slot: QueueSlot,
     },
     Members {
         session: Arc<SessionHandle>,
@@ -81,6 +88,12 @@ pub(crate) enum RoomOp {
     RosterAsked,
     /// A node left the cluster: its users are no longer in the room there.
     NodeGone(NodeId),
+    /// An operation another node relayed, counted against
+    /// [`ROOM_RELAYED_QUEUED_MAX`] until done.
+    Relayed {
+        op: Box<RoomOp>,
+        _slot: QueueSlot,
+    },
     /// Stored messages of this room, in seq order, with when each `send`
     /// was decoded (for the send→deliver latency; none when relayed from
     /// another node).
@@ -128,8 +141,10 @@ pub(crate) struct RoomHandle {
     /// A `Wake` is in the actor's mailbox, or the actor is down (it drains
     /// the queue when it starts): no need to send another.
     pub(super) wake_sent: AtomicBool,
-    /// `typing` notices now queued (live [`TypingSlot`]s).
+    /// `typing` notices now queued (live typing [`QueueSlot`]s).
     typing_queued: AtomicUsize,
+    /// Relayed operations now queued (live relayed [`QueueSlot`]s).
+    relayed_queued: AtomicUsize,
     /// In a cluster: the task handing this room what other nodes relay
     /// (`cluster/relay.rs`), aborted when the room closes.
     relay_task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -158,13 +173,37 @@ impl Drop for InFlight {
     }
 }
 
-/// One queued `typing` notice, counted against [`ROOM_TYPING_QUEUED_MAX`]
-/// until dropped.
-pub(crate) struct TypingSlot(Arc<RoomHandle>);
+/// One queued operation of a bounded kind (a `typing` notice, against
+/// [`ROOM_TYPING_QUEUED_MAX`]; a relayed operation, against
+/// [`ROOM_RELAYED_QUEUED_MAX`]), counted until dropped.
+pub(crate) struct QueueSlot {
+    room: Arc<RoomHandle>,
+    typing: bool,
+}
 
-impl Drop for TypingSlot {
+impl QueueSlot {
+    /// A slot, unless `max` are taken already.
+    fn take(room: &Arc<RoomHandle>, typing: bool) -> Option<Self> {
+        let (counter, max) = Self::bound(room, typing);
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self { room: room.clone(), typing })
+    }
+
+    fn bound(room: &RoomHandle, typing: bool) -> (&AtomicUsize, usize) {
+        if typing {
+            (&room.typing_queued, ROOM_TYPING_QUEUED_MAX)
+        } else {
+            (&room.relayed_queued, ROOM_RELAYED_QUEUED_MAX)
+        }
+    }
+}
+
+impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.0.typing_queued.fetch_sub(1, Ordering::AcqRel);
+        Self::bound(&self.room, self.typing).0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -195,6 +234,7 @@ impl RoomHandle {
             // Down until an actor starts and drains the queue.
             wake_sent: AtomicBool::new(true),
             typing_queued: AtomicUsize::new(0),
+            relayed_queued: AtomicUsize::new(0),
             relay_task: Mutex::new(None),
         })
     }
@@ -273,23 +313,28 @@ impl RoomHandle {
     }
 
     fn queue_typing(self: &Arc<Self>, user: Arc<str>, session: Option<Arc<SessionHandle>>) -> bool {
-        if self.typing_queued.fetch_add(1, Ordering::AcqRel) >= ROOM_TYPING_QUEUED_MAX {
-            self.typing_queued.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = QueueSlot::take(self, true) else {
             TYPING_DROPPED.counter().increment(1);
             return false;
-        }
-        let slot = TypingSlot(self.clone());
+        };
         self.enqueue(RoomOp::Typing { user, session, _slot: slot }).is_ok()
     }
 
+    /// Queues an operation another node relayed; false when it was dropped
+    /// (the room holds [`ROOM_RELAYED_QUEUED_MAX`] of them, or is closed).
+    pub(crate) fn relayed(self: &Arc<Self>, op: RoomOp) -> bool {
+        let Some(slot) = QueueSlot::take(self, false) else {
+            CLUSTER_RELAY_DROPPED.counter().increment(1);
+            return false;
+        };
+        self.enqueue(RoomOp::Relayed { op: Box::new(op), _slot: slot }).is_ok()
+    }
+
     /// Messages another node stored and relayed. Dropped when the room is
-    /// closed (its members are gone); the room's actor skips what it has
-    /// and repairs a gap from the store.
-    pub(crate) fn publish_relayed(&self, msgs: Vec<viche_protocol::Msg>) {
-        let op = RoomOp::Publish(msgs.into_iter().map(|m| (m, None)).collect());
-        if let Err(HandleClosed) = self.enqueue(op) {
-            tracing::debug!(room = %self.name, "cluster: relayed messages for a closed room dropped");
-        }
+    /// closed (its members are gone) or full; the room's actor skips what
+    /// it has and repairs a gap from the store.
+    pub(crate) fn publish_relayed(self: &Arc<Self>, msgs: Vec<viche_protocol::Msg>) -> bool {
+        self.relayed(RoomOp::Publish(msgs.into_iter().map(|m| (m, None)).collect()))
     }
 
     /// Queues the replay of what a DM room's users' sessions here may have
@@ -298,17 +343,15 @@ impl RoomHandle {
         let _ = self.enqueue(RoomOp::ReplayRecent { ts_min });
     }
 
-    /// Queues an operation from another node (presence, a roster, a
-    /// node gone); dropped when the room is closed.
-    pub(crate) fn cluster_op(&self, op: RoomOp) {
-        let _ = self.enqueue(op);
+    /// A node left the live set (this node's view of membership: one per
+    /// change, not relayed).
+    pub(crate) fn node_gone(&self, node: NodeId) {
+        let _ = self.enqueue(RoomOp::NodeGone(node));
     }
 
     /// Another node says it stored this room's messages up to `seq`.
-    pub(crate) fn catch_up(&self, seq: u64) {
-        if let Err(HandleClosed) = self.enqueue(RoomOp::CatchUp(seq)) {
-            tracing::debug!(room = %self.name, "cluster: an announced seq for a closed room dropped");
-        }
+    pub(crate) fn catch_up(self: &Arc<Self>, seq: u64) -> bool {
+        self.relayed(RoomOp::CatchUp(seq))
     }
 
     /// Starts handing this room what other nodes relay on `subscription`,
@@ -374,6 +417,21 @@ mod tests {
         let taken = std::mem::take(&mut handle.state.lock().ops);
         drop(taken); // not under the lock: a dropped op may end a guard
         assert!(handle.typing(s), "room again once the queue was taken");
+    }
+
+    #[test]
+    fn relayed_operations_past_the_queue_bound_are_dropped_not_queued() {
+        // No actor: a node flooding the room's subject fills the bound.
+        let handle = Arc::new(RoomHandle::new("lobby".into()).unwrap());
+        let accepted = (1..=ROOM_RELAYED_QUEUED_MAX as u64 + 50).filter(|seq| handle.catch_up(*seq)).count();
+        assert_eq!(accepted, ROOM_RELAYED_QUEUED_MAX);
+        let msg = Msg { room: "lobby".into(), seq: 1, ..Msg::default() };
+        assert!(!handle.publish_relayed(vec![msg.clone()]), "messages share the bound");
+        assert!(handle.typing(session()), "typing has its own bound");
+        let taken = std::mem::take(&mut handle.state.lock().ops);
+        drop(taken); // not under the lock
+        assert_eq!(handle.relayed_queued.load(Ordering::Acquire), 0);
+        assert!(handle.publish_relayed(vec![msg]), "room again once the queue was taken");
     }
 
     #[test]

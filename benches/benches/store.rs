@@ -25,6 +25,7 @@ fn batch(n: usize, next_cid: &AtomicU64, room: &Arc<str>, from: &Arc<str>, body:
             body: body.to_owned(),
             ts_ms: 1_764_000_000_000,
             event: Event::Message { reply_to: None },
+            fence: None,
         })
         .collect()
 }

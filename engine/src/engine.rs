@@ -56,9 +56,13 @@ impl Engine {
             Some(cluster) => Some(Arc::new(Cluster::start(cluster).await?)),
             None => None,
         };
-        let relay = cluster.as_ref().map(|c| c.relay.clone());
-        let writer =
-            writer_parts(store.clone(), health.clone(), config.writer_queue_max, config.writer_batch_max, relay);
+        let writer = writer_parts(
+            store.clone(),
+            health.clone(),
+            config.writer_queue_max,
+            config.writer_batch_max,
+            cluster.clone(),
+        );
         let args = EngineSupervisorArgs { writer: writer.shared().clone(), health: health.clone() };
         let (root, _) =
             Actor::spawn(None, EngineSupervisor, args).await.map_err(|e| anyhow::anyhow!("engine supervisor: {e}"))?;
@@ -75,6 +79,8 @@ impl Engine {
         .await?;
         if let Some(cluster) = &cluster {
             tokio::spawn(cluster.clone().watch_nodes(rooms.clone()));
+            crate::cluster::forward::serve(cluster.clone(), rooms.clone(), writer.clone(), config.body_bytes_max)
+                .await?;
         }
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, (), root.get_cell())
             .await
@@ -274,6 +280,10 @@ impl Engine {
     /// Refreshes the gauges that are sampled at scrape time.
     pub fn sample_metrics(&self) {
         crate::metrics::sample(&self.services.writer);
+        if let Some(cluster) = &self.services.cluster {
+            let owned = self.services.rooms.count_open(|room| cluster.owners.is_mine(room));
+            crate::metrics::CLUSTER_ROOMS_OWNED.gauge().set(owned as f64);
+        }
     }
 
     /// Shutdown, in order: wait (bounded) until the writer has committed

@@ -17,6 +17,7 @@
 //! | `store.last_seq` | every `last_seq` | the call fails (transient) |
 //! | `store.range` | every `range` (replays) | the call fails (transient) |
 //! | `store.trim` | every `trim_room` (retention, purges) | the call fails (the pass is counted `failed` and retried next interval) |
+//! | `cluster.owner` | a node of a cluster choosing a room's owner | this node believes it owns every room (two would-be owners, for the store to fence) |
 //! | `embedded.io` | the embedded store's commit | the commit meets an I/O error (the store reopens its file) |
 //!
 //! Async places (`writer.commit`, `store.*`) evaluate their failpoint on

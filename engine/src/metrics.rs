@@ -305,6 +305,18 @@ metrics_table! {
         "Frames dropped: for the other nodes (the relay's queue full, or NATS refused them), or from them (a room here held 1024 relayed operations); message gaps are repaired from the store.";
     CLUSTER_RELAY_JUNK: "viche_cluster_relay_junk_total", Counter, Count, Live, NO_LABELS,
         "Frames received on a room's subject that did not decode or named another room or an invalid user; dropped.";
+    CLUSTER_FORWARDED: "viche_cluster_forwarded_total", Counter, Count, Live,
+        &[Label { key: "outcome", values: &["ack", "error", "moved", "no_owner", "timeout", "refused"] }],
+        "Messages this node forwarded to the room's owner on another node, by outcome (ack: stored; error: the owner refused it; moved: the owner had lost the room; no_owner: nobody listens on the owner's subject, or the owner left the live set while it waited; timeout: no answer within 5 s; refused: not sent, NATS unreachable or 16384 forwards pending). All but ack answer the client with an error (overloaded, or the owner's).";
+    CLUSTER_FORWARD_DURATION: "viche_cluster_forward_duration_seconds", Histogram, Seconds, Live, NO_LABELS,
+        "From forwarding a message to its room's owner to the owner's answer (its store commit included).";
+    CLUSTER_FORWARDS_SERVED: "viche_cluster_forwards_served_total", Counter, Count, Live,
+        &[Label { key: "outcome", values: &["queued", "not_owner", "refused", "late", "junk"] }],
+        "Messages other nodes forwarded to this node as their room's owner, by outcome (queued: handed to the writer; not_owner: this node does not own the room in its view; refused: the room or the writer refused it; late: older than the 5 s its sender waits, dropped; junk: did not decode or failed validation).";
+    CLUSTER_FENCED: "viche_cluster_fenced_total", Counter, Count, Live, NO_LABELS,
+        "Times this node's write to a room was fenced: another node had claimed the room since (a newer owner epoch in the store) and stored in it. The messages are refused overloaded and the room is forwarded to that node.";
+    CLUSTER_ROOMS_OWNED: "viche_cluster_rooms_owned", Gauge, Count, Sampled, NO_LABELS,
+        "Open rooms this node owns in its view of the live nodes, sampled at scrape.";
     GAP_REPAIRS: "viche_gap_repairs_total", Counter, Count, Live, NO_LABELS,
         "Gaps in a room's seqs met at delivery and replayed from the store before the message after them (in a cluster: a relayed message lost or overtaken).";
 

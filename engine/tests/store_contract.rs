@@ -39,6 +39,7 @@ fn new_msg(room: &str, from: &str, cid: &str, body: &str) -> NewMessage {
         body: body.to_owned(),
         ts_ms: TS,
         event: Event::Message { reply_to: None },
+        fence: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn new_msg(room: &str, from: &str, cid: &str, body: &str) -> NewMessage {
         body: body.to_owned(),
         ts_ms: 1_700_000_000_000,
         event: Event::Message { reply_to: None },
+        fence: None,
     }
 }
 

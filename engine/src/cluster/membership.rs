@@ -5,13 +5,19 @@
 //!
 //! No consensus: two nodes may disagree about the live set for up to the
 //! failover time (a partition, a slow link). What depends on agreement —
-//! one owner per room — is fenced by the store (issue 14), not here.
+//! one owner per room — is fenced by the store (`store::Fence`), not here.
+//!
+//! While this node's connection to NATS is down it keeps the live set it
+//! had: it cannot hear heartbeats, so it cannot tell a dead node from its
+//! own outage, and taking every room over would make it a second writer
+//! of each. It goes on writing the rooms it owned; messages for the
+//! others are refused `overloaded` (they cannot be forwarded). Once back,
+//! a node unheard for the failover time is dropped as usual.
 //!
 //! Bounded: at most `nodes_max` others are tracked (heartbeats naming more
 //! are dropped and counted), a name is at most [`NODE_ID_BYTES_MAX`] bytes,
 //! and the subscription's buffer is NATS's (the client's
-//! `subscription_capacity`). With NATS away the node keeps its own name
-//! live and forgets the others after the failover time.
+//! `subscription_capacity`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +48,7 @@ pub struct MembershipConfig {
 /// the others, as if the node had died).
 pub struct Membership {
     live: watch::Receiver<Vec<NodeId>>,
+    heartbeat_interval: Duration,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
 }
@@ -54,6 +61,8 @@ impl Drop for Membership {
 
 impl Membership {
     /// Subscribes to the heartbeats, sends the first, and keeps both going.
+    /// Returns at once; [`Membership::settle`] waits until the live set
+    /// holds every node that is heart-beating.
     pub async fn start(client: async_nats::Client, config: MembershipConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !config.node_id.is_empty() && config.node_id.len() <= NODE_ID_BYTES_MAX,
@@ -66,8 +75,17 @@ impl Membership {
             client.subscribe(subject.clone()).await.with_context(|| format!("subscribing to {subject}"))?;
         let (tx, live) = watch::channel(vec![config.node_id.clone()]);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let heartbeat_interval = config.failover / 3;
         let task = tokio::spawn(run(client, subject, heartbeats, config, tx, dropped.clone()));
-        Ok(Self { live, dropped, task })
+        Ok(Self { live, heartbeat_interval, dropped, task })
+    }
+
+    /// Waits one heartbeat interval (a third of the failover time): every
+    /// live node has been heard by then (each also answers a node new to
+    /// it at once). A node takes rooms only after this, or it would own
+    /// every room until it heard the others.
+    pub async fn settle(&self) {
+        tokio::time::sleep(self.heartbeat_interval).await;
     }
 
     /// The live nodes, this one included, in name order.
@@ -100,14 +118,23 @@ async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // With NATS away the publish fails (or is buffered by the
-                // client): the others will drop this node, which goes on
-                // serving its own members.
-                if let Err(e) = client.publish(subject.clone(), config.node_id.as_bytes().to_vec().into()).await {
-                    tracing::warn!(error = %e, "cluster: heartbeat not sent");
+                // With NATS away nothing is sent (the client's buffer would
+                // fill and hold this loop): the others drop this node,
+                // which goes on serving its own members.
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                if connected {
+                    if let Err(e) = client.publish(subject.clone(), config.node_id.as_bytes().to_vec().into()).await {
+                        tracing::warn!(error = %e, "cluster: heartbeat not sent");
+                    }
                 }
                 let now = Instant::now();
-                seen.retain(|_, at| now.duration_since(*at) < config.failover);
+                if connected {
+                    seen.retain(|_, at| now.duration_since(*at) < config.failover);
+                } else {
+                    // Deaf: keep the view, and give every node a whole
+                    // failover time to be heard once NATS is back.
+                    seen.values_mut().for_each(|at| *at = now);
+                }
             }
             heartbeat = heartbeats.next() => {
                 let Some(heartbeat) = heartbeat else {
@@ -133,6 +160,11 @@ async fn run(
                     continue;
                 }
                 seen.insert(NodeId::from(name), Instant::now());
+                // A node new to this one may be starting: answer at once,
+                // so that it knows of this node before it takes rooms.
+                if let Err(e) = client.publish(subject.clone(), config.node_id.as_bytes().to_vec().into()).await {
+                    tracing::warn!(error = %e, "cluster: heartbeat not sent");
+                }
             }
         }
         let mut live: Vec<NodeId> = seen.keys().cloned().chain([config.node_id.clone()]).collect();

@@ -2,16 +2,19 @@
 //!
 //! - `membership.rs`: which nodes are alive (heartbeats over NATS).
 //! - `ownership.rs`: which node owns a room (rendezvous hashing over the
-//!   live nodes). Computed and reported; not yet used to route writes.
+//!   live nodes); the owner alone stores the room's messages.
+//! - `forward.rs`: a message for a room owned elsewhere, sent to its owner
+//!   and answered from there.
 //! - `relay.rs`: a room's stored messages and typing notices, relayed to
 //!   every node that has the room open; each delivers to its own members.
 //!
-//! Built so far: any node takes any session; a message is stored by the
-//! node its sender is on, and the store keeps each room's seqs dense and
-//! unique however many nodes write it (MongoDB's unique `(room, seq)`
-//! index; `store/mongo.rs` numbers again after a collision). What is
-//! guaranteed and what is not is in docs/architecture.md ("The cluster").
+//! Any node takes any session. A room's messages are stored by its owner;
+//! MongoDB's unique `(room, seq)` index and the owner epoch of each room's
+//! claim fence two nodes that both believe they own it (`store::Fence`).
+//! What is guaranteed and what is not is in docs/architecture.md ("The
+//! cluster").
 
+pub(crate) mod forward;
 pub mod membership;
 pub mod ownership;
 pub(crate) mod relay;
@@ -22,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+pub use forward::{FORWARDS_PENDING_MAX, FORWARD_TIMEOUT_MS};
 pub use membership::{Membership, MembershipConfig};
+pub(crate) use ownership::Owners;
 pub use ownership::Ring;
 pub use relay::{RELAY_FRAME_BYTES_MAX, RELAY_QUEUE_MAX};
 
@@ -77,8 +82,11 @@ impl std::fmt::Debug for NatsAuth {
 pub(crate) struct Cluster {
     client: async_nats::Client,
     pub relay: Arc<relay::Relay>,
+    pub owners: Arc<Owners>,
+    pub forwarder: Arc<forward::Forwarder>,
     membership: Membership,
     node_id: NodeId,
+    prefix: String,
 }
 
 impl Cluster {
@@ -109,10 +117,15 @@ impl Cluster {
             },
         )
         .await?;
+        membership.settle().await;
+        let owners =
+            Arc::new(Owners::new(node_id.clone(), &membership.live(), Duration::from_millis(config.failover_ms)));
         let mut changes = membership.changes();
+        let ring = owners.clone();
         tokio::spawn(async move {
             loop {
                 let live = changes.borrow_and_update().clone();
+                ring.set_live(&live);
                 CLUSTER_NODES.gauge().set(live.len() as f64);
                 tracing::info!(nodes = ?live, "cluster: live nodes");
                 if changes.changed().await.is_err() {
@@ -121,8 +134,11 @@ impl Cluster {
             }
         });
         let relay = relay::Relay::start(client.clone(), config.prefix.clone(), node_id.clone());
+        let forwarder = forward::Forwarder::start(client.clone(), &config.prefix, &node_id, owners.clone())
+            .await
+            .context("subscribing to forwards' replies")?;
         tracing::info!(node = %node_id, nats = %config.nats_url, prefix = %config.prefix, "cluster: joined");
-        Ok(Self { client, relay, membership, node_id })
+        Ok(Self { client, relay, owners, forwarder, membership, node_id, prefix: config.prefix.clone() })
     }
 
     /// Subscribes to a room's or a user's subject, within [`NATS_WAIT_MS`].
@@ -150,6 +166,7 @@ impl Cluster {
             let back = now.iter().any(|n| left.contains(n));
             left.retain(|n| !now.contains(n));
             for node in &gone {
+                self.forwarder.node_gone(node);
                 if left.len() < NODES_MAX {
                     left.insert(node.clone());
                 }

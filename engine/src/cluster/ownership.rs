@@ -7,10 +7,22 @@
 //! output is fixed by its algorithm, not by the Rust release (std's
 //! `DefaultHasher` promises no such thing): nodes built by different
 //! compilers agree. Two nodes with different views of the live set may
-//! still name different owners for a while; the store must fence that
-//! (issue 14), not this.
+//! still name different owners for a while; the store fences that
+//! (`store::Fence`), not this.
+//!
+//! [`Owners`] is this node's answer to "who writes this room now": the
+//! ring over its view of the live nodes, except for rooms whose write here
+//! was fenced (another node claimed them in the store): those go to that
+//! node for a failover time, after which the ring decides again.
 
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
 
 use rendezvous_hash::{IdNode, NodeHasher, RendezvousNodes};
 use siphasher::sip::SipHasher13;
@@ -56,6 +68,92 @@ impl Ring {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+/// Rooms remembered as held by another node at most (the least recently
+/// fenced are forgotten first: the ring decides for them again).
+pub const HELD_ELSEWHERE_ROOMS_MAX: usize = 65_536;
+
+/// Who writes each room, as this node sees it.
+pub(crate) struct Owners {
+    me: NodeId,
+    /// The ring over the live nodes, and how many times the live set
+    /// changed (a new view claims its rooms in the store again).
+    ring: RwLock<(Ring, u64)>,
+    generation: AtomicU64,
+    /// Rooms whose write here was fenced: the node that claimed them, and
+    /// when this node learned it.
+    held_elsewhere: Mutex<LruCache<Arc<str>, (NodeId, Instant)>>,
+    hold: Duration,
+}
+
+impl Owners {
+    pub(crate) fn new(me: NodeId, live: &[NodeId], hold: Duration) -> Self {
+        Self {
+            me,
+            ring: RwLock::new((Ring::new(live), 0)),
+            generation: AtomicU64::new(0),
+            held_elsewhere: Mutex::new(LruCache::new(
+                NonZeroUsize::new(HELD_ELSEWHERE_ROOMS_MAX).expect("a bound above zero"),
+            )),
+            hold,
+        }
+    }
+
+    /// The live set changed.
+    pub(crate) fn set_live(&self, live: &[NodeId]) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.ring.write() = (Ring::new(live), generation);
+    }
+
+    /// A new view for the store: rooms written from now on are claimed
+    /// again (and rooms lost to another node may be won back).
+    fn next_view(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.ring.write().1 = generation;
+    }
+
+    /// The node that writes `room` now (this one when alone).
+    pub(crate) fn owner(&self, room: &str) -> NodeId {
+        let held = self.held_elsewhere.lock().get(room).cloned();
+        if let Some((holder, since)) = held {
+            if since.elapsed() < self.hold && self.is_live(&holder) {
+                return holder;
+            }
+            // The hold is over: the ring decides again, and this node may
+            // claim the room again (a new view for the store).
+            self.held_elsewhere.lock().pop(room);
+            self.next_view();
+        }
+        // Tests make a node believe it owns every room (engine/src/faults.rs).
+        #[cfg(feature = "failpoints")]
+        if crate::faults::eval_sync("cluster.owner").is_some() {
+            return self.me.clone();
+        }
+        let ring = self.ring.read();
+        ring.0.owner(room).cloned().unwrap_or_else(|| self.me.clone())
+    }
+
+    pub(crate) fn is_mine(&self, room: &str) -> bool {
+        self.owner(room) == self.me
+    }
+
+    fn is_live(&self, node: &NodeId) -> bool {
+        self.ring.read().0.nodes.contains(node)
+    }
+
+    /// What this node's writes carry for the store to fence.
+    pub(crate) fn fence(&self) -> crate::store::Fence {
+        crate::store::Fence { node: self.me.clone(), generation: self.ring.read().1 }
+    }
+
+    /// The store fenced a write of `room` here: `holder` claimed it since.
+    pub(crate) fn moved(&self, room: &str, holder: &str) {
+        if holder.is_empty() || holder == &*self.me || holder.len() > super::NODE_ID_BYTES_MAX {
+            return;
+        }
+        self.held_elsewhere.lock().put(Arc::from(room), (NodeId::from(holder), Instant::now()));
     }
 }
 

@@ -209,6 +209,20 @@ impl Relay {
         }
     }
 
+    /// Queues the answer to a message another node forwarded here, on its
+    /// reply subject: after the room's relayed messages, in one queue.
+    pub(crate) fn reply(&self, subject: String, reply: &super::forward::ForwardReply) {
+        match rmp_serde::to_vec_named(reply) {
+            Ok(payload) => {
+                if self.queue.try_send((subject, Bytes::from(payload))).is_err() {
+                    // The forwarding node answers its client at its deadline.
+                    CLUSTER_RELAY_DROPPED.counter().increment(1);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cluster: a forward's reply did not encode"),
+        }
+    }
+
     /// Queues `frame` on the room's subject, or on both users' subjects
     /// for a DM room; false when the queue was full (it is dropped).
     fn send(&self, room: &str, frame: &RelayedRef<'_>, kind: &'static str) -> bool {

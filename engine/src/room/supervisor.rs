@@ -89,6 +89,11 @@ impl Rooms {
     }
 
     /// The room, if it is open now.
+    /// How many open rooms `keep` says yes to.
+    pub(crate) fn count_open(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.registry.read().values().filter(|h| !h.is_closed() && keep(&h.name)).count()
+    }
+
     pub(crate) fn open_now(&self, name: &str) -> Option<Arc<RoomHandle>> {
         self.registry.read().get(name).filter(|h| !h.is_closed()).cloned()
     }

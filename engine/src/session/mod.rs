@@ -32,7 +32,7 @@ use crate::refusal::Refusal;
 use crate::room::{check_access, RoomHandle};
 use crate::services::Services;
 use crate::store::{Added, Event, NewMessage};
-use crate::writer::{UserWrite, WriteRequest};
+use crate::writer::{AckTo, UserWrite, WriteRequest};
 
 /// What the connection should do after a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Session {
             ClientFrame::Join { req, room, since } => self.join(req, room, since).await,
             ClientFrame::Leave { req, room, forget } => self.leave(req, &room, forget == Some(true)).await,
             ClientFrame::Send { req, room, body, cid, reply_to } => {
-                self.send(req, &room, body, cid, Event::Message { reply_to })
+                self.send(req, &room, body, cid, Event::Message { reply_to }).await
             }
             ClientFrame::Dm { req, to, body, cid, reply_to } => {
                 self.dm(req, &to, body, cid, Event::Message { reply_to }).await
@@ -309,7 +309,7 @@ impl Session {
         Ok(())
     }
 
-    fn send(&mut self, req: u64, room: &str, body: String, cid: String, event: Event) -> Reply {
+    async fn send(&mut self, req: u64, room: &str, body: String, cid: String, event: Event) -> Reply {
         let received_at = Instant::now();
         Self::take(&mut self.send_bucket, self.services.config.send_rate, self.started, "send")?;
         self.check_message(&body, &cid)?;
@@ -317,7 +317,7 @@ impl Session {
         let Some(handle) = self.joined.get(room).cloned() else {
             return refuse(ErrorCode::NotJoined, format!("join {room:?} before sending to it"));
         };
-        self.submit(handle, body, cid, event, req, received_at)
+        self.submit(handle, body, cid, event, req, received_at).await
     }
 
     /// v1.1: an edit, deletion or reaction; like a `send` (rate, ack, cid),
@@ -337,7 +337,7 @@ impl Session {
                 None => return refuse(ErrorCode::NotJoined, format!("join {room:?} before changing its messages")),
             },
         };
-        self.submit(handle, body, cid, event, req, received_at)
+        self.submit(handle, body, cid, event, req, received_at).await
     }
 
     /// The handle of a DM room, kept for the next message of the conversation.
@@ -363,10 +363,12 @@ impl Session {
             return refuse(ErrorCode::Invalid, "cannot send a DM to yourself");
         };
         let handle = self.dm_room(&room).await?;
-        self.submit(handle, body, cid, event, req, received_at)
+        self.submit(handle, body, cid, event, req, received_at).await
     }
 
-    fn submit(
+    /// Hands a message to the writer, or, in a cluster, to the room's
+    /// owner when that is another node (`cluster/forward.rs`).
+    async fn submit(
         &self,
         room: Arc<RoomHandle>,
         body: String,
@@ -383,11 +385,28 @@ impl Session {
             WRITER_REJECTED.counter().increment(1);
             return refuse(ErrorCode::Overloaded, "too many of your messages are waiting to be stored; retry later");
         };
+        let mut message = NewMessage {
+            room: room.name.clone(),
+            from: self.handle.user.clone(),
+            cid,
+            body,
+            ts_ms: 0,
+            event,
+            fence: None,
+        };
+        if let Some(cluster) = &self.services.cluster {
+            let owner = cluster.owners.owner(&room.name);
+            if owner != *cluster.node_id() {
+                drop(in_flight);
+                return cluster.forwarder.forward(&owner, &self.handle, req, message, user_write).await;
+            }
+            message.fence = Some(cluster.owners.fence());
+        }
         let request = WriteRequest {
-            message: NewMessage { room: room.name.clone(), from: self.handle.user.clone(), cid, body, ts_ms: 0, event },
+            message,
             in_flight,
-            _user_write: user_write,
-            ack_to: self.handle.clone(),
+            _user_write: Some(user_write),
+            ack_to: AckTo::Session(self.handle.clone()),
             req,
             received_at,
         };

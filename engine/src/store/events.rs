@@ -24,8 +24,8 @@ pub const MESSAGE_REACTIONS_MAX: usize = 1024;
 /// the oldest removed one is forgotten first).
 pub const USER_REACTIONS_PER_MESSAGE_MAX: usize = 16;
 
-/// What a new row is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a new row is (also what a node forwards to a room's owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// An ordinary message, possibly answering another one.
     Message {
@@ -171,6 +171,7 @@ impl Row {
             body: self.body.clone(),
             ts_ms: self.ts,
             event,
+            fence: None,
         })
     }
 
@@ -307,7 +308,15 @@ mod tests {
     use super::*;
 
     fn new(from: &str, event: Event) -> NewMessage {
-        NewMessage { room: Arc::from("r"), from: Arc::from(from), cid: "c".into(), body: "b".into(), ts_ms: 7, event }
+        NewMessage {
+            room: Arc::from("r"),
+            from: Arc::from(from),
+            cid: "c".into(),
+            body: "b".into(),
+            ts_ms: 7,
+            event,
+            fence: None,
+        }
     }
 
     fn message(from: &str) -> Row {

@@ -43,6 +43,24 @@ pub struct NewMessage {
     pub ts_ms: u64,
     /// An ordinary message, or an edit, deletion or reaction of a target.
     pub event: Event,
+    /// In a cluster: the node writing the room as its owner (`None` on a
+    /// node alone). The MongoDB store fences with it: see [`Fence`].
+    pub fence: Option<Fence>,
+}
+
+/// Who writes a room, for the store to fence (cluster/ownership.rs).
+///
+/// The first write of a room by a node (or the first after its view of the
+/// live nodes changed: a new `generation`) claims the room in the store,
+/// raising the room's owner epoch. A node's insert that collides with a
+/// seq another node stored reads the room's claim: if the epoch is no
+/// longer this node's, the room is answered [`Appended::Moved`] and not
+/// numbered again. So once the room's current owner has stored a seq, a
+/// node that lost the room cannot store any later one.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub node: Arc<str>,
+    pub generation: u64,
 }
 
 /// What became of one message of a batch.
@@ -57,6 +75,9 @@ pub enum Appended {
     /// Not stored: the event's target (or `reply_to`) breaks a rule of
     /// protocol 1.1 (`not_found`, `forbidden`, `invalid`).
     Refused(ErrorCode, &'static str),
+    /// Not stored: another node claimed the room (a newer owner epoch)
+    /// and stored in it; this is that node's name.
+    Moved(String),
 }
 
 /// What became of adding a public room to a user's conversations.

@@ -50,6 +50,18 @@
 //! 5. each room of the batch gets one `$max` of its `last_seq` and
 //!    `last_ts` in `rooms` (a DM room's doc also names its two `users`).
 //!
+//! In a cluster each message carries its writer's `Fence` (`store/mod.rs`). Before a
+//! room's first write by a node (per view of the live nodes), the node
+//! claims it: one `findOneAndUpdate` of the room's doc raises its
+//! `owner_epoch` and names the `owner`; the room's last seq is read after
+//! the claim, and every message stored carries the epoch (`epoch`). When
+//! an insert collides on `(room, seq)` the writer reads the room's claim:
+//! while the epoch is its own it numbers again from the stored last seq
+//! (another node wrote in the room before seeing the claim); once it is
+//! not, the room's unstored messages are answered `Moved` and nothing is
+//! numbered again. The unique index is the fence: the owner's first
+//! stored seq is one the fenced node's next insert must collide with.
+//!
 //! A user's conversations are then read, not written per message: the DM
 //! rooms naming the user (`rooms.users`), the public rooms the user joined
 //! and the read markers (`conversations`), and the user's own newest
@@ -124,6 +136,9 @@ struct MessageDoc {
     /// The seq of the newest event applied to this message (step 4).
     #[serde(default, skip_serializing_if = "is_zero")]
     applied: i64,
+    /// In a cluster: the owner epoch of the node that stored it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    epoch: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +182,7 @@ impl MessageDoc {
                 .collect(),
             edits: row.edits.iter().map(|&s| to_i64(s)).collect(),
             applied: 0,
+            epoch: 0,
         }
     }
 
@@ -250,6 +266,12 @@ struct RoomDoc {
     /// When the oldest stored message was stored (absent: none, or not known).
     #[serde(default)]
     first_ts: Option<i64>,
+    /// In a cluster: the node that claimed the room last, and the claim's
+    /// epoch (raised by each claim).
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    owner_epoch: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,9 +352,24 @@ pub struct MongoStore {
     /// only a durable original is acknowledged again.
     dedupe_read_concern: Option<ReadConcern>,
     last_seq: Arc<Mutex<LruCache<String, u64>>>,
+    /// In a cluster: the rooms this node claimed, with the view of the live
+    /// nodes it claimed them in (`Fence::generation`) and the epoch got.
+    /// Bounded like `last_seq`; a room forgotten is claimed again.
+    claims: Arc<Mutex<LruCache<String, Claim>>>,
     /// Documents per `insert_many` (step 3): unbounded on MongoDB;
     /// `FERRETDB_INSERT_DOCS_MAX` on FerretDB.
     insert_docs_max: usize,
+}
+
+/// This node's claim of a room (a cluster's fence: see the module's doc).
+#[derive(Debug, Clone)]
+struct Claim {
+    /// The view of the live nodes it was made in (`Fence::generation`).
+    generation: u64,
+    epoch: u64,
+    /// Another node claimed the room since: this node writes nothing
+    /// there until its next view.
+    lost_to: Option<String>,
 }
 
 /// FerretDB (1.24) inserts in chunks of 100 documents and, even for an
@@ -424,6 +461,15 @@ impl From<StoreError> for Attempt {
     }
 }
 
+/// What a room's doc gets when it is created: when, and a DM room's users.
+fn room_created(room: &str) -> Document {
+    let mut created = doc! { "created_ms": to_i64(crate::clock::now_ms()) };
+    if let Some(RoomKind::Dm(a, b)) = parse_room(room) {
+        created.insert("users", vec![a, b]);
+    }
+    created
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
@@ -466,6 +512,9 @@ impl MongoStore {
             write_concern,
             dedupe_read_concern,
             last_seq: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(SEQ_CACHE_ROOMS_MAX).expect("the cache holds rooms"),
+            ))),
+            claims: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(SEQ_CACHE_ROOMS_MAX).expect("the cache holds rooms"),
             ))),
             insert_docs_max: if ferretdb { FERRETDB_INSERT_DOCS_MAX } else { usize::MAX },
@@ -597,6 +646,12 @@ impl MongoStore {
     /// The newest stored message's seq, or the room doc's `last_seq` or
     /// `horizon` when larger (its newest messages were removed).
     async fn stored_last_seq(&self, room: &str) -> StoreResult<u64> {
+        Ok(self.stored_last_seq_and_claim(room).await?.0)
+    }
+
+    /// The room's last seq (as [`Self::stored_last_seq`]) and its claim
+    /// (owner, epoch), read together.
+    async fn stored_last_seq_and_claim(&self, room: &str) -> StoreResult<(u64, (String, u64))> {
         let newest = async {
             self.messages
                 .find_one(doc! { "room": room })
@@ -606,7 +661,8 @@ impl MongoStore {
         };
         let (last, room_doc) = futures_util::try_join!(newest, self.room_doc(room))?;
         let newest = last.map_or(0, |d| to_u64(d.seq));
-        Ok(newest.max(to_u64(room_doc.last_seq)).max(to_u64(room_doc.horizon)))
+        let last = newest.max(to_u64(room_doc.last_seq)).max(to_u64(room_doc.horizon));
+        Ok((last, (room_doc.owner.unwrap_or_default(), to_u64(room_doc.owner_epoch))))
     }
 
     /// The originals already stored under these ids (read so that only a
@@ -632,8 +688,9 @@ impl MongoStore {
     }
 
     /// The last seq of each of `rooms`: from the cache, the rest read from
-    /// the database concurrently (one round trip's wait, not one per room).
-    async fn last_seqs(&self, rooms: &[&str]) -> StoreResult<HashMap<String, u64>> {
+    /// the database concurrently (one round trip's wait, not one per room),
+    /// with the claims of those read (owner, epoch).
+    async fn last_seqs(&self, rooms: &[&str]) -> StoreResult<(HashMap<String, u64>, HashMap<String, (String, u64)>)> {
         let mut last = HashMap::with_capacity(rooms.len());
         let mut missing: Vec<String> = Vec::new();
         {
@@ -649,13 +706,17 @@ impl MongoStore {
         }
         let reads = futures_util::stream::iter(missing)
             .map(|room| async move {
-                let seq = self.stored_last_seq(&room).await?;
-                Ok::<_, StoreError>((room, seq))
+                let (seq, claim) = self.stored_last_seq_and_claim(&room).await?;
+                Ok::<_, StoreError>((room, seq, claim))
             })
             .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX);
-        let read: Vec<(String, u64)> = reads.try_collect().await?;
-        last.extend(read);
-        Ok(last)
+        let read: Vec<(String, u64, (String, u64))> = reads.try_collect().await?;
+        let mut claims = HashMap::with_capacity(read.len());
+        for (room, seq, claim) in read {
+            last.insert(room.clone(), seq);
+            claims.insert(room, claim);
+        }
+        Ok((last, claims))
     }
 
     fn forget_rooms<'a>(&self, rooms: impl Iterator<Item = &'a str>) {
@@ -722,6 +783,86 @@ impl MongoStore {
         )))
     }
 
+    /// This node's claim of each fenced room of the batch: its epoch, or
+    /// (in `moved`) the node it lost the room to. A room not claimed in
+    /// this view of the live nodes (`Fence::generation`) is claimed now,
+    /// raising its owner epoch, and its cached last seq is forgotten: it is
+    /// read after the claim. A room lost stays lost until the next view.
+    async fn claim_rooms(
+        &self,
+        batch: &[NewMessage],
+        moved: &mut HashMap<String, String>,
+    ) -> StoreResult<HashMap<String, u64>> {
+        let mut epochs = HashMap::new();
+        for m in batch {
+            let Some(fence) = &m.fence else { continue };
+            if epochs.contains_key(&*m.room) || moved.contains_key(&*m.room) {
+                continue;
+            }
+            let cached = self.claims.lock().get(&*m.room).cloned();
+            match cached {
+                Some(claim) if claim.generation == fence.generation => match claim.lost_to {
+                    Some(holder) => {
+                        moved.insert(m.room.to_string(), holder);
+                    }
+                    None => {
+                        epochs.insert(m.room.to_string(), claim.epoch);
+                    }
+                },
+                _ => {
+                    let claimed = self
+                        .rooms
+                        .clone_with_type::<RoomDoc>()
+                        .find_one_and_update(
+                            doc! { "_id": &*m.room },
+                            doc! {
+                                "$inc": { "owner_epoch": 1_i64 },
+                                "$set": { "owner": &*fence.node },
+                                "$setOnInsert": room_created(&m.room),
+                            },
+                        )
+                        .upsert(true)
+                        .return_document(mongodb::options::ReturnDocument::After)
+                        .write_concern(self.write_concern.clone())
+                        .await
+                        .map_err(|e| unavailable("claiming a room", e))?
+                        .ok_or_else(|| StoreError::Unavailable("claiming a room: no document returned".into()))?;
+                    let epoch = to_u64(claimed.owner_epoch);
+                    tracing::info!(room = %m.room, node = %fence.node, epoch, "cluster: room claimed");
+                    let claim = Claim { generation: fence.generation, epoch, lost_to: None };
+                    self.claims.lock().put(m.room.to_string(), claim);
+                    self.forget_rooms(std::iter::once(&*m.room));
+                    epochs.insert(m.room.to_string(), epoch);
+                }
+            }
+        }
+        Ok(epochs)
+    }
+
+    /// Checks this node's claims against those read with the rooms' last
+    /// seqs (every read of a last seq, hence every numbering that does not
+    /// follow this node's own last insert, is checked): a room claimed
+    /// since by another node is lost to it, and goes into `moved`.
+    fn check_claims(
+        &self,
+        epochs: &HashMap<String, u64>,
+        read: &HashMap<String, (String, u64)>,
+        moved: &mut HashMap<String, String>,
+    ) {
+        for (room, (holder, stored_epoch)) in read {
+            let Some(epoch) = epochs.get(room) else { continue };
+            if stored_epoch == epoch {
+                continue;
+            }
+            tracing::warn!(room, holder, epoch, stored_epoch, "cluster: another node claimed this room; fenced");
+            crate::metrics::CLUSTER_FENCED.counter().increment(1);
+            if let Some(claim) = self.claims.lock().get_mut(room.as_str()) {
+                claim.lost_to = Some(holder.clone());
+            }
+            moved.insert(room.clone(), holder.clone());
+        }
+    }
+
     async fn attempt(&self, batch: &[NewMessage], mut lookup: Lookup) -> Result<Vec<Appended>, Attempt> {
         // 1. What is stored already (a client's retry, or an earlier
         //    attempt of this batch that got in), and the rows named by the
@@ -752,10 +893,14 @@ impl MongoStore {
             .collect();
 
         // 2. Number the new ones, per room, in batch order.
+        // Rooms another node claimed since this one did, with that node.
+        let mut moved: HashMap<String, String> = HashMap::new();
+        let epochs = self.claim_rooms(batch, &mut moved).await?;
         let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        let mut next = self.last_seqs(&rooms).await?;
+        let (mut next, read_claims) = self.last_seqs(&rooms).await?;
+        self.check_claims(&epochs, &read_claims, &mut moved);
         #[cfg(feature = "failpoints")]
         if crate::faults::eval("store.append.between").await.is_some() {
             return Err(StoreError::Unavailable("failpoint store.append.between".into()).into());
@@ -788,6 +933,10 @@ impl MongoStore {
                 } else {
                     Appended::Duplicate(original.msg())
                 });
+                continue;
+            }
+            if let Some(holder) = moved.get(&*m.room) {
+                outcomes.push(Appended::Moved(holder.clone()));
                 continue;
             }
             let key = m.event.names().map(|seq| (m.room.to_string(), seq));
@@ -827,7 +976,8 @@ impl MongoStore {
             *seq += 1;
             let seq = *seq;
             let row = Row::new(m);
-            let doc = MessageDoc::new(id.clone(), &m.room, seq, &row);
+            let mut doc = MessageDoc::new(id.clone(), &m.room, seq, &row);
+            doc.epoch = epochs.get(&*m.room).map_or(0, |e| to_i64(*e));
             if let (Some(_), Some(key)) = (m.event.kind(), key) {
                 let (target, applied, changed) = rows.get_mut(&key).expect("check found the target");
                 erase.extend(events::apply(target, m, seq).into_iter().map(|s| (m.room.to_string(), s)));
@@ -915,14 +1065,10 @@ impl MongoStore {
         }
         let newest: Vec<(String, (u64, u64, u64))> = newest.into_iter().map(|(r, last)| (r.to_owned(), last)).collect();
         let upkeep = newest.into_iter().map(|(room, (last_seq, last_ts, first_ts))| {
-            let mut created = doc! { "created_ms": to_i64(crate::clock::now_ms()) };
-            if let Some(RoomKind::Dm(a, b)) = parse_room(&room) {
-                created.insert("users", vec![a, b]);
-            }
             let update = doc! {
                 "$max": { "last_seq": to_i64(last_seq), "last_ts": to_i64(last_ts) },
                 "$min": { "first_ts": to_i64(first_ts) },
-                "$setOnInsert": created,
+                "$setOnInsert": room_created(&room),
             };
             async move {
                 self.rooms

@@ -103,7 +103,7 @@ impl WriterState {
         WRITER_BATCH_SIZE.histogram().record(self.messages.len() as f64);
 
         std::mem::swap(&mut self.requests, &mut *shared.in_flight.lock());
-        publish(&self.requests, outcomes, shared.relay.as_deref());
+        publish(&self.requests, outcomes, shared.cluster.as_deref());
         let done = self.requests.len();
         self.requests.clear(); // ends each request's InFlight guard
         shared.pending.fetch_sub(done, Ordering::Relaxed);

@@ -34,7 +34,8 @@ use viche_protocol::{ErrorCode, Msg, ServerFrame};
 
 pub(crate) use actor::WriterActor;
 
-use crate::cluster::relay::Relay;
+use crate::cluster::forward::{ForwardReply, MOVED};
+use crate::cluster::Cluster;
 use crate::delivery::{SessionHandle, UserShare};
 use crate::health::Health;
 use crate::metrics::WRITER_REJECTED;
@@ -46,13 +47,22 @@ pub(crate) struct WriteRequest {
     /// The room the message goes to, kept from stopping until the message
     /// is published there (the guard ends when the request is dropped).
     pub in_flight: InFlight,
-    /// The sender's share of the queue, given back when the request ends.
-    pub _user_write: UserWrite,
+    /// The sender's share of the queue, given back when the request ends
+    /// (none for a message another node forwarded: that node holds it).
+    pub _user_write: Option<UserWrite>,
     /// Who gets the `ack`, and the `ref` of its `send`.
-    pub ack_to: Arc<SessionHandle>,
+    pub ack_to: AckTo,
     pub req: u64,
     /// When the session decoded the `send`: the start of send→deliver latency.
     pub received_at: Instant,
+}
+
+/// Where a message's answer (`ack` or error) goes.
+pub(crate) enum AckTo {
+    /// A session of this node.
+    Session(Arc<SessionHandle>),
+    /// The node that forwarded it, on this reply subject.
+    Node(String),
 }
 
 /// One message of a user in the writer's hands: counted against that user's
@@ -85,8 +95,9 @@ pub(crate) struct WriterShared {
     store: Arc<dyn Store>,
     health: Arc<Health>,
     batch_max: usize,
-    /// In a cluster: where each room's new messages go to the other nodes.
-    relay: Option<Arc<Relay>>,
+    /// In a cluster: where each room's new messages go to the other nodes,
+    /// and who owns which room.
+    cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Clone)]
@@ -144,7 +155,7 @@ pub(crate) fn writer_parts(
     health: Arc<Health>,
     queue_max: usize,
     batch_max: usize,
-    relay: Option<Arc<Relay>>,
+    cluster: Option<Arc<Cluster>>,
 ) -> WriterHandle {
     assert!(queue_max > 0 && batch_max > 0);
     let (tx, rx) = mpsc::channel(queue_max);
@@ -155,7 +166,7 @@ pub(crate) fn writer_parts(
         store,
         health,
         batch_max,
-        relay,
+        cluster,
     });
     WriterHandle { tx, shared }
 }
@@ -175,12 +186,13 @@ pub(crate) enum Outcome {
 /// holds an `ack`, any `join` it (or anyone it told) sends later is
 /// ordered after the message in the room's queue, so `ok.seq` includes it.
 /// In a cluster each room's messages are also relayed to the other nodes.
-fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>, relay: Option<&Relay>) {
+fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>, cluster: Option<&Cluster>) {
     debug_assert_eq!(requests.len(), outcomes.len());
     /// A room's new messages of this batch, with when each `send` was decoded.
     type RoomBatch = (Arc<RoomHandle>, Vec<(Msg, Option<Instant>)>);
     let mut per_room: HashMap<*const RoomHandle, RoomBatch> = HashMap::new();
-    let mut answers = Vec::with_capacity(requests.len());
+    // Each answer, with the node now holding the room when it moved.
+    let mut answers: Vec<(ServerFrame, Option<String>)> = Vec::with_capacity(requests.len());
     for (request, outcome) in requests.iter().zip(outcomes) {
         let msg = match outcome {
             Outcome::Appended(Appended::Stored(msg)) => {
@@ -194,26 +206,40 @@ fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>, relay: Option<&Rel
             // committing): that one was never published.
             Outcome::Appended(Appended::Duplicate(msg)) => msg,
             Outcome::Refused => {
-                answers.push(ServerFrame::error(
-                    Some(request.req),
-                    ErrorCode::Internal,
-                    "this message could not be stored; it was not delivered",
+                answers.push((
+                    ServerFrame::error(
+                        Some(request.req),
+                        ErrorCode::Internal,
+                        "this message could not be stored; it was not delivered",
+                    ),
+                    None,
                 ));
                 continue;
             }
             // A v1.1 event (or reply) its target does not allow.
             Outcome::Appended(Appended::Refused(code, why)) => {
-                answers.push(ServerFrame::error(Some(request.req), code, why));
+                answers.push((ServerFrame::error(Some(request.req), code, why), None));
+                continue;
+            }
+            // Fenced: another node claimed the room and stored in it.
+            Outcome::Appended(Appended::Moved(holder)) => {
+                if let Some(cluster) = cluster {
+                    cluster.owners.moved(&request.message.room, &holder);
+                }
+                answers.push((ServerFrame::error(Some(request.req), ErrorCode::Overloaded, MOVED), Some(holder)));
                 continue;
             }
         };
-        answers.push(ServerFrame::Ack {
-            req: request.req,
-            room: msg.room.clone(),
-            seq: msg.seq,
-            cid: msg.cid.clone(),
-            ts: msg.ts,
-        });
+        answers.push((
+            ServerFrame::Ack {
+                req: request.req,
+                room: msg.room.clone(),
+                seq: msg.seq,
+                cid: msg.cid.clone(),
+                ts: msg.ts,
+            },
+            None,
+        ));
         let room = request.in_flight.room();
         if *msg.room == *room.name {
             per_room
@@ -225,14 +251,26 @@ fn publish(requests: &[WriteRequest], outcomes: Vec<Outcome>, relay: Option<&Rel
     }
     for (_, (room, mut msgs)) in per_room {
         msgs.sort_by_key(|(m, _)| m.seq);
-        if let Some(relay) = relay {
+        if let Some(cluster) = cluster {
             let refs: Vec<&Msg> = msgs.iter().map(|(m, _)| m).collect();
-            relay.msgs(&room.name, &refs);
+            cluster.relay.msgs(&room.name, &refs);
         }
         room.publish(msgs);
     }
-    for (request, answer) in requests.iter().zip(&answers) {
-        let _ = request.ack_to.send(answer);
+    for (request, (answer, moved_to)) in requests.iter().zip(answers) {
+        match &request.ack_to {
+            AckTo::Session(session) => {
+                let _ = session.send(&answer);
+            }
+            AckTo::Node(reply) => {
+                let Some(cluster) = cluster else { continue };
+                let reply_frame = match moved_to {
+                    Some(holder) => ForwardReply::Moved { holder },
+                    None => ForwardReply::of(&answer),
+                };
+                cluster.relay.reply(reply.clone(), &reply_frame);
+            }
+        }
     }
     // The caller drops the requests, and with them their InFlight guards:
     // only then may a room count as idle, its publish already queued.

@@ -1,9 +1,12 @@
 //! A room whose members are spread over the nodes of one cluster (one
-//! `nats-server`, one MongoDB database, several `viche` processes): every
-//! member sees every message once, in seq order, whichever node stored
-//! it; a DM reaches every session of both users; typing crosses nodes;
-//! messages stored while NATS is away arrive, in order, once it is back;
-//! junk on a room's subject changes nothing.
+//! `nats-server`, one MongoDB database, several `viche` processes): each
+//! room is stored by its owner, the others forward to it; every member
+//! sees every message once, in seq order; a DM reaches every session of
+//! both users; typing crosses nodes; while NATS is away a room's owner
+//! goes on and the others answer `overloaded`, and what was stored
+//! arrives in order once NATS is back; the owner killed, another takes
+//! the room over; two nodes that both believe they own a room cannot both
+//! store in it; junk on a room's subject changes nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use viche_client::{Ack, ClientError, Connection, ErrorCode, Msg, ServerFrame};
+use viche_engine::cluster::{NodeId, Ring};
 
 use crate::common::*;
 
@@ -43,6 +47,11 @@ async fn cluster(test: &str, n: usize) -> Option<Cluster> {
 impl Cluster {
     /// Starts node `n{i}` (i: the next index) and adds it.
     async fn add_node(&mut self) {
+        self.add_node_with_failpoints(None).await;
+    }
+
+    /// Starts node `n{i}` with these failpoints (`FAILPOINTS`) and adds it.
+    async fn add_node_with_failpoints(&mut self, failpoints: Option<&str>) {
         let args = [
             "--cluster-nats",
             &self.nats.url(),
@@ -57,6 +66,7 @@ impl Cluster {
             mongo_uri: Some(self.uri.clone()),
             mongo_db: Some(self.db.clone()),
             admin: true,
+            failpoints: failpoints.map(String::from),
             ..Opts::with_args(&args)
         };
         opts.extra_args.extend(self.extra.iter().cloned());
@@ -78,21 +88,58 @@ async fn wait_for_live_nodes(node: &Server, expected: &[&str]) {
     }
 }
 
-/// Sends to `room` until `stop` is set, one message at a time; returns
-/// the acks, and stops at the first failure (its node was killed).
-fn keep_sending(mut conn: Connection, room: &'static str, tag: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Ack>> {
+/// The node that owns `room` when `nodes` are live (as every node computes it).
+fn owner_of(nodes: usize, room: &str) -> usize {
+    let live: Vec<NodeId> = (0..nodes).map(|i| NodeId::from(format!("n{i}"))).collect();
+    let owner = Ring::new(&live).owner(room).expect("a live node").clone();
+    live.iter().position(|n| *n == owner).expect("one of them")
+}
+
+/// Sends to `room` until `stop` is set, one message at a time, retrying
+/// one refused `overloaded` (its room moving between nodes) or
+/// `rate_limited` with the same cid; returns the acks with when each
+/// came, and stops at the first other failure (its node was killed).
+fn keep_sending(
+    mut conn: Connection,
+    room: &'static str,
+    tag: String,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<(Ack, Instant)>> {
     tokio::spawn(async move {
         let mut acks = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             match conn.send(room, "traffic", &format!("{tag}-{}", acks.len())).await {
-                Ok(ack) => acks.push(ack),
-                Err(ClientError::Server { code: ErrorCode::RateLimited, .. }) => {}
-                Err(_) => break,
+                Ok(ack) => acks.push((ack, Instant::now())),
+                Err(ClientError::Server { code: ErrorCode::RateLimited | ErrorCode::Overloaded, .. }) => {}
+                Err(e) => {
+                    eprintln!("{tag}: sending stopped: {e}");
+                    break;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         acks
     })
+}
+
+/// One `send`, retried with the same cid while it is refused `overloaded`
+/// or `rate_limited` (bounded by `T`); how many times it was refused
+/// `overloaded`.
+async fn send_through_overloaded(conn: &mut Connection, room: &str, cid: &str) -> (Ack, usize) {
+    let deadline = Instant::now() + T;
+    let mut overloaded = 0;
+    loop {
+        match conn.send(room, "body", cid).await {
+            Ok(ack) => return (ack, overloaded),
+            Err(ClientError::Server { code, .. })
+                if matches!(code, ErrorCode::Overloaded | ErrorCode::RateLimited) && Instant::now() < deadline =>
+            {
+                overloaded += usize::from(code == ErrorCode::Overloaded);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("send {cid} to {room}: {e}"),
+        }
+    }
 }
 
 /// Receives until `conn` has every seq up to `last` (true), or `within`
@@ -169,10 +216,22 @@ async fn a_room_with_members_on_three_nodes_sees_every_message_once_in_seq_order
     let token = c.nodes[2].user("reader").await;
     let history = full_history_http(&c.nodes[2], &token, "lobby").await;
     assert_eq!(seqs(&history), (1..=total).collect::<Vec<_>>());
-    // Each node saw the others' messages arrive over NATS.
-    for node in &c.nodes {
+    // The owner stored everything and relayed it; the others forwarded
+    // their senders' messages to it; nothing was fenced.
+    let owner = owner_of(3, "lobby");
+    for (i, node) in c.nodes.iter().enumerate() {
         let relayed = scrape_value(node, r#"viche_cluster_relayed_total{kind="msgs"}"#).await;
-        assert!(relayed >= 1.0, "node {} relayed its messages ({relayed})", node.port());
+        let forwarded = scrape_value(node, r#"viche_cluster_forwarded_total{outcome="ack"}"#).await;
+        let served = scrape_value(node, r#"viche_cluster_forwards_served_total{outcome="queued"}"#).await;
+        if i == owner {
+            assert!(relayed >= 1.0, "the owner n{i} relayed the messages ({relayed})");
+            assert_eq!(forwarded, 0.0, "the owner n{i} forwards nothing");
+            assert_eq!(served, (2 * PER_NODE) as f64, "the owner n{i} stored the others' senders' messages");
+        } else {
+            assert_eq!(relayed, 0.0, "n{i} owns nothing here and stores nothing");
+            assert_eq!(forwarded, PER_NODE as f64, "n{i} forwarded its sender's messages to the owner");
+        }
+        assert_eq!(scrape_value(node, "viche_cluster_fenced_total").await, 0.0);
     }
 }
 
@@ -211,8 +270,10 @@ async fn nodes_see_each_other_and_typing_crosses_nodes_but_not_back_to_the_typis
 async fn messages_stored_during_a_10_s_nats_outage_arrive_in_order_after_it_and_junk_changes_nothing() {
     let test = "messages_stored_during_a_10_s_nats_outage_arrive_in_order_after_it_and_junk_changes_nothing";
     let Some(mut c) = cluster(test, 2).await else { return };
-    let mut alice = c.nodes[0].session("alice").await;
-    let mut bob = c.nodes[1].session("bob").await;
+    // alice on the room's owner, bob on the other node.
+    let owner = owner_of(2, "lobby");
+    let mut alice = c.nodes[owner].session("alice").await;
+    let mut bob = c.nodes[1 - owner].session("bob").await;
     alice.join("lobby", None).await.unwrap();
     bob.join("lobby", None).await.unwrap();
     let (mut at_alice, mut at_bob) = (Vec::new(), Vec::new());
@@ -229,35 +290,48 @@ async fn messages_stored_during_a_10_s_nats_outage_arrive_in_order_after_it_and_
     stranger.flush().await.unwrap();
     drop(stranger);
     let deadline = Instant::now() + T;
-    while scrape_value(&c.nodes[1], "viche_cluster_relay_junk_total").await < 2.0 {
+    while scrape_value(&c.nodes[1 - owner], "viche_cluster_relay_junk_total").await < 2.0 {
         assert!(Instant::now() < deadline, "the junk was never counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // NATS goes away for 10 s; both nodes go on storing their own
-    // senders' messages meanwhile.
+    // NATS goes away for 10 s: the owner goes on storing alice's
+    // messages; bob's node cannot reach the owner, and says so.
     let port = c.nats.port;
     c.nats.stop();
     let outage = Instant::now();
     let mut round = 0;
     let mut last = 0;
+    let mut bob_refused = 0;
     while outage.elapsed() < Duration::from_secs(10) {
         round += 1;
-        send_retrying(&mut alice, "lobby", "away", &format!("away-a-{round}")).await;
-        last = send_retrying(&mut bob, "lobby", "away", &format!("away-b-{round}")).await.seq;
+        last = send_retrying(&mut alice, "lobby", "away", &format!("away-a-{round}")).await.seq;
+        match bob.send("lobby", "away", &format!("away-b-{round}")).await {
+            Err(ClientError::Server { code: ErrorCode::Overloaded, .. }) => bob_refused += 1,
+            // Before bob's node noticed that NATS is gone.
+            Ok(ack) if bob_refused == 0 => last = last.max(ack.seq),
+            other => panic!("bob's send to a room owned across a NATS outage: {other:?}"),
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(bob_refused >= 10, "{bob_refused}");
+    // bob's node kept its view of the cluster: the room is not taken over.
+    assert_eq!(scrape_value(&c.nodes[1 - owner], "viche_cluster_nodes").await, 2.0);
     c.nats = Nats::start(Some(port));
-    // Nobody writes now: what each side missed arrives anyway, in order,
-    // once the nodes are back on NATS (each announces the last seq of the
-    // rooms it wrote lately).
-    receive_through(&mut alice, &mut at_alice, last, "alice").await;
+    // What bob missed arrives, in order, once the nodes are back on NATS
+    // (the owner announces the last seq of the rooms it wrote lately);
+    // then bob writes again, through the owner.
     receive_through(&mut bob, &mut at_bob, last, "bob").await;
-    assert_eq!(seqs(&at_alice), (1..=last).collect::<Vec<_>>());
-    assert_eq!(seqs(&at_bob), (1..=last).collect::<Vec<_>>());
-    let repairs: f64 = scrape_value(&c.nodes[0], "viche_gap_repairs_total").await
-        + scrape_value(&c.nodes[1], "viche_gap_repairs_total").await;
-    assert!(repairs >= 1.0, "what NATS did not carry was repaired from the store");
+    let (again, _) = send_through_overloaded(&mut bob, "lobby", "after").await;
+    assert_eq!(again.seq, last + 1);
+    receive_through(&mut alice, &mut at_alice, again.seq, "alice").await;
+    receive_through(&mut bob, &mut at_bob, again.seq, "bob").await;
+    assert_eq!(seqs(&at_alice), (1..=again.seq).collect::<Vec<_>>());
+    assert_eq!(seqs(&at_bob), (1..=again.seq).collect::<Vec<_>>());
+    // (What the owner relayed during the outage is carried late, if its
+    // NATS client held it, or repaired from the store: either way, above.)
+    let refused = scrape_value(&c.nodes[1 - owner], r#"viche_cluster_forwarded_total{outcome="refused"}"#).await;
+    assert!(refused >= 10.0, "bob's node counted what it could not forward ({refused})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,10 +368,11 @@ async fn a_dm_reaches_every_session_of_both_users_on_every_node_once_in_order() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_mid_traffic_loses_no_acknowledged_message_and_its_clients_resume_on_another() {
-    let test = "a_node_killed_mid_traffic_loses_no_acknowledged_message_and_its_clients_resume_on_another";
+async fn the_owner_killed_mid_traffic_loses_no_acknowledged_message_and_its_room_is_taken_over_within_seconds() {
+    let test = "the_owner_killed_mid_traffic_loses_no_acknowledged_message_and_its_room_is_taken_over_within_seconds";
     let Some(mut c) = cluster(test, 3).await else { return };
     let token = |user: &str| mint(user, now_s() + 3600);
+    let owner = owner_of(3, "lobby");
     let mut listeners = Vec::new();
     for i in 0..3 {
         c.nodes[i].user(&format!("member{i}")).await;
@@ -313,49 +388,64 @@ async fn a_node_killed_mid_traffic_loses_no_acknowledged_message_and_its_clients
         conn.join("lobby", None).await.unwrap();
         senders.push(keep_sending(conn, "lobby", format!("s{i}"), stop.clone()));
     }
-    // Traffic from all three, then node 1 dies mid-traffic.
+    // Traffic from all three, then the room's owner dies mid-traffic.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    c.nodes[1].kill9();
-    let mut member1 = listeners.remove(1);
-    let mut seen1 = Vec::new();
+    c.nodes[owner].kill9();
+    let killed_at = Instant::now();
+    let mut orphan = listeners.remove(owner);
+    let mut seen = Vec::new();
     loop {
-        match member1.recv_msg(T).await {
+        match orphan.recv_msg(T).await {
             Ok(msg) => {
-                let expected = seen1.last().map_or(1, |m: &Msg| m.seq + 1);
-                assert_eq!(msg.seq, expected, "member1 before the kill: in order, once each");
-                seen1.push(msg);
+                let expected = seen.last().map_or(1, |m: &Msg| m.seq + 1);
+                assert_eq!(msg.seq, expected, "the owner's member before the kill: in order, once each");
+                seen.push(msg);
             }
-            Err(e) if e.is_timeout() => panic!("member1's connection should close with its node: {e}"),
+            Err(e) if e.is_timeout() => panic!("the owner's member's connection should close with it: {e}"),
             Err(_) => break, // closed with its node
         }
     }
-    // Its member comes back on node 2, from the last seq it saw.
-    let mut member1 = c.nodes[2].connect(&token("member1")).await;
-    let since = seen1.last().map_or(0, |m| m.seq);
-    member1.join("lobby", Some(since)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its member comes back on another node, from the last seq it saw.
+    let other = (owner + 1) % 3;
+    let mut orphan = c.nodes[other].connect(&token(&format!("member{owner}"))).await;
+    let since = seen.last().map_or(0, |m| m.seq);
+    orphan.join("lobby", Some(since)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut acks: Vec<Ack> = Vec::new();
+    let mut acks: Vec<(Ack, Instant)> = Vec::new();
     for sender in senders {
         acks.extend(sender.await.expect("a sender"));
     }
-    let last = acks.iter().map(|a| a.seq).max().expect("acknowledged messages");
+    let last = acks.iter().map(|(a, _)| a.seq).max().expect("acknowledged messages");
     // Every acknowledged message is stored, the seqs dense.
-    let reader = c.nodes[0].user("reader").await;
-    let history = full_history_http(&c.nodes[0], &reader, "lobby").await;
+    let reader = c.nodes[other].user("reader").await;
+    let history = full_history_http(&c.nodes[other], &reader, "lobby").await;
     let stored = seqs(&history);
     assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>(), "dense");
-    for ack in &acks {
+    for (ack, _) in &acks {
         assert_eq!(history[ack.seq as usize - 1].cid, ack.cid, "acknowledged seq {} is stored as acked", ack.seq);
     }
     // The survivors' members, and the resumed one, have everything once, in order.
     let total = stored.len() as u64;
     assert!(total >= last);
-    receive_through(&mut member1, &mut seen1, total, "member1, resumed on n2").await;
-    for (conn, who) in listeners.iter_mut().zip(["member0", "member2"]) {
+    receive_through(&mut orphan, &mut seen, total, "the owner's member, resumed").await;
+    for (i, conn) in listeners.iter_mut().enumerate() {
         let mut got = Vec::new();
-        receive_through(conn, &mut got, total, who).await;
+        receive_through(conn, &mut got, total, &format!("a survivor's member ({i})")).await;
     }
+    // The failover: from the kill to the first message stored by the new
+    // owner (acknowledged past every seq acknowledged before the kill).
+    let before = acks.iter().filter(|(_, at)| *at < killed_at).map(|(a, _)| a.seq).max().unwrap_or(0);
+    let first_after = acks
+        .iter()
+        .filter(|(a, at)| *at >= killed_at && a.seq > before)
+        .map(|(_, at)| *at)
+        .min()
+        .expect("the survivors stored messages after the kill");
+    let failover = first_after - killed_at;
+    eprintln!("failover: the first message stored by the new owner was acknowledged {failover:?} after the kill (--cluster-failover-ms 1000)");
+    // The failover time plus a second, and two more for a loaded machine.
+    assert!(failover < Duration::from_millis(1000 + 1000 + 2000), "{failover:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,10 +468,12 @@ async fn a_node_joining_mid_traffic_serves_the_room_at_once_and_loses_nothing() 
     c.add_node().await;
     let mut member2 = c.nodes[2].connect(&token("member2")).await;
     member2.join("lobby", Some(0)).await.unwrap();
-    let ack = member2.send("lobby", "from the new node", "new-node").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // (Refused `overloaded` while the room moves to its new owner.)
+    let (ack, _) = send_through_overloaded(&mut member2, "lobby", "new-node").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
-    let last = sending.await.expect("the sender").iter().map(|a| a.seq).max().unwrap().max(ack.seq);
+    let acks = sending.await.expect("the sender");
+    let last = acks.iter().map(|(a, _)| a.seq).max().unwrap().max(ack.seq);
     for (who, conn) in [("member0", &mut member0), ("member2 on the new node", &mut member2)] {
         let mut got = Vec::new();
         receive_through(conn, &mut got, last, who).await;
@@ -402,27 +494,114 @@ async fn a_node_joining_mid_traffic_serves_the_room_at_once_and_loses_nothing() 
 async fn a_dm_room_opening_on_a_node_first_replays_what_other_nodes_stored_for_its_sessions() {
     let test = "a_dm_room_opening_on_a_node_first_replays_what_other_nodes_stored_for_its_sessions";
     let Some(mut c) = cluster(test, 2).await else { return };
-    c.nodes[0].user("alice").await;
-    c.nodes[1].user("bob").await;
+    // alice on the DM room's owner, bob on the other node.
+    let owner = owner_of(2, "dm:alice:bob");
+    c.nodes[owner].user("alice").await;
+    c.nodes[1 - owner].user("bob").await;
     let token = |user: &str| mint(user, now_s() + 3600);
-    let mut alice = c.nodes[0].connect(&token("alice")).await;
-    let mut bob = c.nodes[1].connect(&token("bob")).await;
+    let mut alice = c.nodes[owner].connect(&token("alice")).await;
+    let mut bob = c.nodes[1 - owner].connect(&token("bob")).await;
     // With NATS away, nothing is relayed: bob's node learns of alice's DM
-    // only from MongoDB, when bob's own DM opens the room there.
+    // only from MongoDB, when bob's own DM opens the room there (which
+    // cannot reach the owner, and says so).
     let port = c.nats.port;
     c.nats.stop();
-    let first = alice.dm("bob", "stored on n0", "a-1").await.unwrap();
-    let second = bob.dm("alice", "stored on n1", "b-1").await.unwrap();
-    assert_eq!((first.seq, second.seq), (1, 2));
+    let first = alice.dm("bob", "stored by the owner", "a-1").await.unwrap();
+    assert_eq!(first.seq, 1);
+    match bob.dm("alice", "from bob", "b-1").await {
+        Err(ClientError::Server { code: ErrorCode::Overloaded, .. }) => {}
+        other => panic!("bob's DM across a NATS outage: {other:?}"),
+    }
     let mut got = Vec::new();
-    receive_through(&mut bob, &mut got, 2, "bob on n1").await;
-    assert_eq!(got.iter().map(|m| m.cid.as_str()).collect::<Vec<_>>(), ["a-1", "b-1"]);
-    // Once NATS is back, alice gets bob's, and nobody gets anything twice.
+    receive_through(&mut bob, &mut got, 1, "bob").await;
+    assert_eq!(got[0].cid, "a-1");
+    // Once NATS is back bob's DM goes through the owner; nobody gets
+    // anything twice.
     c.nats = Nats::start(Some(port));
+    let deadline = Instant::now() + T;
+    let second = loop {
+        match bob.dm("alice", "from bob", "b-1").await {
+            Ok(ack) => break ack,
+            Err(ClientError::Server { code: ErrorCode::Overloaded, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bob's DM after the outage: {e}"),
+        }
+    };
+    assert_eq!(second.seq, 2);
+    receive_through(&mut bob, &mut got, 2, "bob").await;
     let mut at_alice = Vec::new();
-    receive_through(&mut alice, &mut at_alice, 2, "alice on n0").await;
+    receive_through(&mut alice, &mut at_alice, 2, "alice").await;
+    assert_eq!(at_alice.iter().map(|m| m.cid.as_str()).collect::<Vec<_>>(), ["a-1", "b-1"]);
     assert_none(&mut bob, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
     assert_none(&mut alice, "a DM twice", |f| matches!(f, ServerFrame::Msg(_))).await;
+}
+
+/// Two nodes that both believe they own a room (one forced by the
+/// `cluster.owner` failpoint to believe it owns every room) and both take
+/// sends for it: the store fences them. Each acknowledged message is
+/// stored once, the seqs are dense, and in seq order the owner epochs of
+/// the stored messages never go back: once a node's claim has stored a
+/// message, a node with an older claim stores nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_both_believe_they_own_a_room_cannot_both_store_in_it() {
+    let test = "two_nodes_that_both_believe_they_own_a_room_cannot_both_store_in_it";
+    let Some(uri) = mongo_or_skip(test) else { return };
+    let mut c = cluster(test, 1).await.expect("MongoDB is there");
+    // The room's rightful owner is n0 or n1; the other one believes it owns
+    // every room.
+    let room = (0..).map(|i| format!("contested{i}")).find(|r| owner_of(2, r) == 0).unwrap();
+    let room: &'static str = Box::leak(room.into_boxed_str());
+    c.add_node_with_failpoints(Some("cluster.owner=return")).await;
+    wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
+    wait_for_live_nodes(&c.nodes[1], &["n0", "n1"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut conn = node.session(&format!("s{i}{j}")).await;
+            conn.join(room, None).await.unwrap();
+            senders.push(keep_sending(conn, room, format!("s{i}{j}"), stop.clone()));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acks: Vec<Ack> = Vec::new();
+    for sender in senders {
+        acks.extend(sender.await.expect("a sender").into_iter().map(|(a, _)| a));
+    }
+    // Stored once each, dense, as acknowledged.
+    let mut acked: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    acked.sort_unstable();
+    acked.dedup();
+    assert_eq!(acked.len(), acks.len(), "no seq acknowledged twice");
+    let client = mongodb::Client::with_uri_str(&uri).await.expect("connecting to MongoDB");
+    let messages = client.database(&c.db).collection::<mongodb::bson::Document>("messages");
+    let docs: Vec<mongodb::bson::Document> = futures_util::TryStreamExt::try_collect(
+        messages.find(mongodb::bson::doc! { "room": room }).sort(mongodb::bson::doc! { "seq": 1 }).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored: Vec<u64> = docs.iter().map(|d| d.get_i64("seq").unwrap() as u64).collect();
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>(), "dense, each seq once");
+    for ack in &acks {
+        let doc = &docs[ack.seq as usize - 1];
+        assert_eq!(doc.get_str("cid").unwrap(), ack.cid, "seq {} is stored as acknowledged", ack.seq);
+    }
+    let mut cids: Vec<&str> = docs.iter().map(|d| d.get_str("cid").unwrap()).collect();
+    cids.sort_unstable();
+    let n = cids.len();
+    cids.dedup();
+    assert_eq!(cids.len(), n, "no message stored twice");
+    // The fence: in seq order, epochs never go back.
+    let epochs: Vec<i64> = docs.iter().map(|d| d.get_i64("epoch").expect("an owner epoch")).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "a node with an older claim stored after a newer one: {epochs:?}");
+    // Both nodes wrote the room as its owner, so one was fenced.
+    let fenced = scrape_value(&c.nodes[0], "viche_cluster_fenced_total").await
+        + scrape_value(&c.nodes[1], "viche_cluster_fenced_total").await;
+    assert!(fenced >= 1.0, "the two would-be owners met in the store");
+    let claims = epochs.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(claims >= 2, "messages of both claims were stored: {epochs:?}");
 }
 
 /// Waits for `presence` of `user` with `online` in `room` on `conn`.

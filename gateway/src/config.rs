@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use viche_engine::cluster::{ClusterConfig, NatsAuth};
+use viche_engine::cluster::{ClusterConfig, NatsAuth, NatsTls};
 use viche_engine::config::{self as engine, EngineConfig};
 use viche_protocol::limits::{self, Rate};
 
@@ -285,9 +285,21 @@ pub struct Args {
     pub store_size_alert_bytes: u64,
 
     /// Join a cluster whose nodes talk through this NATS server
-    /// (`nats://HOST:PORT`). Needs --mongo-uri: the nodes share one MongoDB.
+    /// (`nats://HOST:PORT`, or `tls://HOST:PORT` to require TLS). Needs
+    /// --mongo-uri: the nodes share one MongoDB.
     #[arg(long, env = "VICHE_CLUSTER_NATS")]
     pub cluster_nats: Option<String>,
+    /// TLS to NATS: trust the certificates this CA (PEM file) signed, as
+    /// well as the system's roots. Implies TLS.
+    #[arg(long, env = "VICHE_CLUSTER_NATS_CA")]
+    pub cluster_nats_ca: Option<PathBuf>,
+    /// TLS to NATS: this node's certificate (PEM), for a NATS that verifies
+    /// its clients (with --cluster-nats-key). Implies TLS.
+    #[arg(long, env = "VICHE_CLUSTER_NATS_CERT")]
+    pub cluster_nats_cert: Option<PathBuf>,
+    /// TLS to NATS: the key of --cluster-nats-cert (PEM).
+    #[arg(long, env = "VICHE_CLUSTER_NATS_KEY")]
+    pub cluster_nats_key: Option<PathBuf>,
     /// The NATS user, when NATS asks for one (with --cluster-nats-password).
     #[arg(long, env = "VICHE_CLUSTER_NATS_USER")]
     pub cluster_nats_user: Option<String>,
@@ -301,16 +313,27 @@ pub struct Args {
     /// A node not heard from for this long is gone.
     #[arg(long, env = "VICHE_CLUSTER_FAILOVER_MS", default_value_t = viche_engine::cluster::FAILOVER_MS_DEFAULT)]
     pub cluster_failover_ms: u64,
+    /// How often each node restates who is in each room it has open, so
+    /// that presence lost between nodes is corrected.
+    #[arg(long, env = "VICHE_CLUSTER_ROSTER_MS", default_value_t = viche_engine::cluster::ROSTER_MS_DEFAULT)]
+    pub cluster_roster_ms: u64,
     /// NATS subjects start with this, so that clusters may share one NATS:
     /// `A-Z a-z 0-9 _ -` tokens joined by `.`, at most 64 bytes.
     #[arg(long, env = "VICHE_CLUSTER_PREFIX", default_value = "viche")]
     pub cluster_prefix: String,
 }
 
+fn url_wants_tls(url: &str) -> bool {
+    url.starts_with("tls://")
+}
+
 /// `--cluster-failover-ms`'s bounds: short enough to fail over, long
 /// enough that a busy node's heartbeat is not missed.
 pub const CLUSTER_FAILOVER_MS_MIN: u64 = 300;
 pub const CLUSTER_FAILOVER_MS_MAX: u64 = 600_000;
+/// `--cluster-roster-ms`'s bounds: a roster a second at most per room.
+pub const CLUSTER_ROSTER_MS_MIN: u64 = 1_000;
+pub const CLUSTER_ROSTER_MS_MAX: u64 = 3_600_000;
 /// `--cluster-prefix`'s longest.
 pub const CLUSTER_PREFIX_BYTES_MAX: usize = 64;
 
@@ -490,11 +513,20 @@ impl Args {
 
     fn validate_cluster(&self) -> Result<(), String> {
         let Some(url) = &self.cluster_nats else {
-            if self.node_id.is_some() || self.cluster_nats_user.is_some() || self.cluster_nats_password.is_some() {
-                return Err("--node-id and --cluster-nats-user/-password need --cluster-nats".into());
+            if self.node_id.is_some()
+                || self.cluster_nats_user.is_some()
+                || self.cluster_nats_password.is_some()
+                || self.cluster_nats_ca.is_some()
+                || self.cluster_nats_cert.is_some()
+                || self.cluster_nats_key.is_some()
+            {
+                return Err("--node-id and the other --cluster-nats-* flags need --cluster-nats".into());
             }
             return Ok(());
         };
+        if self.cluster_nats_cert.is_some() != self.cluster_nats_key.is_some() {
+            return Err("--cluster-nats-cert and --cluster-nats-key go together".into());
+        }
         if self.cluster_nats_user.is_some() != self.cluster_nats_password.is_some()
             || self.cluster_nats_user.as_deref() == Some("")
         {
@@ -503,8 +535,9 @@ impl Args {
         if self.mongo_uri.is_none() {
             return Err("--cluster-nats needs --mongo-uri: the nodes of a cluster share one MongoDB, and the embedded store belongs to one process".into());
         }
-        if !url.starts_with("nats://") || url.len() <= "nats://".len() {
-            return Err("--cluster-nats must be a nats:// URL (TLS to NATS is not supported yet)".into());
+        let host = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://"));
+        if host.is_none_or(str::is_empty) {
+            return Err("--cluster-nats must be a nats:// or tls:// URL".into());
         }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > viche_engine::cluster::NODE_ID_BYTES_MAX || !id.chars().all(is_name_char) {
@@ -518,6 +551,9 @@ impl Args {
             return Err(format!(
                 "--cluster-failover-ms must be {CLUSTER_FAILOVER_MS_MIN} to {CLUSTER_FAILOVER_MS_MAX}"
             ));
+        }
+        if !(CLUSTER_ROSTER_MS_MIN..=CLUSTER_ROSTER_MS_MAX).contains(&self.cluster_roster_ms) {
+            return Err(format!("--cluster-roster-ms must be {CLUSTER_ROSTER_MS_MIN} to {CLUSTER_ROSTER_MS_MAX}"));
         }
         let prefix = &self.cluster_prefix;
         let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -537,12 +573,19 @@ impl Args {
             (Some(user), Some(password)) => Some(NatsAuth { user: user.clone(), password: password.clone() }),
             _ => None,
         };
+        let tls = url_wants_tls(&nats_url) || self.cluster_nats_ca.is_some() || self.cluster_nats_cert.is_some();
+        let nats_tls = tls.then(|| NatsTls {
+            ca: self.cluster_nats_ca.clone(),
+            client: self.cluster_nats_cert.clone().zip(self.cluster_nats_key.clone()),
+        });
         Some(ClusterConfig {
             nats_url,
             nats_auth,
+            nats_tls,
             node_id,
             failover_ms: self.cluster_failover_ms,
             prefix: self.cluster_prefix.clone(),
+            roster_ms: self.cluster_roster_ms,
         })
     }
 
@@ -654,6 +697,8 @@ mod tests {
         assert!(embedded.contains("--mongo-uri") && embedded.contains("embedded"), "{embedded}");
         assert!(validated(&["--node-id", "a"]).unwrap_err().contains("--cluster-nats"));
         assert!(validated(&["--cluster-nats-user", "a"]).unwrap_err().contains("--cluster-nats"));
+        assert!(validated(&["--cluster-nats-ca", "ca.pem"]).unwrap_err().contains("--cluster-nats"));
+        assert_eq!(with(&["--cluster-nats", "tls://n:4222", "--cluster-nats-ca", "ca.pem"]), Ok(()));
         assert_eq!(
             with(&["--cluster-nats", "nats://n:4222", "--cluster-nats-user", "u", "--cluster-nats-password", "p"]),
             Ok(())
@@ -667,12 +712,16 @@ mod tests {
             ([&nats[..], &["--node-id", &"n".repeat(65)]].concat(), "--node-id"),
             ([&nats[..], &["--cluster-failover-ms", "299"]].concat(), "--cluster-failover-ms"),
             ([&nats[..], &["--cluster-failover-ms", "600001"]].concat(), "--cluster-failover-ms"),
+            ([&nats[..], &["--cluster-roster-ms", "999"]].concat(), "--cluster-roster-ms"),
             ([&nats[..], &["--cluster-prefix", "a.*"]].concat(), "--cluster-prefix"),
             ([&nats[..], &["--cluster-prefix", "a..b"]].concat(), "--cluster-prefix"),
             ([&nats[..], &["--cluster-prefix", ""]].concat(), "--cluster-prefix"),
             ([&nats[..], &["--cluster-nats-user", "u"]].concat(), "--cluster-nats-password"),
             ([&nats[..], &["--cluster-nats-password", "p"]].concat(), "--cluster-nats-user"),
             ([&nats[..], &["--cluster-nats-user", "", "--cluster-nats-password", "p"]].concat(), "--cluster-nats-user"),
+            ([&nats[..], &["--cluster-nats-cert", "c.pem"]].concat(), "--cluster-nats-key"),
+            ([&nats[..], &["--cluster-nats-key", "k.pem"]].concat(), "--cluster-nats-cert"),
+            (vec!["--cluster-nats", "tls://"], "--cluster-nats"),
         ] {
             let refused = with(&bad).unwrap_err();
             assert!(refused.contains(flag), "{bad:?}: {refused}");

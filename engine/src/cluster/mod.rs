@@ -50,6 +50,12 @@ pub const SUBSCRIPTION_FRAMES_MAX: usize = 4096;
 /// replays what was stored since its users' first session there, less
 /// this (a few messages from just before may be replayed too).
 pub const CLOCK_SKEW_MS: u64 = 2_000;
+/// `--cluster-roster-ms`'s default.
+pub const ROSTER_MS_DEFAULT: u64 = 30_000;
+/// Roster periods a node may stay silent in a room before the others
+/// forget its users there.
+pub const ROSTER_SILENT_PERIODS_MAX: u32 = 3;
+
 /// How long connecting to NATS at start, or subscribing to a room, may take.
 pub const NATS_WAIT_MS: u64 = 5_000;
 
@@ -59,10 +65,14 @@ pub struct ClusterConfig {
     pub nats_url: String,
     /// NATS's user and password, when it asks for them.
     pub nats_auth: Option<NatsAuth>,
+    /// TLS to NATS (a `tls://` URL, or a CA or client certificate given).
+    pub nats_tls: Option<NatsTls>,
     pub node_id: String,
     pub failover_ms: u64,
     /// Subjects start with this, so that clusters can share one NATS.
     pub prefix: String,
+    /// How often each node restates who is in each room it has open.
+    pub roster_ms: u64,
 }
 
 /// A NATS user and password (`--cluster-nats-user`, `--cluster-nats-password`).
@@ -70,6 +80,15 @@ pub struct ClusterConfig {
 pub struct NatsAuth {
     pub user: String,
     pub password: String,
+}
+
+/// TLS to NATS (`--cluster-nats-ca`, `--cluster-nats-cert`/`-key`): the
+/// server's certificate is checked against the system's roots and `ca`.
+#[derive(Debug, Clone)]
+pub struct NatsTls {
+    pub ca: Option<std::path::PathBuf>,
+    /// This node's certificate and key, for a NATS that verifies clients.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -97,6 +116,15 @@ impl Cluster {
         let mut options = async_nats::ConnectOptions::new();
         if let Some(auth) = &config.nats_auth {
             options = options.user_and_password(auth.user.clone(), auth.password.clone());
+        }
+        if let Some(tls) = &config.nats_tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
         }
         let client = options
             .name(format!("viche {node_id}"))
@@ -182,6 +210,23 @@ impl Cluster {
                 }
             }
             live = now;
+        }
+    }
+
+    /// Every `roster_ms`, each open public room here tells the others who
+    /// is in it here, and forgets the users of nodes silent in it for
+    /// [`ROSTER_SILENT_PERIODS_MAX`] periods: presence lost on the way
+    /// (core NATS is at-most-once) is corrected within a period.
+    pub(crate) async fn refresh_rosters(self: Arc<Self>, rooms: crate::room::Rooms, roster_ms: u64) {
+        let period = Duration::from_millis(roster_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for room in rooms.open_public() {
+                room.refresh_roster(period * ROSTER_SILENT_PERIODS_MAX);
+            }
         }
     }
 

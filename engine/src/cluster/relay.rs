@@ -72,7 +72,18 @@ pub(crate) enum Relayed {
     /// `node` opened `room`: the others answer with a roster.
     Hello { room: String, node: String },
     /// Some of the users in `room` on `node` (a roster comes in chunks).
-    Roster { room: String, node: String, users: Vec<String> },
+    /// `parts` 0: an answer to `Hello`, adding to what is known; else part
+    /// `part` of `parts` of a periodic roster, which, complete, replaces
+    /// what is known of `node` in `room`.
+    Roster {
+        room: String,
+        node: String,
+        users: Vec<String>,
+        #[serde(default)]
+        part: u32,
+        #[serde(default)]
+        parts: u32,
+    },
 }
 
 /// [`Relayed`] as sent: borrowed, so relaying copies no message.
@@ -83,7 +94,7 @@ enum RelayedRef<'a> {
     Last { room: &'a str, seq: u64 },
     Presence { room: &'a str, node: &'a str, user: &'a str, online: bool },
     Hello { room: &'a str, node: &'a str },
-    Roster { room: &'a str, node: &'a str, users: &'a [&'a str] },
+    Roster { room: &'a str, node: &'a str, users: &'a [&'a str], part: u32, parts: u32 },
 }
 
 /// Names in one roster frame, at most (a roster is cut into frames).
@@ -202,10 +213,19 @@ impl Relay {
     }
 
     /// Tells the other nodes who is in `room` here, in frames of at most
-    /// [`ROSTER_FRAME_USERS_MAX`] names.
-    pub(crate) fn roster(&self, room: &str, users: &[&str]) {
-        for chunk in users.chunks(ROSTER_FRAME_USERS_MAX) {
-            self.send(room, &RelayedRef::Roster { room, node: &self.node_id, users: chunk }, "roster");
+    /// [`ROSTER_FRAME_USERS_MAX`] names: an answer to `Hello` (`full`
+    /// false), or the periodic roster, which replaces what they know of
+    /// this node's users there (sent even when empty).
+    pub(crate) fn roster(&self, room: &str, users: &[&str], full: bool) {
+        let parts = users.len().div_ceil(ROSTER_FRAME_USERS_MAX).max(1);
+        let chunks = users.chunks(ROSTER_FRAME_USERS_MAX).chain((users.is_empty()).then_some(&[][..]));
+        for (part, chunk) in chunks.enumerate() {
+            let (part, parts) = if full { (part as u32, parts as u32) } else { (0, 0) };
+            if !full && chunk.is_empty() {
+                continue;
+            }
+            let frame = RelayedRef::Roster { room, node: &self.node_id, users: chunk, part, parts };
+            self.send(room, &frame, "roster");
         }
     }
 
@@ -291,14 +311,18 @@ pub(crate) async fn follow(mut subscription: async_nats::Subscriber, room: Arc<R
             Ok(Relayed::Hello { room: name, node }) if *name == *room.name && is_node_id(&node) => {
                 room.relayed(RoomOp::RosterAsked);
             }
-            Ok(Relayed::Roster { room: name, node, users })
+            Ok(Relayed::Roster { room: name, node, users, part, parts })
                 if *name == *room.name
                     && is_node_id(&node)
                     && users.len() <= ROSTER_FRAME_USERS_MAX
-                    && users.iter().all(|u| is_valid_username(u)) =>
+                    && users.iter().all(|u| is_valid_username(u))
+                    && (parts == 0 || part < parts) =>
             {
                 let users = users.into_iter().map(Arc::from).collect();
-                room.relayed(RoomOp::RemotePresence { node: node.into(), users, online: true });
+                room.relayed(match parts {
+                    0 => RoomOp::RemotePresence { node: node.into(), users, online: true },
+                    _ => RoomOp::RemoteRoster { node: node.into(), users, part, parts },
+                });
             }
             _ => {
                 CLUSTER_RELAY_JUNK.counter().increment(1);

@@ -16,7 +16,7 @@
 //! room that cannot load its last seq after [`INIT_ATTEMPTS_MAX`] tries
 //! tells its members and its queued joiners to join again, and stops.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -231,7 +231,11 @@ impl RoomActorState {
             RoomOp::RemotePresence { node, users, online } => {
                 self.remote_presence(node, std::mem::take(users), *online)
             }
-            RoomOp::RosterAsked => self.roster(),
+            RoomOp::RosterAsked => self.roster(false),
+            RoomOp::RemoteRoster { node, users, part, parts } => {
+                self.remote_roster(node, std::mem::take(users), *part, *parts)
+            }
+            RoomOp::RefreshRoster { silent_max } => self.refresh_roster(*silent_max),
             RoomOp::NodeGone(node) => self.node_gone(node),
             RoomOp::Relayed { op, .. } => self.apply(op),
         }
@@ -248,6 +252,8 @@ impl RoomActorState {
         state.user_sessions.clear();
         state.present.clear();
         state.remote.clear();
+        state.remote_heard.clear();
+        state.remote_rosters.clear();
         state.json_members = 0;
         let ops = std::mem::take(&mut state.ops);
         drop(state);
@@ -440,6 +446,7 @@ impl RoomActorState {
             CLUSTER_RELAY_JUNK.counter().increment(1);
             return;
         }
+        state.remote_heard.insert(node.clone(), Instant::now());
         for user in users {
             let set = state.remote.entry(node.clone()).or_default();
             let changed = if online {
@@ -449,6 +456,7 @@ impl RoomActorState {
             };
             if set.is_empty() {
                 state.remote.remove(node);
+                state.remote_heard.remove(node);
             }
             if !changed {
                 continue;
@@ -461,18 +469,74 @@ impl RoomActorState {
         }
     }
 
-    /// Another node opened the room: it is told who is in it here.
-    fn roster(&mut self) {
+    /// Tells the other nodes who is in the room here: another node opened
+    /// it (`full` false: nothing to say when nobody is), or it is time for
+    /// the periodic roster (`full`: said even when nobody is, so that a
+    /// lost `Presence` is corrected within a period).
+    fn roster(&mut self, full: bool) {
         let Some(relay) = &self.relay else { return };
         let state = self.handle.state.lock();
         let users: Vec<&str> = state.user_sessions.keys().map(|u| &**u).collect();
-        if !users.is_empty() {
-            relay.roster(&self.handle.name, &users);
+        if full || !users.is_empty() {
+            relay.roster(&self.handle.name, &users, full);
+        }
+    }
+
+    /// Part of another node's periodic roster. Parts arrive in order (one
+    /// publisher, one subject); one missing drops the roster (the next
+    /// period's corrects). Complete, it replaces what is known of `node`.
+    fn remote_roster(&mut self, node: &NodeId, users: Vec<Arc<str>>, part: u32, parts: u32) {
+        let complete = {
+            let mut state = self.handle.state.lock();
+            if part == 0 {
+                state.remote_rosters.remove(node);
+                if state.remote_rosters.len() >= crate::cluster::NODES_MAX {
+                    CLUSTER_RELAY_JUNK.counter().increment(1);
+                    return;
+                }
+                state.remote_rosters.insert(node.clone(), (0, BTreeSet::new()));
+            }
+            let Some((next, names)) = state.remote_rosters.get_mut(node) else { return };
+            if *next != part {
+                state.remote_rosters.remove(node);
+                return;
+            }
+            *next += 1;
+            let room_left = ROOM_REMOTE_USERS_PER_NODE_MAX.saturating_sub(names.len());
+            names.extend(users.into_iter().take(room_left));
+            if part + 1 < parts {
+                return;
+            }
+            let (_, names) = state.remote_rosters.remove(node).expect("just seen");
+            names
+        };
+        let known: BTreeSet<Arc<str>> = self.handle.state.lock().remote.get(node).cloned().unwrap_or_default();
+        let gone: Vec<Arc<str>> = known.difference(&complete).cloned().collect();
+        let came: Vec<Arc<str>> = complete.difference(&known).cloned().collect();
+        self.remote_presence(node, gone, false);
+        self.remote_presence(node, came, true);
+        self.handle.state.lock().remote_heard.insert(node.clone(), Instant::now());
+    }
+
+    /// The periodic roster: this node's users here to the others, and the
+    /// users of nodes silent for `silent_max` forgotten (a node that closed
+    /// the room, and whose last `Presence` was lost).
+    fn refresh_roster(&mut self, silent_max: Duration) {
+        self.roster(true);
+        let silent: Vec<NodeId> = {
+            let mut state = self.handle.state.lock();
+            let state = &mut *state;
+            let heard = &state.remote_heard;
+            state.remote.keys().filter(|n| heard.get(*n).is_none_or(|at| at.elapsed() >= silent_max)).cloned().collect()
+        };
+        for node in silent {
+            self.node_gone(&node);
         }
     }
 
     /// A node left the cluster: its users left the room there.
     fn node_gone(&mut self, node: &NodeId) {
+        self.handle.state.lock().remote_rosters.remove(node);
         let users: Vec<Arc<str>> = match self.handle.state.lock().remote.get(node) {
             Some(users) => users.iter().cloned().collect(),
             None => return,

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ractor::ActorRef;
@@ -86,6 +86,19 @@ pub(crate) enum RoomOp {
     },
     /// Another node opened the room: tell it who is here.
     RosterAsked,
+    /// Part of another node's periodic roster: complete, it replaces what
+    /// is known of that node's users here.
+    RemoteRoster {
+        node: NodeId,
+        users: Vec<Arc<str>>,
+        part: u32,
+        parts: u32,
+    },
+    /// Time for this node's periodic roster; forget the users of a node
+    /// not heard from in `silent_max`.
+    RefreshRoster {
+        silent_max: Duration,
+    },
     /// A node left the cluster: its users are no longer in the room there.
     NodeGone(NodeId),
     /// An operation another node relayed, counted against
@@ -113,6 +126,12 @@ pub(crate) struct RoomState {
     /// In a cluster: the users in the room on each other node, as those
     /// nodes said (`cluster/relay.rs`).
     pub remote: HashMap<NodeId, BTreeSet<Arc<str>>>,
+    /// When each node in `remote` last said who is here (a roster or a
+    /// presence): a node silent for three roster periods is forgotten.
+    pub remote_heard: HashMap<NodeId, Instant>,
+    /// Periodic rosters being received, per node: the next part expected
+    /// and the names so far.
+    pub remote_rosters: HashMap<NodeId, (u32, BTreeSet<Arc<str>>)>,
     /// Users in the room, in name order (for `ok.members` and `members`
     /// pages), with how many nodes they are present on, this one included:
     /// presence changes at 0 ↔ 1.
@@ -222,6 +241,8 @@ impl RoomHandle {
                 member_index: HashMap::new(),
                 user_sessions: BTreeMap::new(),
                 remote: HashMap::new(),
+                remote_heard: HashMap::new(),
+                remote_rosters: HashMap::new(),
                 present: BTreeMap::new(),
                 json_members: 0,
                 last_published: 0,
@@ -341,6 +362,11 @@ impl RoomHandle {
     /// missed before the room opened (the room's first operation).
     pub(crate) fn replay_recent(&self, ts_min: u64) {
         let _ = self.enqueue(RoomOp::ReplayRecent { ts_min });
+    }
+
+    /// Time for the periodic roster (one per period, not relayed).
+    pub(crate) fn refresh_roster(&self, silent_max: Duration) {
+        let _ = self.enqueue(RoomOp::RefreshRoster { silent_max });
     }
 
     /// A node left the live set (this node's view of membership: one per

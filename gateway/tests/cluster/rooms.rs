@@ -33,11 +33,17 @@ struct Cluster {
 /// `n` nodes on one NATS and one fresh database; `None` to skip (no
 /// MongoDB outside CI).
 async fn cluster(test: &str, n: usize) -> Option<Cluster> {
+    cluster_with(test, n, &[]).await
+}
+
+/// As [`cluster`], every node with more flags.
+async fn cluster_with(test: &str, n: usize, extra: &[&str]) -> Option<Cluster> {
     let uri = mongo_or_skip(test)?;
     let db = unique_db_name();
     // Its own subjects too: tests share nothing.
     let prefix = db.clone();
-    let mut c = Cluster { nats: Nats::start(None), nodes: Vec::with_capacity(n), prefix, uri, db, extra: Vec::new() };
+    let extra = extra.iter().map(|f| f.to_string()).collect();
+    let mut c = Cluster { nats: Nats::start(None), nodes: Vec::with_capacity(n), prefix, uri, db, extra };
     for _ in 0..n {
         c.add_node().await;
     }
@@ -690,23 +696,147 @@ async fn a_nats_that_asks_for_a_password_admits_only_nodes_that_give_the_right_o
 
     // A node with the wrong password, or none, does not start, and says why.
     for creds in [&["--cluster-nats-user", "viche", "--cluster-nats-password", "wrong-password"][..], &[]] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_viche"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("VICHE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--mongo-uri", &uri, "--mongo-db", &db])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--cluster-nats", &c.nats.url(), "--node-id", "intruder", "--cluster-prefix", &c.prefix])
-            .args(creds)
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(T, cmd.output()).await.expect("the node gives up in time").unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a node without the right password started: {stderr}");
-        assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+        assert_node_cannot_reach_nats(&c, &c.nats.url(), creds).await;
     }
     wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
+}
+
+/// A node started on `c`'s database with `nats_url` and `flags` exits
+/// non-zero, saying it cannot reach NATS.
+async fn assert_node_cannot_reach_nats(c: &Cluster, nats_url: &str, flags: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_viche"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("VICHE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--mongo-uri", &c.uri, "--mongo-db", &c.db])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--cluster-nats", nats_url, "--node-id", "intruder", "--cluster-prefix", &c.prefix])
+        .args(flags)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(T, cmd.output()).await.expect("the node gives up in time").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node with {flags:?} started: {stderr}");
+    assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_that_requires_tls_admits_only_nodes_that_trust_its_certificate() {
+    let test = "a_nats_that_requires_tls_admits_only_nodes_that_trust_its_certificate";
+    let Some(uri) = mongo_or_skip(test) else { return };
+    let certs = tempfile::tempdir().unwrap();
+    let write_cert = |name: &str| {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let (pem, key) = (certs.path().join(format!("{name}.pem")), certs.path().join(format!("{name}-key.pem")));
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&key, key_pair.serialize_pem()).unwrap();
+        (pem.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+    };
+    let (nats_pem, nats_key) = write_cert("nats");
+    let (other_pem, _) = write_cert("other");
+    let nats = Nats::start_with(None, &["--tls", "--tlscert", &nats_pem, "--tlskey", &nats_key]);
+    let db = unique_db_name();
+    let extra = vec!["--cluster-nats-ca".to_string(), nats_pem.clone()];
+    let mut c = Cluster { nats, nodes: Vec::new(), prefix: db.clone(), uri, db, extra };
+    c.add_node().await;
+    c.add_node().await;
+    for node in &c.nodes {
+        wait_for_live_nodes(node, &["n0", "n1"]).await;
+    }
+    let mut alice = c.nodes[0].session("alice").await;
+    let mut bob = c.nodes[1].session("bob").await;
+    alice.join("lobby", None).await.unwrap();
+    bob.join("lobby", None).await.unwrap();
+    let ack = alice.send("lobby", "over TLS", "tls-1").await.unwrap();
+    let mut got = Vec::new();
+    receive_through(&mut bob, &mut got, ack.seq, "bob").await;
+
+    // Without TLS, trusting another certificate, or asking for TLS
+    // without trusting this one: the node does not start, and says why.
+    let tls_url = format!("tls://127.0.0.1:{}", c.nats.port);
+    assert_node_cannot_reach_nats(&c, &c.nats.url(), &[]).await;
+    assert_node_cannot_reach_nats(&c, &c.nats.url(), &["--cluster-nats-ca", &other_pem]).await;
+    assert_node_cannot_reach_nats(&c, &tls_url, &[]).await;
+    wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
+}
+
+/// What a stranger on the cluster's NATS publishes on a node's forward
+/// subject: junk is answered `invalid`, a forward a session could not have
+/// sent (a DM room of others, a bad cid) is answered as the session would
+/// have been, one without a reply subject is dropped, and one older than
+/// its sender's deadline is dropped unanswered; each is counted, and
+/// nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_and_late_forwards_are_refused_and_store_nothing() {
+    let test = "junk_and_late_forwards_are_refused_and_store_nothing";
+    let Some(c) = cluster(test, 2).await else { return };
+    let owner = owner_of(2, "lobby");
+    let stranger = async_nats::connect(c.nats.url()).await.expect("connect to nats-server");
+    let subject = format!("{}.node.n{owner}.write", c.prefix);
+    let ask = |payload: Vec<u8>| {
+        let (stranger, subject) = (stranger.clone(), subject.clone());
+        async move {
+            let reply = tokio::time::timeout(Duration::from_secs(2), stranger.request(subject, payload.into())).await;
+            reply.ok().map(|r| rmp_serde::from_slice::<serde_json::Value>(&r.expect("a reply").payload).unwrap())
+        }
+    };
+    let forward = |room: &str, from: &str, cid: &str, sent_ms: u64| {
+        rmp_serde::to_vec_named(&serde_json::json!({
+            "sent_ms": sent_ms, "room": room, "from": from, "cid": cid, "body": "hi",
+            "event": { "Message": { "reply_to": null } },
+        }))
+        .unwrap()
+    };
+    let answer = ask(b"\xc1 not msgpack".to_vec()).await.expect("junk is answered");
+    assert_eq!(answer["Error"]["code"], "invalid", "{answer}");
+    let answer = ask(forward("dm:alice:bob", "mallory", "c1", now_ms())).await.expect("answered");
+    assert_eq!(answer["Error"]["code"], "forbidden", "{answer}");
+    let answer = ask(forward("lobby", "mallory", "", now_ms())).await.expect("answered");
+    assert_eq!(answer["Error"]["code"], "invalid", "{answer}");
+    // No reply subject: nobody to answer.
+    stranger.publish(subject.clone(), forward("lobby", "mallory", "c2", now_ms()).into()).await.unwrap();
+    // Ten seconds old: its sender gave up on it long ago.
+    assert!(ask(forward("lobby", "mallory", "c3", now_ms() - 10_000)).await.is_none(), "a late forward is dropped");
+    let node = &c.nodes[owner];
+    let junk = scrape_value(node, r#"viche_cluster_forwards_served_total{outcome="junk"}"#).await;
+    assert_eq!(junk, 4.0, "junk, forbidden, invalid cid, no reply subject");
+    let late = scrape_value(node, r#"viche_cluster_forwards_served_total{outcome="late"}"#).await;
+    assert_eq!(late, 1.0);
+    assert_eq!(scrape_value(node, "viche_messages_stored_total").await, 0.0, "nothing was stored");
+}
+
+/// Presence lost between nodes is corrected: each node restates who is in
+/// its rooms every `--cluster-roster-ms`, which replaces what the others
+/// believed of it, and the users of a node silent for three periods are
+/// forgotten. (A stranger on NATS plays the lost frames: a `Presence`
+/// claiming n1 has a user it does not have, and one from a node that
+/// never restates anything.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lost_between_nodes_is_corrected_by_the_periodic_roster() {
+    let test = "presence_lost_between_nodes_is_corrected_by_the_periodic_roster";
+    let Some(c) = cluster_with(test, 2, &["--cluster-roster-ms", "1000"]).await else { return };
+    let mut alice = c.nodes[0].session("alice").await;
+    let mut bob = c.nodes[1].session("bob").await;
+    alice.join("lobby", None).await.unwrap();
+    bob.join("lobby", None).await.unwrap();
+    wait_presence(&mut alice, "alice", "bob", true).await;
+    let stranger = async_nats::connect(c.nats.url()).await.expect("connect to nats-server");
+    let subject = format!("{}.room.lobby", c.prefix);
+    for (node, user) in [("n1", "phantom"), ("ghost", "casper")] {
+        let frame = serde_json::json!({ "Presence": { "room": "lobby", "node": node, "user": user, "online": true } });
+        stranger.publish(subject.clone(), rmp_serde::to_vec_named(&frame).unwrap().into()).await.unwrap();
+    }
+    stranger.flush().await.unwrap();
+    wait_presence(&mut alice, "alice", "phantom", true).await;
+    wait_presence(&mut alice, "alice", "casper", true).await;
+    // n1's next roster does not name phantom; ghost never speaks again.
+    wait_presence(&mut alice, "alice", "phantom", false).await;
+    wait_presence(&mut alice, "alice", "casper", false).await;
+    // bob, really on n1, stays.
+    let (users, _) = alice.members("lobby", None).await.unwrap();
+    assert_eq!(users, ["alice", "bob"]);
 }

@@ -312,7 +312,7 @@ metrics_table! {
         "From forwarding a message to its room's owner to the owner's answer (its store commit included).";
     CLUSTER_FORWARDS_SERVED: "viche_cluster_forwards_served_total", Counter, Count, Live,
         &[Label { key: "outcome", values: &["queued", "not_owner", "refused", "late", "junk"] }],
-        "Messages other nodes forwarded to this node as their room's owner, by outcome (queued: handed to the writer; not_owner: this node does not own the room in its view; refused: the room or the writer refused it; late: older than the 5 s its sender waits, dropped; junk: did not decode or failed validation).";
+        "Messages other nodes forwarded to this node as their room's owner, by outcome (queued: handed to the writer; not_owner: this node does not own the room in its view; refused: the room or the writer refused it; late: older than the 5 s its sender waits plus 2 s of clock skew, dropped; junk: did not decode or failed validation).";
     CLUSTER_FENCED: "viche_cluster_fenced_total", Counter, Count, Live, NO_LABELS,
         "Times this node's write to a room was fenced: another node had claimed the room since (a newer owner epoch in the store) and stored in it. The messages are refused overloaded and the room is forwarded to that node.";
     CLUSTER_ROOMS_OWNED: "viche_cluster_rooms_owned", Gauge, Count, Sampled, NO_LABELS,

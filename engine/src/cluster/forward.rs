@@ -54,6 +54,9 @@ use crate::writer::{AckTo, UserWrite, WriteRequest, WriterHandle};
 pub const FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// Forwards waiting for an answer on one node, at most.
 pub const FORWARDS_PENDING_MAX: usize = 16_384;
+/// A forward older than this, by the owner's clock, is dropped unstored:
+/// its sender's deadline, plus the clock skew the nodes may have.
+const FORWARD_LATE_MS: u64 = FORWARD_TIMEOUT_MS + super::CLOCK_SKEW_MS;
 /// How long handing a forward to the NATS client may take (its buffer is
 /// full only when NATS is away).
 const FORWARD_PUBLISH_WAIT_MS: u64 = 1_000;
@@ -64,7 +67,7 @@ const FORWARD_SWEEP_MS: u64 = 250;
 #[derive(Debug, Serialize, Deserialize)]
 struct Forward {
     /// When the forwarding node sent it (ms since the epoch): the owner
-    /// drops a forward older than [`FORWARD_TIMEOUT_MS`] (the NATS client
+    /// drops a forward older than [`FORWARD_LATE_MS`] (the NATS client
     /// may have held it through an outage), which its sender was already
     /// answered `overloaded` for.
     sent_ms: u64,
@@ -320,7 +323,7 @@ pub(crate) async fn serve(
                 continue;
             };
             let answer = match rmp_serde::from_slice::<Forward>(&message.payload) {
-                Ok(forward) if crate::clock::now_ms() > forward.sent_ms.saturating_add(FORWARD_TIMEOUT_MS) => {
+                Ok(forward) if crate::clock::now_ms() > forward.sent_ms.saturating_add(FORWARD_LATE_MS) => {
                     CLUSTER_FORWARDS_SERVED.counter_with("late").increment(1);
                     continue;
                 }

@@ -684,10 +684,22 @@ async fn a_nats_that_asks_for_a_password_admits_only_nodes_that_give_the_right_o
         return;
     };
     let nats = Nats::start_with(None, &["--user", "viche", "--pass", "cluster-secret-1"]);
-    let db = unique_db_name();
     let password = ["--cluster-nats-user", "viche", "--cluster-nats-password", "cluster-secret-1"];
-    let extra = password.map(String::from).to_vec();
-    let mut c = Cluster { nats, nodes: Vec::new(), prefix: db.clone(), uri: uri.clone(), db: db.clone(), extra };
+    let c = two_nodes_that_chat(nats, uri, &password).await;
+
+    // A node with the wrong password, or none, does not start, and says why.
+    for creds in [&["--cluster-nats-user", "viche", "--cluster-nats-password", "wrong-password"][..], &[]] {
+        assert_node_cannot_reach_nats(&c, &c.nats.url(), creds).await;
+    }
+    wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
+}
+
+/// Two nodes on `nats` (and a fresh database), each with `flags`, that
+/// see each other and carry a message from one to the other.
+async fn two_nodes_that_chat(nats: Nats, uri: String, flags: &[&str]) -> Cluster {
+    let db = unique_db_name();
+    let extra = flags.iter().map(|f| f.to_string()).collect();
+    let mut c = Cluster { nats, nodes: Vec::new(), prefix: db.clone(), uri, db, extra };
     c.add_node().await;
     c.add_node().await;
     for node in &c.nodes {
@@ -697,15 +709,10 @@ async fn a_nats_that_asks_for_a_password_admits_only_nodes_that_give_the_right_o
     let mut bob = c.nodes[1].session("bob").await;
     alice.join("lobby", None).await.unwrap();
     bob.join("lobby", None).await.unwrap();
-    let ack = alice.send("lobby", "over an authenticated NATS", "auth-1").await.unwrap();
+    let ack = alice.send("lobby", "from one node to the other", "hop-1").await.unwrap();
     let mut got = Vec::new();
     receive_through(&mut bob, &mut got, ack.seq, "bob").await;
-
-    // A node with the wrong password, or none, does not start, and says why.
-    for creds in [&["--cluster-nats-user", "viche", "--cluster-nats-password", "wrong-password"][..], &[]] {
-        assert_node_cannot_reach_nats(&c, &c.nats.url(), creds).await;
-    }
-    wait_for_live_nodes(&c.nodes[0], &["n0", "n1"]).await;
+    c
 }
 
 /// A node started on `c`'s database with `nats_url` and `flags` exits
@@ -746,21 +753,7 @@ async fn a_nats_that_requires_tls_admits_only_nodes_that_trust_its_certificate()
     let (nats_pem, nats_key) = write_cert("nats");
     let (other_pem, _) = write_cert("other");
     let nats = Nats::start_with(None, &["--tls", "--tlscert", &nats_pem, "--tlskey", &nats_key]);
-    let db = unique_db_name();
-    let extra = vec!["--cluster-nats-ca".to_string(), nats_pem.clone()];
-    let mut c = Cluster { nats, nodes: Vec::new(), prefix: db.clone(), uri, db, extra };
-    c.add_node().await;
-    c.add_node().await;
-    for node in &c.nodes {
-        wait_for_live_nodes(node, &["n0", "n1"]).await;
-    }
-    let mut alice = c.nodes[0].session("alice").await;
-    let mut bob = c.nodes[1].session("bob").await;
-    alice.join("lobby", None).await.unwrap();
-    bob.join("lobby", None).await.unwrap();
-    let ack = alice.send("lobby", "over TLS", "tls-1").await.unwrap();
-    let mut got = Vec::new();
-    receive_through(&mut bob, &mut got, ack.seq, "bob").await;
+    let c = two_nodes_that_chat(nats, uri, &["--cluster-nats-ca", &nats_pem]).await;
 
     // Without TLS, trusting another certificate, or asking for TLS
     // without trusting this one: the node does not start, and says why.

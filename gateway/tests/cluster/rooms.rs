@@ -842,3 +842,33 @@ async fn presence_lost_between_nodes_is_corrected_by_the_periodic_roster() {
     let (users, _) = alice.members("lobby", None).await.unwrap();
     assert_eq!(users, ["alice", "bob"]);
 }
+
+/// The room's owner hangs in its store (a failpoint: its first append
+/// sleeps 6 s) while a message forwarded to it waits: the sender is
+/// answered `overloaded` at the forward's 5 s deadline, and its retry with
+/// the same cid is acknowledged with the one seq the message got; it is
+/// stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_whose_owner_hangs_is_answered_overloaded_and_its_retry_is_stored_once() {
+    let test = "a_forward_whose_owner_hangs_is_answered_overloaded_and_its_retry_is_stored_once";
+    let Some(mut c) = cluster_with(test, 0, &["--store-timeout-ms", "10000"]).await else { return };
+    let owner = owner_of(2, "lobby");
+    for i in 0..2 {
+        let failpoints = (i == owner).then_some("store.append=1*sleep(6000)");
+        c.add_node_with_failpoints(failpoints).await;
+    }
+    let mut alice = c.nodes[1 - owner].session("alice").await;
+    alice.join("lobby", None).await.unwrap();
+    match alice.send("lobby", "slow", "slow-1").await {
+        Err(ClientError::Server { code: ErrorCode::Overloaded, message, .. }) => {
+            assert!(message.contains("did not answer within 5000 ms"), "{message}");
+        }
+        other => panic!("a forward to a hung owner: {other:?}"),
+    }
+    let (ack, _) = send_through_overloaded(&mut alice, "lobby", "slow-1").await;
+    assert_eq!(ack.seq, 1);
+    let history = full_history_http(&c.nodes[owner], &c.nodes[owner].user("reader").await, "lobby").await;
+    assert_eq!(history.iter().map(|m| (m.seq, m.cid.as_str())).collect::<Vec<_>>(), [(1, "slow-1")]);
+    let node = &c.nodes[1 - owner];
+    assert_eq!(scrape_value(node, r#"viche_cluster_forwarded_total{outcome="timeout"}"#).await, 1.0);
+}

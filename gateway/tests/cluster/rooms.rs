@@ -872,3 +872,50 @@ async fn a_forward_whose_owner_hangs_is_answered_overloaded_and_its_retry_is_sto
     let node = &c.nodes[1 - owner];
     assert_eq!(scrape_value(node, r#"viche_cluster_forwarded_total{outcome="timeout"}"#).await, 1.0);
 }
+
+/// A client that floods a room owned by another node, without waiting for
+/// its acks, while the owner is slow (each commit takes 1.5 s): forwards
+/// waiting for the owner count against the user's writer share (2 here),
+/// so past it its sends are refused `overloaded` at once, and another
+/// user still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_flooding_a_room_owned_elsewhere_is_held_to_its_share() {
+    let test = "a_user_flooding_a_room_owned_elsewhere_is_held_to_its_share";
+    let Some(mut c) = cluster_with(test, 0, &["--writer-queue-per-user-max", "2"]).await else { return };
+    let owner = owner_of(2, "lobby");
+    for i in 0..2 {
+        c.add_node_with_failpoints((i == owner).then_some("store.append=sleep(1500)")).await;
+    }
+    let mut greedy = c.nodes[1 - owner].session("greedy").await;
+    greedy.join("lobby", None).await.unwrap();
+    let reqs: Vec<u64> = (0..8).map(|_| greedy.alloc_ref()).collect();
+    let frames: Vec<viche_client::ClientFrame> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, req)| viche_client::ClientFrame::Send {
+            req: *req,
+            room: "lobby".into(),
+            body: "x".into(),
+            cid: format!("g{i}"),
+            reply_to: None,
+        })
+        .collect();
+    greedy.send_frames(&frames).await.unwrap();
+    let (mut acked, mut refused) = (0, 0);
+    for req in &reqs {
+        match greedy.wait_reply(*req, T).await {
+            Ok(ServerFrame::Ack { .. }) => acked += 1,
+            Err(ClientError::Server { code: ErrorCode::Overloaded, message, .. }) => {
+                assert!(message.contains("too many of your messages"), "{message}");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((acked, refused), (2, 6), "two forwarded and acknowledged, the rest refused at once");
+    let mut patient = c.nodes[1 - owner].session("patient").await;
+    patient.join("lobby", None).await.unwrap();
+    patient.send("lobby", "still room for me", "p1").await.expect("another user is not refused");
+    let forwarded = scrape_value(&c.nodes[1 - owner], r#"viche_cluster_forwarded_total{outcome="ack"}"#).await;
+    assert_eq!(forwarded, 3.0);
+}

@@ -50,17 +50,22 @@
 //! 5. each room of the batch gets one `$max` of its `last_seq` and
 //!    `last_ts` in `rooms` (a DM room's doc also names its two `users`).
 //!
-//! In a cluster each message carries its writer's `Fence` (`store/mod.rs`). Before a
-//! room's first write by a node (per view of the live nodes), the node
-//! claims it: one `findOneAndUpdate` of the room's doc raises its
-//! `owner_epoch` and names the `owner`; the room's last seq is read after
-//! the claim, and every message stored carries the epoch (`epoch`). When
-//! an insert collides on `(room, seq)` the writer reads the room's claim:
-//! while the epoch is its own it numbers again from the stored last seq
-//! (another node wrote in the room before seeing the claim); once it is
-//! not, the room's unstored messages are answered `Moved` and nothing is
-//! numbered again. The unique index is the fence: the owner's first
-//! stored seq is one the fenced node's next insert must collide with.
+//! In a cluster each message carries its writer's `Fence` (`store/mod.rs`).
+//! Before a room's first write by a node (per view of the live nodes),
+//! the node claims it: it inserts the room's next claim into `claims`
+//! (`{room, epoch, node}`, unique `(room, epoch)`; a duplicate means
+//! another node claimed that epoch first: read the newest again and try
+//! the next). A unique insert is atomic on FerretDB too, where
+//! `findAndModify` and conditional updates are not (measured: four
+//! clients' 800 concurrent `$inc`s returned 294 distinct values). The
+//! room's last seq is read after the claim, and every message stored
+//! carries the epoch (`epoch`). Every read of a room's last seq also reads
+//! the room's newest claim: while it is this node's, the node numbers from
+//! the stored last seq; once it is another's, the room's unstored messages
+//! are answered `Moved` and nothing is numbered again. Claims only grow,
+//! so the newest is the current owner; the unique `(room, seq)` index is
+//! the fence: the owner's first stored seq is one the fenced node's next
+//! insert must collide with.
 //!
 //! A user's conversations are then read, not written per message: the DM
 //! rooms naming the user (`rooms.users`), the public rooms the user joined
@@ -266,12 +271,17 @@ struct RoomDoc {
     /// When the oldest stored message was stored (absent: none, or not known).
     #[serde(default)]
     first_ts: Option<i64>,
-    /// In a cluster: the node that claimed the room last, and the claim's
-    /// epoch (raised by each claim).
-    #[serde(default)]
-    owner: Option<String>,
-    #[serde(default)]
-    owner_epoch: i64,
+}
+
+/// A node's claim of a room, in `claims` (a cluster's fence: see the
+/// module's doc). The newest claim of a room names its owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClaimDoc {
+    room: String,
+    epoch: i64,
+    node: String,
+    /// When it was claimed (ms since the epoch), for a person reading.
+    ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +347,8 @@ const DUPLICATE_KEY: i32 = 11000;
 /// before the batch fails; each collision reads the rooms' last seqs
 /// again, so only writers racing on the same rooms see more than one.
 const SEQ_COLLISION_ATTEMPTS_MAX: usize = 8;
+/// Tries to claim a room while other nodes claim it at the same moment.
+const CLAIM_ATTEMPTS_MAX: usize = 8;
 /// Reads of a reaction's target while removing a deleted user's reaction.
 const REACTION_REMOVAL_TRIES_MAX: usize = 3;
 
@@ -347,6 +359,8 @@ pub struct MongoStore {
     messages: Collection<MessageDoc>,
     rooms: Collection<Document>,
     conversations: Collection<ConversationDoc>,
+    /// In a cluster: who claimed which room, newest epoch last.
+    room_claims: Collection<ClaimDoc>,
     write_concern: WriteConcern,
     /// Reads that decide a duplicate: `majority` when writes are, so that
     /// only a durable original is acknowledged again.
@@ -508,6 +522,7 @@ impl MongoStore {
             messages: db.collection("messages"),
             rooms: db.collection("rooms"),
             conversations: db.collection("conversations"),
+            room_claims: db.collection("claims"),
             db,
             write_concern,
             dedupe_read_concern,
@@ -543,6 +558,10 @@ impl MongoStore {
             .create_index(unique(doc! { "from": 1, "cid": 1 }, "from_cid_unique"))
             .await
             .map_err(|e| anyhow::anyhow!("creating messages (from, cid) index: {e}"))?;
+        self.room_claims
+            .create_index(unique(doc! { "room": 1, "epoch": -1 }, "room_epoch_unique"))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating claims (room, epoch) index: {e}"))?;
         let plain = |keys: Document, name: &str| {
             IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_string()).build()).build()
         };
@@ -646,12 +665,6 @@ impl MongoStore {
     /// The newest stored message's seq, or the room doc's `last_seq` or
     /// `horizon` when larger (its newest messages were removed).
     async fn stored_last_seq(&self, room: &str) -> StoreResult<u64> {
-        Ok(self.stored_last_seq_and_claim(room).await?.0)
-    }
-
-    /// The room's last seq (as [`Self::stored_last_seq`]) and its claim
-    /// (owner, epoch), read together.
-    async fn stored_last_seq_and_claim(&self, room: &str) -> StoreResult<(u64, (String, u64))> {
         let newest = async {
             self.messages
                 .find_one(doc! { "room": room })
@@ -661,8 +674,18 @@ impl MongoStore {
         };
         let (last, room_doc) = futures_util::try_join!(newest, self.room_doc(room))?;
         let newest = last.map_or(0, |d| to_u64(d.seq));
-        let last = newest.max(to_u64(room_doc.last_seq)).max(to_u64(room_doc.horizon));
-        Ok((last, (room_doc.owner.unwrap_or_default(), to_u64(room_doc.owner_epoch))))
+        Ok(newest.max(to_u64(room_doc.last_seq)).max(to_u64(room_doc.horizon)))
+    }
+
+    /// The room's newest claim: its node and epoch (`("", 0)`: none).
+    async fn newest_claim(&self, room: &str) -> StoreResult<(String, u64)> {
+        let newest = self
+            .room_claims
+            .find_one(doc! { "room": room })
+            .sort(doc! { "epoch": -1 })
+            .await
+            .map_err(|e| unavailable("reading a room's claim", e))?;
+        Ok(newest.map_or((String::new(), 0), |c| (c.node, to_u64(c.epoch))))
     }
 
     /// The originals already stored under these ids (read so that only a
@@ -689,8 +712,12 @@ impl MongoStore {
 
     /// The last seq of each of `rooms`: from the cache, the rest read from
     /// the database concurrently (one round trip's wait, not one per room),
-    /// with the claims of those read (owner, epoch).
-    async fn last_seqs(&self, rooms: &[&str]) -> StoreResult<(HashMap<String, u64>, HashMap<String, (String, u64)>)> {
+    /// with the newest claim (node, epoch) of those read that are `fenced`.
+    async fn last_seqs(
+        &self,
+        rooms: &[&str],
+        fenced: &HashMap<String, u64>,
+    ) -> StoreResult<(HashMap<String, u64>, HashMap<String, (String, u64)>)> {
         let mut last = HashMap::with_capacity(rooms.len());
         let mut missing: Vec<String> = Vec::new();
         {
@@ -706,15 +733,22 @@ impl MongoStore {
         }
         let reads = futures_util::stream::iter(missing)
             .map(|room| async move {
-                let (seq, claim) = self.stored_last_seq_and_claim(&room).await?;
+                let (seq, claim) = if fenced.contains_key(&room) {
+                    let (seq, claim) = futures_util::try_join!(self.stored_last_seq(&room), self.newest_claim(&room))?;
+                    (seq, Some(claim))
+                } else {
+                    (self.stored_last_seq(&room).await?, None)
+                };
                 Ok::<_, StoreError>((room, seq, claim))
             })
             .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX);
-        let read: Vec<(String, u64, (String, u64))> = reads.try_collect().await?;
+        let read: Vec<(String, u64, Option<(String, u64)>)> = reads.try_collect().await?;
         let mut claims = HashMap::with_capacity(read.len());
         for (room, seq, claim) in read {
-            last.insert(room.clone(), seq);
-            claims.insert(room, claim);
+            if let Some(claim) = claim {
+                claims.insert(room.clone(), claim);
+            }
+            last.insert(room, seq);
         }
         Ok((last, claims))
     }
@@ -810,24 +844,7 @@ impl MongoStore {
                     }
                 },
                 _ => {
-                    let claimed = self
-                        .rooms
-                        .clone_with_type::<RoomDoc>()
-                        .find_one_and_update(
-                            doc! { "_id": &*m.room },
-                            doc! {
-                                "$inc": { "owner_epoch": 1_i64 },
-                                "$set": { "owner": &*fence.node },
-                                "$setOnInsert": room_created(&m.room),
-                            },
-                        )
-                        .upsert(true)
-                        .return_document(mongodb::options::ReturnDocument::After)
-                        .write_concern(self.write_concern.clone())
-                        .await
-                        .map_err(|e| unavailable("claiming a room", e))?
-                        .ok_or_else(|| StoreError::Unavailable("claiming a room: no document returned".into()))?;
-                    let epoch = to_u64(claimed.owner_epoch);
+                    let epoch = self.claim(&m.room, &fence.node).await?;
                     tracing::info!(room = %m.room, node = %fence.node, epoch, "cluster: room claimed");
                     let claim = Claim { generation: fence.generation, epoch, lost_to: None };
                     self.claims.lock().put(m.room.to_string(), claim);
@@ -837,6 +854,36 @@ impl MongoStore {
             }
         }
         Ok(epochs)
+    }
+
+    /// Inserts `room`'s next claim for `node`; its epoch. A duplicate is
+    /// another node's claim of that epoch, made first: the next is tried,
+    /// [`CLAIM_ATTEMPTS_MAX`] times. Older claims of the room are then
+    /// removed (they name no owner any more; a failed removal leaves them
+    /// for the next claim).
+    async fn claim(&self, room: &str, node: &str) -> StoreResult<u64> {
+        for _ in 0..CLAIM_ATTEMPTS_MAX {
+            let (_, newest) = self.newest_claim(room).await?;
+            let epoch = newest + 1;
+            let doc = ClaimDoc {
+                room: room.to_owned(),
+                epoch: to_i64(epoch),
+                node: node.to_owned(),
+                ms: to_i64(crate::clock::now_ms()),
+            };
+            match self.room_claims.insert_one(&doc).write_concern(self.write_concern.clone()).await {
+                Ok(_) => {
+                    let older = doc! { "room": room, "epoch": { "$lt": to_i64(epoch) } };
+                    if let Err(e) = self.room_claims.delete_many(older).await {
+                        tracing::warn!(error = %e, room, "cluster: older claims not removed");
+                    }
+                    return Ok(epoch);
+                }
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(unavailable("claiming a room", e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!("claiming a room: {CLAIM_ATTEMPTS_MAX} other claims came first")))
     }
 
     /// Checks this node's claims against those read with the rooms' last
@@ -899,7 +946,7 @@ impl MongoStore {
         let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        let (mut next, read_claims) = self.last_seqs(&rooms).await?;
+        let (mut next, read_claims) = self.last_seqs(&rooms, &epochs).await?;
         self.check_claims(&epochs, &read_claims, &mut moved);
         #[cfg(feature = "failpoints")]
         if crate::faults::eval("store.append.between").await.is_some() {

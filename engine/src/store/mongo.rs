@@ -347,6 +347,10 @@ const DUPLICATE_KEY: i32 = 11000;
 /// before the batch fails; each collision reads the rooms' last seqs
 /// again, so only writers racing on the same rooms see more than one.
 const SEQ_COLLISION_ATTEMPTS_MAX: usize = 8;
+/// A room's newest claim: its node and epoch.
+type Holder = (String, u64);
+/// Rooms' newest claims as read.
+type RoomClaims = HashMap<String, Holder>;
 /// Tries to claim a room while other nodes claim it at the same moment.
 const CLAIM_ATTEMPTS_MAX: usize = 8;
 /// Reads of a reaction's target while removing a deleted user's reaction.
@@ -717,7 +721,7 @@ impl MongoStore {
         &self,
         rooms: &[&str],
         fenced: &HashMap<String, u64>,
-    ) -> StoreResult<(HashMap<String, u64>, HashMap<String, (String, u64)>)> {
+    ) -> StoreResult<(HashMap<String, u64>, RoomClaims)> {
         let mut last = HashMap::with_capacity(rooms.len());
         let mut missing: Vec<String> = Vec::new();
         {
@@ -742,7 +746,7 @@ impl MongoStore {
                 Ok::<_, StoreError>((room, seq, claim))
             })
             .buffer_unordered(LAST_SEQ_READS_CONCURRENT_MAX);
-        let read: Vec<(String, u64, Option<(String, u64)>)> = reads.try_collect().await?;
+        let read: Vec<(String, u64, Option<Holder>)> = reads.try_collect().await?;
         let mut claims = HashMap::with_capacity(read.len());
         for (room, seq, claim) in read {
             if let Some(claim) = claim {
@@ -890,12 +894,7 @@ impl MongoStore {
     /// seqs (every read of a last seq, hence every numbering that does not
     /// follow this node's own last insert, is checked): a room claimed
     /// since by another node is lost to it, and goes into `moved`.
-    fn check_claims(
-        &self,
-        epochs: &HashMap<String, u64>,
-        read: &HashMap<String, (String, u64)>,
-        moved: &mut HashMap<String, String>,
-    ) {
+    fn check_claims(&self, epochs: &HashMap<String, u64>, read: &RoomClaims, moved: &mut HashMap<String, String>) {
         for (room, (holder, stored_epoch)) in read {
             let Some(epoch) = epochs.get(room) else { continue };
             if stored_epoch == epoch {

@@ -79,8 +79,7 @@ impl Engine {
         .await?;
         if let Some(cluster) = &cluster {
             tokio::spawn(cluster.clone().watch_nodes(rooms.clone()));
-            let roster_ms = config.cluster.as_ref().map_or(crate::cluster::ROSTER_MS_DEFAULT, |c| c.roster_ms);
-            tokio::spawn(cluster.clone().refresh_rosters(rooms.clone(), roster_ms));
+            tokio::spawn(cluster.clone().refresh_rosters(rooms.clone()));
             crate::cluster::forward::serve(cluster.clone(), rooms.clone(), writer.clone(), config.body_bytes_max)
                 .await?;
         }

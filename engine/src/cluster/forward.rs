@@ -125,13 +125,49 @@ struct Pending {
     _user_write: UserWrite,
 }
 
+/// The forwards waiting for an answer, by id: at most `max`.
+struct PendingForwards {
+    next_id: AtomicU64,
+    map: Mutex<HashMap<u64, Pending>>,
+    max: usize,
+}
+
+impl PendingForwards {
+    fn new(max: usize) -> Self {
+        Self { next_id: AtomicU64::new(1), map: Mutex::new(HashMap::new()), max }
+    }
+
+    /// Its id, or `None` when `max` wait already (it is dropped).
+    fn insert(&self, pending: Pending) -> Option<u64> {
+        let mut map = self.map.lock();
+        if map.len() >= self.max {
+            drop(map);
+            drop(pending); // not under the lock
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(id, pending);
+        Some(id)
+    }
+
+    fn remove(&self, id: u64) -> Option<Pending> {
+        self.map.lock().remove(&id)
+    }
+
+    /// Removes and returns the forwards `which` picks.
+    fn take(&self, which: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+        let mut map = self.map.lock();
+        let ids: Vec<u64> = map.iter().filter(|(_, p)| which(p)).map(|(id, _)| *id).collect();
+        ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+    }
+}
+
 /// This node's forwards in flight.
 pub(crate) struct Forwarder {
     client: async_nats::Client,
     prefix: String,
     reply_prefix: String,
-    next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: PendingForwards,
 }
 
 impl Forwarder {
@@ -148,8 +184,7 @@ impl Forwarder {
             client,
             prefix: prefix.to_owned(),
             reply_prefix,
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
+            pending: PendingForwards::new(FORWARDS_PENDING_MAX),
         });
         tokio::spawn(take_replies(Arc::downgrade(&forwarder), replies, owners));
         let sweeper = Arc::downgrade(&forwarder);
@@ -194,23 +229,17 @@ impl Forwarder {
             Ok(payload) => payload,
             Err(e) => return Err(Refusal::internal(format!("encoding a forward: {e}"))),
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut pending = self.pending.lock();
-            if pending.len() >= FORWARDS_PENDING_MAX {
-                drop(pending);
-                return refused("too many messages wait for other nodes; retry later");
-            }
-            let entry = Pending {
-                owner: owner.clone(),
-                session: session.clone(),
-                req,
-                room: message.room,
-                started: Instant::now(),
-                _user_write: user_write,
-            };
-            pending.insert(id, entry);
-        }
+        let entry = Pending {
+            owner: owner.clone(),
+            session: session.clone(),
+            req,
+            room: message.room,
+            started: Instant::now(),
+            _user_write: user_write,
+        };
+        let Some(id) = self.pending.insert(entry) else {
+            return refused("too many messages wait for other nodes; retry later");
+        };
         let publish = self.client.publish_with_reply(
             format!("{}.node.{owner}.write", self.prefix),
             format!("{}.{id}", self.reply_prefix),
@@ -218,8 +247,7 @@ impl Forwarder {
         );
         let sent = tokio::time::timeout(Duration::from_millis(FORWARD_PUBLISH_WAIT_MS), publish).await;
         if !matches!(sent, Ok(Ok(()))) {
-            let entry = self.pending.lock().remove(&id);
-            drop(entry); // not under the lock
+            drop(self.pending.remove(id));
             return refused("this room is served by another node, which cannot be reached now; retry later");
         }
         Ok(())
@@ -228,7 +256,7 @@ impl Forwarder {
     /// Answers the forwards past their deadline with `overloaded`.
     fn sweep(&self) {
         let deadline = Duration::from_millis(FORWARD_TIMEOUT_MS);
-        for p in self.take_pending(|p| p.started.elapsed() >= deadline) {
+        for p in self.pending.take(|p| p.started.elapsed() >= deadline) {
             CLUSTER_FORWARDED.counter_with("timeout").increment(1);
             let _ = p.session.send(&ServerFrame::error(
                 Some(p.req),
@@ -244,7 +272,7 @@ impl Forwarder {
     /// `node` left the live set: what waits for its answer will not get
     /// one (the room's new owner may have stored it, if it got there).
     pub(crate) fn node_gone(&self, node: &NodeId) {
-        for p in self.take_pending(|p| p.owner == *node) {
+        for p in self.pending.take(|p| p.owner == *node) {
             CLUSTER_FORWARDED.counter_with("no_owner").increment(1);
             let _ = p.session.send(&ServerFrame::error(
                 Some(p.req),
@@ -252,13 +280,6 @@ impl Forwarder {
                 "the node serving this room is gone; retry with the same cid (another node takes the room over)",
             ));
         }
-    }
-
-    /// Removes and returns the forwards `which` picks.
-    fn take_pending(&self, which: impl Fn(&Pending) -> bool) -> Vec<Pending> {
-        let mut pending = self.pending.lock();
-        let ids: Vec<u64> = pending.iter().filter(|(_, p)| which(p)).map(|(id, _)| *id).collect();
-        ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
     }
 }
 
@@ -271,7 +292,7 @@ async fn take_replies(
     while let Some(reply) = replies.next().await {
         let Some(forwarder) = forwarder.upgrade() else { return };
         let id = reply.subject.rsplit('.').next().and_then(|id| id.parse::<u64>().ok());
-        let Some(p) = id.and_then(|id| forwarder.pending.lock().remove(&id)) else {
+        let Some(p) = id.and_then(|id| forwarder.pending.remove(id)) else {
             continue; // answered already (past its deadline), or junk
         };
         let no_responders = reply.status == Some(async_nats::StatusCode::NO_RESPONDERS);
@@ -416,5 +437,41 @@ async fn take(
             None
         }
         Err(code) => refused(code, "the server is saturated; retry later".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{Outbox, UserShare};
+
+    /// Past its bound a forward is refused (and its writer share given
+    /// back); taking the ones of a node that left makes room again.
+    #[test]
+    fn pending_forwards_are_bounded_and_a_gone_owner_frees_its_share() {
+        let session = Arc::new(SessionHandle {
+            id: 1,
+            user: "alice".into(),
+            encoding: viche_protocol::Encoding::MsgPack,
+            outbox: Outbox::new(8, 1024),
+        });
+        let share = Arc::new(UserShare::new(0));
+        let pending_to = |owner: &str| Pending {
+            owner: NodeId::from(owner),
+            session: session.clone(),
+            req: 1,
+            room: "lobby".into(),
+            started: Instant::now(),
+            _user_write: UserWrite::take(&share, 100).expect("within the share"),
+        };
+        let forwards = PendingForwards::new(3);
+        let ids: Vec<u64> = ["n1", "n1", "n2"].iter().filter_map(|o| forwards.insert(pending_to(o))).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(forwards.insert(pending_to("n2")), None, "full");
+        assert_eq!(share.writes_pending.load(Ordering::Relaxed), 3, "the refused one's share was given back");
+        assert_eq!(forwards.take(|p| &*p.owner == "n1").len(), 2);
+        assert_eq!(share.writes_pending.load(Ordering::Relaxed), 1);
+        assert!(forwards.insert(pending_to("n2")).is_some(), "room again");
+        assert!(forwards.remove(ids[2]).is_some() && forwards.remove(ids[2]).is_none());
     }
 }

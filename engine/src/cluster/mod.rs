@@ -9,8 +9,8 @@
 //!   every node that has the room open; each delivers to its own members.
 //!
 //! Any node takes any session. A room's messages are stored by its owner;
-//! MongoDB's unique `(room, seq)` index and the owner epoch of each room's
-//! claim fence two nodes that both believe they own it (`store::Fence`).
+//! MongoDB's unique `(room, seq)` index and the epochs of the rooms' claims
+//! fence two nodes that both believe they own one (`store::Fence`).
 //! What is guaranteed and what is not is in docs/architecture.md ("The
 //! cluster").
 
@@ -106,6 +106,7 @@ pub(crate) struct Cluster {
     membership: Membership,
     node_id: NodeId,
     prefix: String,
+    roster_ms: u64,
 }
 
 impl Cluster {
@@ -166,7 +167,8 @@ impl Cluster {
             .await
             .context("subscribing to forwards' replies")?;
         tracing::info!(node = %node_id, nats = %config.nats_url, prefix = %config.prefix, "cluster: joined");
-        Ok(Self { client, relay, owners, forwarder, membership, node_id, prefix: config.prefix.clone() })
+        let prefix = config.prefix.clone();
+        Ok(Self { client, relay, owners, forwarder, membership, node_id, prefix, roster_ms: config.roster_ms })
     }
 
     /// Subscribes to a room's or a user's subject, within [`NATS_WAIT_MS`].
@@ -213,12 +215,12 @@ impl Cluster {
         }
     }
 
-    /// Every `roster_ms`, each open public room here tells the others who
+    /// Every `--cluster-roster-ms`, each open public room here tells the others who
     /// is in it here, and forgets the users of nodes silent in it for
     /// [`ROSTER_SILENT_PERIODS_MAX`] periods: presence lost on the way
     /// (core NATS is at-most-once) is corrected within a period.
-    pub(crate) async fn refresh_rosters(self: Arc<Self>, rooms: crate::room::Rooms, roster_ms: u64) {
-        let period = Duration::from_millis(roster_ms);
+    pub(crate) async fn refresh_rosters(self: Arc<Self>, rooms: crate::room::Rooms) {
+        let period = Duration::from_millis(self.roster_ms);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

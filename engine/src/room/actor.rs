@@ -446,7 +446,6 @@ impl RoomActorState {
             CLUSTER_RELAY_JUNK.counter().increment(1);
             return;
         }
-        state.remote_heard.insert(node.clone(), Instant::now());
         for user in users {
             let set = state.remote.entry(node.clone()).or_default();
             let changed = if online {
@@ -467,6 +466,7 @@ impl RoomActorState {
                 broadcast(&state, &frame, |_| true);
             }
         }
+        heard_from(&mut state, node);
     }
 
     /// Tells the other nodes who is in the room here: another node opened
@@ -515,7 +515,7 @@ impl RoomActorState {
         let came: Vec<Arc<str>> = complete.difference(&known).cloned().collect();
         self.remote_presence(node, gone, false);
         self.remote_presence(node, came, true);
-        self.handle.state.lock().remote_heard.insert(node.clone(), Instant::now());
+        heard_from(&mut self.handle.state.lock(), node);
     }
 
     /// The periodic roster: this node's users here to the others, and the
@@ -615,6 +615,15 @@ impl RoomActorState {
 /// past it, a roster's or presence's further names are ignored.
 pub(crate) const ROOM_REMOTE_USERS_PER_NODE_MAX: usize = 1_000_000;
 
+/// `node` just said who is in the room there: its users are kept another
+/// roster period. Only nodes with users here are tracked (so at most
+/// `NODES_MAX`, whatever names junk frames carry).
+fn heard_from(state: &mut RoomState, node: &NodeId) {
+    if state.remote.contains_key(node) {
+        state.remote_heard.insert(node.clone(), Instant::now());
+    }
+}
+
 /// `user` is now present on one more node (this one, or another); true
 /// when it was present nowhere before.
 fn present_add(state: &mut RoomState, user: &Arc<str>) -> bool {
@@ -657,4 +666,65 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NODES_MAX;
+
+    fn room() -> (RoomActorState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        let state = RoomActorState {
+            handle: Arc::new(RoomHandle::new("lobby".into()).unwrap()),
+            store: Arc::new(store),
+            directory: Arc::new(Directory::default()),
+            relay: None,
+            ready: true,
+            init_attempts: 0,
+            scratch: Vec::new(),
+        };
+        (state, dir)
+    }
+
+    /// Junk frames naming ever new nodes fill no per-room table past
+    /// `NODES_MAX` nodes: presence from more is dropped, and rosters (even
+    /// empty ones, which leave no users) leave nothing behind.
+    #[test]
+    fn other_nodes_recorded_in_a_room_are_bounded() {
+        let (mut room, _dir) = room();
+        for i in 0..NODES_MAX + 50 {
+            let node = NodeId::from(format!("junk{i}"));
+            room.remote_presence(&node, vec![Arc::from(format!("u{i}"))], true);
+            room.remote_roster(&NodeId::from(format!("empty{i}")), Vec::new(), 0, 1);
+            room.remote_roster(&NodeId::from(format!("partial{i}")), vec![Arc::from("x")], 0, 2);
+        }
+        let state = room.handle.state.lock();
+        assert_eq!(state.remote.len(), NODES_MAX, "presence from nodes past the bound is dropped");
+        assert_eq!(state.present.len(), NODES_MAX);
+        assert_eq!(state.remote_heard.len(), NODES_MAX, "only nodes with users here are tracked");
+        assert_eq!(state.remote_rosters.len(), NODES_MAX, "rosters in progress are bounded");
+    }
+
+    /// A complete roster replaces what was known of its node; one with a
+    /// part missing changes nothing.
+    #[test]
+    fn a_complete_roster_replaces_a_nodes_users_and_a_broken_one_is_dropped() {
+        let (mut room, _dir) = room();
+        let n1 = NodeId::from("n1");
+        let names = |v: &[&str]| v.iter().map(|u| Arc::from(*u)).collect::<Vec<Arc<str>>>();
+        room.remote_presence(&n1, names(&["ann", "bob"]), true);
+        room.remote_roster(&n1, names(&["bob"]), 0, 2);
+        room.remote_roster(&n1, names(&["cid"]), 2, 3); // part 1 lost: dropped
+        let present =
+            |room: &RoomActorState| room.handle.state.lock().present.keys().map(|u| u.to_string()).collect::<Vec<_>>();
+        assert_eq!(present(&room), ["ann", "bob"]);
+        room.remote_roster(&n1, names(&["bob"]), 0, 2);
+        room.remote_roster(&n1, names(&["cid"]), 1, 2);
+        assert_eq!(present(&room), ["bob", "cid"]);
+        room.remote_roster(&n1, Vec::new(), 0, 1);
+        assert!(present(&room).is_empty());
+        assert!(room.handle.state.lock().remote_heard.is_empty());
+    }
 }

@@ -88,12 +88,12 @@ impl Rooms {
         registry.values().filter(|h| h.kind == RoomKindOwned::Public && !h.is_closed()).cloned().collect()
     }
 
-    /// The room, if it is open now.
     /// How many open rooms `keep` says yes to.
     pub(crate) fn count_open(&self, keep: impl Fn(&str) -> bool) -> usize {
         self.registry.read().values().filter(|h| !h.is_closed() && keep(&h.name)).count()
     }
 
+    /// The room, if it is open now.
     pub(crate) fn open_now(&self, name: &str) -> Option<Arc<RoomHandle>> {
         self.registry.read().get(name).filter(|h| !h.is_closed()).cloned()
     }
